@@ -1,0 +1,318 @@
+"""Run configuration: frozen dataclasses, YAML recipes in, ``--set key=value`` overrides, plain dict out.
+
+A recipe is a YAML file whose keys mirror :class:`RunConfig`. Every field has a comment saying what it is
+and in which unit. The resolved configuration is written to the run folder and into every checkpoint as a
+plain dict (``to_dict``), and read back with ``from_dict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ModelConfig",
+    "PhaseConfig",
+    "RunConfig",
+    "apply_overrides",
+    "from_dict",
+    "list_recipes",
+    "load_recipe",
+    "to_dict",
+]
+
+
+class ConfigError(ValueError):
+    """A recipe or override that cannot be turned into a :class:`RunConfig`; the message says which key."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = ""  # dataset folder: Tiny ImageNet layout (wnids.txt) or one folder per class
+    val_mode: str = "official"  # "official": val/ split; "holdout": holdout_per_class images a class from train/
+    holdout_per_class: int = 50  # images a class held out of train/ when val_mode="holdout" (the report: 450/50)
+    split_seed: int = 0  # seed of the holdout split (fixed so every run sees the same split)
+    image_size: int = 0  # decoded size in pixels; 0 = the dataset's own (64 for Tiny ImageNet)
+    cache_dir: str = ""  # decoded uint8 cache; "" = <root>/.tinytransfer-cache
+    skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping
+    workers: int = 2  # processes decoding images on the first load
+    augment: str = "keras"  # keras | keras3 | keras-radians | flip | none (see augment.AUGMENTS)
+    normalize: str = "backbone"  # "backbone": the backbone's mean/std; "rescale": x/255 only, as the Keras report
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    backbone: str = "vgg16"  # a key of models.BACKBONES or "timm:<name>"
+    head: str = "paper"  # "paper": Flatten → [Linear → ReLU → BN → Dropout] × 2 → Linear; "pool": GAP → Dropout → Linear
+    pretrained: bool = True  # ImageNet weights (torchvision/timm download, or the bundled Lite0 file)
+    weights: str = ""  # local state dict for the backbone, used instead of a download when set
+    hidden: int = 512  # width of the paper head's hidden layers
+    dropout: float = 0.4  # dropout probability in the head
+    input_size: int = 64  # the model's input side in pixels; batches are resized on the device when it differs
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    name: str = "phase"  # shown in logs, metrics and Table 1
+    epochs: int = 1  # maximum epochs of this phase (early stopping may end it sooner)
+    train: str = "head"  # trainable part: "head" | "all" | "from:<block>" (a block name of the backbone)
+    optimizer: str = "adam"  # adam | adamw | sgd
+    lr_policy: str = "triangular"  # triangular (Smith's CLR) | constant | onecycle
+    lr_min: float = 1e-4  # CLR base LR; one-cycle start/end scale; ignored by constant
+    lr_max: float = 6e-4  # CLR/one-cycle peak LR; the constant LR
+    step_size: int = 0  # CLR half cycle in iterations (not epochs); 0 = two epochs' worth
+    weight_decay: float = 0.0  # L2 (adam, sgd) or decoupled (adamw) decay; not applied to biases and norms
+    momentum: float = 0.9  # SGD momentum
+    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas, fixed (no momentum cycling)
+    batch_size: int = 64  # images a step (global across DDP ranks)
+    bn_frozen_eval: bool = True  # BatchNorm layers of a frozen part stay in inference mode (Keras guide)
+    patience: int = 0  # early stopping: epochs without a new best val accuracy before the phase ends; 0 = off
+    start_from_best: bool = True  # begin the phase from the best weights so far (the report's practice)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"  # recipe name, shown in the report
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    phases: tuple[PhaseConfig, ...] = (PhaseConfig(),)  # trained in order
+    seed: int = 0  # seeds the model init, the shuffling and the augmentation draws
+    deterministic: bool = False  # deterministic kernels (bit-identical reruns on CPU; slower on GPU)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    eval_batch_size: int = 256  # batch size of evaluation and prediction
+    channels_last: str = "auto"  # auto (on CUDA) | true | false
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
+    compile: bool = False  # torch.compile the model (falls back to eager if it fails)
+    max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
+
+
+_SECTIONS = {"data": DataConfig, "model": ModelConfig}
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, typ: Any, key: str) -> Any:
+    """Convert ``value`` (YAML or string from ``--set``) to ``typ``; ConfigError naming ``key`` if it cannot."""
+    origin = typing.get_origin(typ)
+    if origin is tuple:
+        args = typing.get_args(typ)
+        if isinstance(value, str):
+            value = yaml.safe_load(value)
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
+        return tuple(_coerce(v, t, key) for v, t in zip(value, args))
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on", "false", "no", "0", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+        if isinstance(value, int) and value in (0, 1):
+            return bool(value)
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if typ is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported type {typ}")  # pragma: no cover
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {raw!r}")
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; valid keys: {', '.join(names)}")
+    kwargs = {}
+    for name in names:
+        if name not in raw:
+            continue
+        key = f"{prefix}.{name}" if prefix else name
+        typ = hints[name]
+        if name in _SECTIONS and cls is RunConfig:
+            kwargs[name] = _build(_SECTIONS[name], raw[name], key)
+        elif name == "phases" and cls is RunConfig:
+            phases = raw[name]
+            if not isinstance(phases, (list, tuple)) or not phases:
+                raise ConfigError("phases: expected a non-empty list of phases")
+            kwargs[name] = tuple(_build(PhaseConfig, p, f"phases.{i}") for i, p in enumerate(phases))
+        else:
+            kwargs[name] = _coerce(raw[name], typ, key)
+    return cls(**kwargs)
+
+
+def from_dict(raw: dict) -> RunConfig:
+    """Build and validate a :class:`RunConfig` from a plain dict (a recipe or a checkpoint's ``config``)."""
+    cfg = _build(RunConfig, raw, "")
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain dict of builtins (tuples become lists), safe for YAML and ``torch.load(weights_only=True)``."""
+
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(cfg)
+
+
+_CHOICES = {
+    "data.val_mode": ("official", "holdout"),
+    "data.augment": ("keras", "keras3", "keras-radians", "flip", "none"),
+    "data.normalize": ("backbone", "rescale"),
+    "model.head": ("paper", "pool"),
+    "optimizer": ("adam", "adamw", "sgd"),
+    "lr_policy": ("triangular", "constant", "onecycle"),
+    "amp": ("auto", "bf16", "off"),
+    "channels_last": ("auto", "true", "false"),
+}
+
+
+def validate(cfg: RunConfig) -> None:
+    """Raise ConfigError for values outside their allowed sets or ranges."""
+
+    def check(key: str, value: str, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+
+    check("data.val_mode", cfg.data.val_mode, _CHOICES["data.val_mode"])
+    check("data.augment", cfg.data.augment, _CHOICES["data.augment"])
+    check("data.normalize", cfg.data.normalize, _CHOICES["data.normalize"])
+    check("model.head", cfg.model.head, _CHOICES["model.head"])
+    check("amp", cfg.amp, _CHOICES["amp"])
+    check("channels_last", cfg.channels_last, _CHOICES["channels_last"])
+    for i, p in enumerate(cfg.phases):
+        check(f"phases.{i}.optimizer", p.optimizer, _CHOICES["optimizer"])
+        check(f"phases.{i}.lr_policy", p.lr_policy, _CHOICES["lr_policy"])
+        if p.epochs < 0:
+            raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
+        if p.batch_size < 1:
+            raise ConfigError(f"phases.{i}.batch_size: must be >= 1, got {p.batch_size}")
+        if p.lr_max <= 0 or p.lr_min < 0:
+            raise ConfigError(f"phases.{i}: learning rates must be positive")
+        if not (p.train in ("head", "all") or p.train.startswith("from:")):
+            raise ConfigError(f"phases.{i}.train: {p.train!r} is not head, all or from:<block>")
+    if cfg.model.input_size < 8:
+        raise ConfigError(f"model.input_size: must be >= 8, got {cfg.model.input_size}")
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` strings to a raw recipe dict: ``model.backbone=vgg16``, ``phases.0.epochs=3``.
+
+    Values are parsed as YAML scalars (never evaluated as code) and type-checked when the config is built.
+    ``phases.*.epochs=2`` sets the field in every phase.
+    """
+    out = to_dict(from_dict(raw))  # fill defaults so every key exists
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if isinstance(value, (dict, list)) and not key.endswith("betas"):
+            raise ConfigError(f"--set {key}: expected a single value, got {text!r}")
+        parts = key.split(".")
+        targets = [out]
+        for depth, part in enumerate(parts[:-1]):
+            nxt = []
+            for t in targets:
+                if isinstance(t, list):
+                    if part == "*":
+                        nxt.extend(t)
+                        continue
+                    if not part.isdigit() or int(part) >= len(t):
+                        raise ConfigError(f"--set {key}: no phase {part!r} (there are {len(t)})")
+                    nxt.append(t[int(part)])
+                elif isinstance(t, dict) and part in t and isinstance(t[part], (dict, list)):
+                    nxt.append(t[part])
+                else:
+                    valid = ", ".join(k for k, v in t.items() if isinstance(v, (dict, list)))
+                    raise ConfigError(f"--set {key}: unknown section {part!r}; valid: {valid}")
+            targets = nxt
+        last = parts[-1]
+        for t in targets:
+            if not isinstance(t, dict) or last not in t:
+                valid = ", ".join(t) if isinstance(t, dict) else ""
+                raise ConfigError(f"--set {key}: unknown key {last!r}; valid keys: {valid}")
+            t[last] = value
+    from_dict(out)  # validate types now, with the override's key in the message
+    return out
+
+
+def list_recipes() -> list[str]:
+    """Names of the recipes shipped with the package."""
+    folder = resources.files("tinytransfer") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str) -> dict:
+    """Raw dict of a shipped recipe (by name) or a YAML file (by path)."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise ConfigError(f"{name_or_path}: recipe file not found")
+        text = path.read_text()
+        where = str(path)
+    else:
+        res = resources.files("tinytransfer") / "recipes" / f"{name_or_path}.yaml"
+        if not res.is_file():
+            raise ConfigError(f"unknown recipe {name_or_path!r}; shipped recipes: {', '.join(list_recipes())}")
+        text = res.read_text()
+        where = name_or_path
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: a recipe must be a mapping of keys")
+    raw.setdefault("name", path.stem if path.suffix else name_or_path)
+    return raw

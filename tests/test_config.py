@@ -1,0 +1,78 @@
+"""Recipes, overrides and the config round trip."""
+
+import pytest
+import yaml
+
+from tinytransfer.config import (ConfigError, RunConfig, apply_overrides, from_dict, list_recipes, load_recipe,
+                                 to_dict)
+
+
+def test_paper_recipe_is_table_1():
+    cfg = from_dict(load_recipe("vgg16-paper"))
+    assert cfg.model.backbone == "vgg16" and cfg.model.head == "paper" and cfg.model.input_size == 64
+    assert cfg.data.augment == "keras"
+    got = [(p.train, p.epochs, p.lr_min, p.lr_max, p.step_size, p.batch_size, p.optimizer, p.lr_policy)
+           for p in cfg.phases]
+    assert got == [
+        ("head", 25, 1e-4, 6e-4, 1404, 64, "adam", "triangular"),
+        ("all", 15, 1e-5, 6e-5, 1200, 64, "adam", "triangular"),
+        ("all", 15, 1e-6, 6e-6, 1200, 64, "adam", "triangular"),
+    ]
+    assert sum(p.epochs for p in cfg.phases) == 55
+    assert cfg.data.val_mode == "holdout" and cfg.data.holdout_per_class == 50
+
+
+def test_shipped_recipes_all_load():
+    names = list_recipes()
+    assert {"vgg16-paper", "demo"} <= set(names)
+    for n in names:
+        from_dict(load_recipe(n))
+
+
+def test_round_trip_through_dict_and_yaml():
+    cfg = from_dict(load_recipe("vgg16-paper"))
+    again = from_dict(yaml.safe_load(yaml.safe_dump(to_dict(cfg))))
+    assert again == cfg
+    assert isinstance(again, RunConfig) and isinstance(again.phases, tuple)
+
+
+def test_overrides_set_fields_with_types():
+    raw = apply_overrides(load_recipe("vgg16-paper"),
+                          ["model.backbone=efficientnet_lite0", "phases.0.epochs=3", "phases.*.batch_size=32",
+                           "data.skip_bad_images=true", "phases.1.lr_max=1e-3", "seed=7"])
+    cfg = from_dict(raw)
+    assert cfg.model.backbone == "efficientnet_lite0"
+    assert cfg.phases[0].epochs == 3 and cfg.phases[1].epochs == 15
+    assert [p.batch_size for p in cfg.phases] == [32, 32, 32]
+    assert cfg.data.skip_bad_images is True and cfg.phases[1].lr_max == 1e-3 and cfg.seed == 7
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("phases.0.epochs=many", "phases.0.epochs: expected an integer"),
+    ("model.colour=red", "unknown key 'colour'"),
+    ("phases.9.epochs=1", "no phase '9'"),
+    ("data.augment=mixup", "data.augment"),
+    ("seed", "expected key=value"),
+    ("model.pretrained=maybe", "expected true or false"),
+])
+def test_bad_overrides_are_one_line_errors(override, needle):
+    with pytest.raises(ConfigError) as e:
+        apply_overrides(load_recipe("vgg16-paper"), [override])
+    assert needle in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_unknown_recipe_key_lists_valid_ones():
+    with pytest.raises(ConfigError, match="valid keys: .*backbone"):
+        from_dict({"model": {"backbnoe": "vgg16"}})
+    with pytest.raises(ConfigError, match="shipped recipes: .*vgg16-paper"):
+        load_recipe("no-such-recipe")
+
+
+def test_yaml_values_are_never_code(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_recipe(str(p))
+    raw = apply_overrides({}, ["data.root=__import__('os').system('x')"])
+    assert raw["data"]["root"] == "__import__('os').system('x')"
