@@ -1,0 +1,1262 @@
+"""Tiny ImageNet layout (or one folder per class) → decode-once uint8 cache → batches on the device.
+
+The first :func:`load_dataset` of a folder decodes every image once, in ``workers`` processes, into one
+``(N, H, W, 3)`` uint8 ``.npy`` a split (Tiny ImageNet's 100k training images at 64×64 are 1.23 GB), with
+labels and file names beside it; later loads memory-map those files and take well under a second. The cache is
+keyed by the file list, sizes, modification times, the image size and the split settings, and its manifest is
+written last and atomically, so an interrupted build never looks complete.
+
+:class:`DeviceLoader` then indexes batches straight out of the uint8 array (or a copy of it on the GPU), moves
+them to the device, converts to float there and applies a batch transform (``augment.make_transform``) there.
+
+Also here: the offline demo dataset (scikit-learn's digits written in the Tiny ImageNet layout) and the
+resumable, checksummed download of Tiny ImageNet with a zip extraction that nothing can escape.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing
+import os
+import re
+import shutil
+import socket
+import stat
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+import warnings
+import zipfile
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = [
+    "CACHE_FORMAT",
+    "IMAGE_EXTENSIONS",
+    "TINY_IMAGENET_URL",
+    "DataError",
+    "Dataset",
+    "DeviceLoader",
+    "Split",
+    "build_demo_dataset",
+    "download_tiny_imagenet",
+    "load_dataset",
+    "safe_extract",
+    "summary",
+]
+
+logger = logging.getLogger(__name__)
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
+CACHE_FORMAT = 1  # bump when the cache's files or their meaning change; part of every cache key
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
+_JUNK_FILES = {"thumbs.db", "desktop.ini"}  # OS droppings ignored in image folders (as are dot files)
+_MANIFEST = "manifest.json"
+_TMP_MARK = ".tmp-"  # temporary names: <final>.tmp-<host>-<pid>-<token>
+
+
+class DataError(Exception):
+    """A dataset problem, in one line that names the file or folder and what is wrong with it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))  # always one line
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Public containers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Split:
+    """One split: images (N, H, W, 3) uint8 (usually a read-only memory map), labels (N,) int64 (-1 = none)."""
+
+    images: np.ndarray  # (N, H, W, 3) uint8 RGB
+    labels: np.ndarray  # (N,) int64 label ids in class order; -1 for unlabelled (test) images
+    files: list[str]  # (N,) paths relative to the dataset root, "/"-separated
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+
+@dataclass(eq=False)
+class Dataset:
+    """A decoded dataset; ``classes[i]`` (wnid or folder name) and ``names[i]`` (human name) belong to label i."""
+
+    root: str  # the dataset folder
+    classes: list[str]  # wnids (wnids.txt order) or class folder names (sorted); index = label id
+    names: list[str]  # human-readable names (words.txt's first name; else the class id)
+    train: Split
+    val: Split | None  # official val/ or held out of train/ (val_mode="holdout"); None if there is none
+    test: Split | None  # test/images (unlabelled, labels -1); None if there is none
+    image_size: int  # side of the decoded square images in pixels
+    skipped: list[str] = field(default_factory=list)  # "file: problem" for images skipped (skip_bad_images=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Listing: which files belong to which split, with which label
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    layout: str  # "tiny-imagenet" | "folders"
+    classes: list[str]
+    names: list[str]
+    splits: dict[str, tuple[list[str], list[int]]]  # split name → (relative paths, labels)
+
+
+def _scandir(path: str, what: str) -> list[os.DirEntry]:
+    """Entries of a folder, sorted by name; DataError naming the folder if it is missing or unreadable."""
+    try:
+        with os.scandir(path) as it:
+            return sorted(it, key=lambda e: e.name)
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} folder is missing") from None
+    except NotADirectoryError:
+        raise DataError(f"{path}: expected a folder ({what}), found a file") from None
+    except PermissionError as e:
+        raise DataError(f"{path}: cannot read {what} folder ({e.strerror})") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} folder ({e.strerror or e})") from None
+
+
+def _is_dir(entry: os.DirEntry) -> bool:
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
+def _wanted(name: str) -> bool:
+    """Files that count as dataset images: everything but dot files and OS junk (non-images then fail loudly)."""
+    return not name.startswith(".") and name.lower() not in _JUNK_FILES
+
+
+def _image_files(root: str, folder_rel: str, what: str, *, recursive: bool = False) -> list[str]:
+    """Relative paths of the files in root/folder_rel (sorted; recursive for class folders)."""
+    out: list[str] = []
+    for e in _scandir(os.path.join(root, folder_rel), what):
+        rel = f"{folder_rel}/{e.name}" if folder_rel else e.name
+        if not _wanted(e.name):
+            continue
+        if _is_dir(e):
+            if recursive:
+                out.extend(_image_files(root, rel, what, recursive=True))
+            continue
+        out.append(rel)
+    return out
+
+
+def _read_text(path: str, what: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise DataError(f"{path}: {what} is missing") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot read {what} ({e.strerror or e})") from None
+
+
+def _read_words(root: str, wnids: list[str]) -> list[str]:
+    """Human names from words.txt (``wnid<TAB>name, other name``): the first name; the wnid where absent."""
+    path = os.path.join(root, "words.txt")
+    if not os.path.exists(path):
+        logger.info("%s: no words.txt; class names are the wnids", root)
+        return list(wnids)
+    wanted = set(wnids)
+    found: dict[str, str] = {}
+    for line in _read_text(path, "words.txt").splitlines():
+        wnid, sep, rest = line.partition("\t")
+        wnid = wnid.strip()
+        if sep and wnid in wanted and wnid not in found:
+            first = rest.split(",")[0].strip()
+            if first:
+                found[wnid] = first
+    return [found.get(w, w) for w in wnids]
+
+
+def _holdout(files: list[str], n: int, seed: int, label: int, where: str) -> tuple[list[str], list[str]]:
+    """Deterministic (train, held-out) split of one class's sorted files: n held out, chosen with (seed, label)."""
+    if n <= 0:
+        return files, []
+    if n >= len(files):
+        raise DataError(f"{where}: only {len(files)} images, cannot hold out {n} for validation "
+                        f"(lower holdout_per_class)")
+    rng = np.random.default_rng([seed, label])
+    held = set(rng.permutation(len(files))[:n].tolist())
+    return ([f for i, f in enumerate(files) if i not in held], [f for i, f in enumerate(files) if i in held])
+
+
+def _plan_tiny(root: str, val_mode: str, holdout: int, seed: int) -> _Plan:
+    """List a Tiny ImageNet tree (wnids.txt, words.txt, train/<wnid>/images, val/, test/images)."""
+    wnids_path = os.path.join(root, "wnids.txt")
+    wnids = [w.strip() for w in _read_text(wnids_path, "wnids.txt").splitlines() if w.strip()]
+    if not wnids:
+        raise DataError(f"{wnids_path}: no class ids in the file")
+    dup = [w for w, c in Counter(wnids).items() if c > 1]
+    if dup:
+        raise DataError(f"{wnids_path}: class id {dup[0]} is listed twice")
+    label_of = {w: i for i, w in enumerate(wnids)}
+    names = _read_words(root, wnids)
+
+    train_files: list[str] = []
+    train_labels: list[int] = []
+    val_files: list[str] = []
+    val_labels: list[int] = []
+    for label, wnid in enumerate(wnids):
+        folder = f"train/{wnid}/images"
+        if not os.path.isdir(os.path.join(root, "train", wnid)):
+            raise DataError(f"{os.path.join(root, 'train', wnid)}: no train folder for class {wnid} "
+                            f"(listed in wnids.txt)")
+        files = _image_files(root, folder, f"train images of {wnid}")
+        if not files:
+            raise DataError(f"{os.path.join(root, folder)}: empty class folder (no images of {wnid})")
+        if val_mode == "holdout":
+            files, held = _holdout(files, holdout, seed, label, os.path.join(root, folder))
+            val_files += held
+            val_labels += [label] * len(held)
+        train_files += files
+        train_labels += [label] * len(files)
+    splits = {"train": (train_files, train_labels)}
+
+    if val_mode == "official":
+        val_dir = os.path.join(root, "val")
+        if os.path.isdir(val_dir):
+            ann = os.path.join(val_dir, "val_annotations.txt")
+            if not os.path.isfile(ann):
+                raise DataError(f"{ann}: missing (needed to label val/images)")
+            present = {e.name for e in _scandir(os.path.join(val_dir, "images"), "val images")}
+            pairs: dict[str, int] = {}
+            for lineno, line in enumerate(_read_text(ann, "val_annotations.txt").splitlines(), 1):
+                if not line.strip():
+                    continue
+                parts = line.split("\t") if "\t" in line else line.split()
+                if len(parts) < 2:
+                    raise DataError(f"{ann} line {lineno}: expected 'file<TAB>wnid...', got {line.strip()[:60]!r}")
+                fname, wnid = parts[0].strip(), parts[1].strip()
+                if wnid not in label_of:
+                    raise DataError(f"{ann} line {lineno}: wnid {wnid} (for {fname}) is not in wnids.txt")
+                if fname not in present:
+                    raise DataError(f"{os.path.join(val_dir, 'images', fname)}: listed in val_annotations.txt "
+                                    f"(line {lineno}) but missing")
+                pairs[fname] = label_of[wnid]
+            unlabelled = sorted(n for n in present if _wanted(n) and n not in pairs)
+            if unlabelled:
+                logger.warning("%s: %d images not in val_annotations.txt are ignored (e.g. %s)",
+                               os.path.join(val_dir, "images"), len(unlabelled), unlabelled[0])
+            order = sorted(pairs)
+            val_files = [f"val/images/{f}" for f in order]
+            val_labels = [pairs[f] for f in order]
+            splits["val"] = (val_files, val_labels)
+        else:
+            logger.warning("%s: no val/ folder; there is no validation split (use val_mode='holdout')", root)
+    else:
+        splits["val"] = (val_files, val_labels)
+
+    if os.path.isdir(os.path.join(root, "test", "images")):
+        test = _image_files(root, "test/images", "test images")
+        if test:
+            splits["test"] = (test, [-1] * len(test))
+    return _Plan("tiny-imagenet", wnids, names, splits)
+
+
+def _class_dirs(root: str, rel: str, what: str) -> list[str]:
+    return [e.name for e in _scandir(os.path.join(root, rel) if rel else root, what)
+            if _is_dir(e) and _wanted(e.name)]
+
+
+def _plan_folders(root: str, val_mode: str, holdout: int, seed: int) -> _Plan:
+    """List root/<class>/* (val held out), or root/train/<class> (+ root/val/<class>, + root/test)."""
+    nested = os.path.isdir(os.path.join(root, "train")) and bool(_class_dirs(root, "train", "train"))
+    base = "train" if nested else ""
+    classes = _class_dirs(root, base, "dataset")
+    if not classes:
+        raise DataError(f"{root}: not a dataset (no wnids.txt and no class folders)")
+    has_val = nested and os.path.isdir(os.path.join(root, "val"))
+    use_holdout = val_mode == "holdout" or not has_val
+    if val_mode == "official" and not has_val:
+        logger.info("%s: no val/<class> folders; holding out %d images a class for validation", root, holdout)
+    splits: dict[str, tuple[list[str], list[int]]] = {}
+    tr_f: list[str] = []
+    tr_l: list[int] = []
+    va_f: list[str] = []
+    va_l: list[int] = []
+    for label, c in enumerate(classes):
+        rel = f"{base}/{c}" if base else c
+        files = _image_files(root, rel, f"class {c}", recursive=True)
+        if not files:
+            raise DataError(f"{os.path.join(root, rel)}: empty class folder (no images)")
+        if use_holdout:
+            files, held = _holdout(files, holdout, seed, label, os.path.join(root, rel))
+            va_f += held
+            va_l += [label] * len(held)
+        tr_f += files
+        tr_l += [label] * len(files)
+    splits["train"] = (tr_f, tr_l)
+    if not use_holdout:
+        label_of = {c: i for i, c in enumerate(classes)}
+        for c in _class_dirs(root, "val", "val"):
+            if c not in label_of:
+                raise DataError(f"{os.path.join(root, 'val', c)}: class {c} is not among the train classes")
+            files = _image_files(root, f"val/{c}", f"val class {c}", recursive=True)
+            va_f += files
+            va_l += [label_of[c]] * len(files)
+    if va_f:
+        splits["val"] = (va_f, va_l)
+    if nested and os.path.isdir(os.path.join(root, "test")):
+        test = [f for f in _image_files(root, "test", "test", recursive=True)]
+        if test:
+            splits["test"] = (test, [-1] * len(test))
+    return _Plan("folders", classes, list(classes), splits)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Decoding (runs in worker processes; module-level functions so that they pickle)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode → RGB: grayscale replicated, palette/CMYK/YCbCr converted, alpha composited on white,
+    16/32-bit integer and float grayscale scaled to 8 bits."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode == "P" and "transparency" in img.info:
+        img, mode = img.convert("RGBA"), "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        hi = float(a.max()) if a.size else 0.0
+        if mode.startswith("I;16") or 255.0 < hi <= 65535.0:
+            a = a / 257.0  # 16-bit range → 8-bit
+        elif hi > 65535.0 or (mode == "F" and hi <= 1.0):
+            lo = float(a.min())
+            a = (a - lo) * (255.0 / max(hi - lo, 1e-12))
+        g = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        return Image.fromarray(np.repeat(g[:, :, None], 3, axis=2), "RGB")
+    return img.convert("RGB")  # L, 1, P, CMYK, YCbCr, LAB, HSV, RGBX ...
+
+
+def _decode_file(path: str, size: int) -> np.ndarray:
+    """Decode one image file to (size, size, 3) uint8 RGB, resized bilinearly if needed; DataError otherwise."""
+    try:
+        with Image.open(path) as img:
+            if img.format == "JPEG" and min(img.size) >= 2 * size:
+                img.draft(img.mode, (size, size))  # DCT downscale of big JPEGs (never below the target size)
+            img.load()
+            rgb = _to_rgb(img)
+            if rgb.size != (size, size):
+                rgb = rgb.resize((size, size), Image.BILINEAR)
+            a = np.asarray(rgb, dtype=np.uint8)
+    except Image.UnidentifiedImageError:
+        ext = os.path.splitext(path)[1].lower()
+        why = "unknown image format" if ext in IMAGE_EXTENSIONS else f"extension {ext or '(none)'}"
+        raise DataError(f"{path}: not an image file ({why}; PIL cannot identify it)") from None
+    except FileNotFoundError:
+        raise DataError(f"{path}: file vanished while decoding") from None
+    except Exception as e:  # truncated/corrupt data raises OSError, SyntaxError, ValueError, ... deep in PIL
+        raise DataError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    if a.shape != (size, size, 3):  # pragma: no cover - defensive
+        raise DataError(f"{path}: decoded to shape {a.shape}, expected {(size, size, 3)}")
+    return a
+
+
+def _probe_file(path: str) -> tuple[int, int]:
+    """(width, height) from the image header, without decoding the pixels."""
+    try:
+        with Image.open(path) as img:
+            return img.size
+    except Image.UnidentifiedImageError:
+        raise DataError(f"{path}: not an image file (PIL cannot identify it)") from None
+    except Exception as e:
+        raise DataError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from None
+
+
+def _probe_chunk(args: tuple[str, list[str], int, bool]) -> tuple[list[tuple[int, int] | None], list[tuple[int, str]]]:
+    """Header sizes of a chunk of files; (sizes with None for bad files, [(index, message)])."""
+    root, rels, start, skip = args
+    sizes: list[tuple[int, int] | None] = []
+    errors: list[tuple[int, str]] = []
+    for i, rel in enumerate(rels):
+        try:
+            sizes.append(_probe_file(os.path.join(root, rel)))
+        except DataError as e:
+            sizes.append(None)
+            errors.append((start + i, str(e)))
+            if not skip:
+                break
+    return sizes, errors
+
+
+def _decode_chunk(args: tuple[str, list[str], int, int, str, bool, list[int]]) -> list[tuple[int, str]]:
+    """Decode files rels[i] into rows start+i of the .npy at out_path (opened r+); returns [(index, message)]."""
+    root, rels, start, size, out_path, skip, bad = args
+    out = np.load(out_path, mmap_mode="r+")  # (N, size, size, 3) uint8
+    errors: list[tuple[int, str]] = []
+    known_bad = set(bad)
+    try:
+        for i, rel in enumerate(rels):
+            if start + i in known_bad:
+                continue  # already found bad by the header probe
+            try:
+                out[start + i] = _decode_file(os.path.join(root, rel), size)
+            except DataError as e:
+                errors.append((start + i, str(e)))
+                if not skip:
+                    break
+        out.flush()
+    finally:
+        del out
+    return errors
+
+
+def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
+    """[start, stop) ranges: ~16 chunks a worker for balance, 64..2048 files each."""
+    size = int(min(2048, max(64, math.ceil(n / max(1, workers * 16)))))
+    return [(s, min(n, s + size)) for s in range(0, n, size)]
+
+
+def _pool_context() -> Any:
+    # fork is what DataLoader uses on Linux and starts in milliseconds; the children only run PIL and numpy.
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+
+
+def _run_chunks(fn: Callable, tasks: list[tuple], workers: int, what: str, total: int) -> Iterator[Any]:
+    """fn over tasks, in-process (workers <= 1 or few files) or in a pool; yields results as they finish."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=what, unit="img", disable=None, leave=False)
+    try:
+        if workers <= 1 or total < 256 or len(tasks) == 1:
+            for t in tasks:
+                r = fn(t)
+                bar.update(len(t[1]))
+                yield r
+            return
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # Python ≥ 3.12: fork() in a threaded process
+            pool = _pool_context().Pool(min(workers, len(tasks)))
+        try:
+            for t, r in zip(tasks, pool.imap(fn, tasks)):
+                bar.update(len(t[1]))
+                yield r
+            pool.close()
+        finally:
+            pool.terminate()
+            pool.join()
+    finally:
+        bar.close()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Cache: key, files, atomic writes
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _tmp_name(path: str) -> str:
+    """A temporary name beside ``path``, unique per host, process and call."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+    return f"{path}{_TMP_MARK}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write to a unique temp file, fsync it, os.replace it onto ``path``, fsync the folder."""
+    tmp = _tmp_name(path)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    _fsync_path(os.path.dirname(path) or ".")
+
+
+def _write_manifest(path: str, manifest: dict) -> None:
+    """The manifest is the cache's commit record: written last, atomically."""
+    _atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _clean_stale_temps(folder: str) -> None:
+    """Remove temp files of builds that died: this host's dead processes, or anyone's older than a day."""
+    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for e in entries:
+        if _TMP_MARK not in e.name:
+            continue
+        tail = e.name.rsplit(_TMP_MARK, 1)[1].split("-")
+        try:
+            stale = time.time() - e.stat().st_mtime > 86400
+            if len(tail) == 3 and tail[0] == host and tail[1].isdigit():
+                stale = stale or not _pid_alive(int(tail[1]))
+            if stale:
+                os.unlink(e.path)
+        except OSError:
+            pass
+
+
+def _writable_dir(path: str) -> bool:
+    """Create ``path`` if needed and check that a file can be written in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+        return True
+    except OSError:
+        return False
+
+
+def _user_cache_root() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "tinytransfer")
+
+
+def _cache_candidates(root: str, cache_dir: str) -> list[str]:
+    """Where the cache may be: the given folder; else <root>/.tinytransfer-cache, then the user cache dir."""
+    if cache_dir:
+        return [os.path.abspath(os.path.expanduser(cache_dir))]
+    h = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
+    return [os.path.join(root, ".tinytransfer-cache"), os.path.join(_user_cache_root(), h)]
+
+
+def _cache_key(plan: _Plan, stats: dict[str, list[tuple[int, int]]], params: dict) -> str:
+    """sha256 of (format, settings, every split's files with label, byte size and mtime in ns)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"format": CACHE_FORMAT, **params, "layout": plan.layout, "classes": plan.classes},
+                        sort_keys=True).encode())
+    for name in sorted(plan.splits):
+        files, labels = plan.splits[name]
+        h.update(f"\n[{name}] {len(files)}\n".encode())
+        h.update("".join(f"{f}\t{lab}\t{s}\t{m}\n" for f, lab, (s, m) in zip(files, labels, stats[name])).encode())
+    return h.hexdigest()
+
+
+def _stat_files(root: str, files: list[str]) -> list[tuple[int, int]]:
+    out = []
+    for rel in files:
+        path = os.path.join(root, rel)
+        try:
+            st = os.stat(path)
+        except OSError as e:
+            raise DataError(f"{path}: cannot stat file ({e.strerror or e})") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"{path}: not a regular file")
+        out.append((int(st.st_size), int(st.st_mtime_ns)))
+    return out
+
+
+def _try_load(folder: str, key: str) -> tuple[dict, dict[str, Split]] | None:
+    """The cached splits if folder's manifest has this key and its files look right; else None."""
+    mpath = os.path.join(folder, _MANIFEST)
+    try:
+        with open(mpath, encoding="utf-8") as f:
+            manifest = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if manifest.get("format") != CACHE_FORMAT or manifest.get("key") != key:
+        logger.info("%s: cache is stale (files or settings changed); rebuilding", folder)
+        return None
+    splits: dict[str, Split] = {}
+    try:
+        s = int(manifest["image_size"])
+        for name, info in manifest["splits"].items():
+            images = np.load(os.path.join(folder, info["images"]), mmap_mode="r")
+            labels = np.load(os.path.join(folder, info["labels"]))
+            with open(os.path.join(folder, info["files"]), encoding="utf-8") as f:
+                files = json.load(f)
+            n = int(info["count"])
+            if (images.dtype != np.uint8 or images.shape != (n, s, s, 3) or labels.shape != (n,)
+                    or len(files) != n):
+                raise ValueError(f"split {name} does not match the manifest")
+            splits[name] = Split(images=images, labels=labels.astype(np.int64, copy=False), files=list(files))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        logger.warning("%s: cache is damaged (%s); rebuilding", folder, e)
+        return None
+    return manifest, splits
+
+
+def _remove_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int, workers: int,
+                 skip: bool) -> tuple[dict, dict[str, Split]]:
+    """Decode every image of the plan once into ``folder``; the manifest is written last."""
+    os.makedirs(folder, exist_ok=True)
+    _clean_stale_temps(folder)
+    t0 = time.perf_counter()
+    order = [n for n in ("train", "val", "test") if n in plan.splits]
+    bad: dict[str, dict[int, str]] = {n: {} for n in order}  # split → {index: message}
+
+    def fail_or_skip(name: str, errors: list[tuple[int, str]]) -> None:
+        if errors and not skip:
+            raise DataError(min(errors)[1])
+        for i, msg in errors:
+            logger.warning("skipping bad image: %s", msg)
+            bad[name][i] = msg
+
+    size = image_size
+    if size <= 0:  # the most common size in the dataset, from the headers (no pixel decoding)
+        counts: Counter = Counter()
+        for name in order:
+            files = plan.splits[name][0]
+            tasks = [(root, files[a:b], a, skip) for a, b in _chunks(len(files), workers)]
+            for sizes, errors in _run_chunks(_probe_chunk, tasks, workers, f"probe {name}", len(files)):
+                fail_or_skip(name, errors)
+                counts.update(s for s in sizes if s is not None)
+        if not counts:
+            raise DataError(f"{root}: no readable images")
+        (w, h), _ = counts.most_common(1)[0]
+        size = w if w == h else min(w, h)
+        if w != h:
+            logger.warning("%s: most images are %dx%d; decoding to %dx%d squares (set image_size to choose)",
+                           root, w, h, size, size)
+        if size > 256:
+            logger.warning("%s: images are %d px; the cache holds them at full size (set image_size to shrink)",
+                           root, size)
+
+    written: list[str] = []  # temp files to remove if anything fails
+    finals: dict[str, dict] = {}
+    tag = key[:16]
+    try:
+        for name in order:
+            files, labels = plan.splits[name]
+            n = len(files)
+            logger.info("decoding %d %s images to %dx%d with %d worker(s) into %s", n, name, size, size,
+                        workers, folder)
+            img_final = os.path.join(folder, f"{name}-{tag}.images.npy")
+            img_tmp = _tmp_name(img_final)
+            written.append(img_tmp)
+            arr = np.lib.format.open_memmap(img_tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+            del arr  # workers open it themselves; the header is on disk
+            known_bad = sorted(bad[name])
+            tasks = [(root, files[a:b], a, size, img_tmp, skip, [i for i in known_bad if a <= i < b])
+                     for a, b in _chunks(n, workers)]
+            for errors in _run_chunks(_decode_chunk, tasks, workers, f"decode {name}", n):
+                fail_or_skip(name, errors)
+            keep = [i for i in range(n) if i not in bad[name]]
+            if len(keep) < n:  # compact: drop the rows of skipped images
+                src = np.load(img_tmp, mmap_mode="r")
+                img_tmp2 = _tmp_name(img_final)
+                written.append(img_tmp2)
+                dst = np.lib.format.open_memmap(img_tmp2, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+                for a in range(0, len(keep), 4096):
+                    dst[a:a + 4096] = src[keep[a:a + 4096]]
+                dst.flush()
+                del src, dst
+                _remove_quietly(img_tmp)
+                img_tmp = img_tmp2
+            with open(img_tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            lab = np.asarray([labels[i] for i in keep], dtype=np.int64)
+            kept_files = [files[i] for i in keep]
+            lab_final = os.path.join(folder, f"{name}-{tag}.labels.npy")
+            files_final = os.path.join(folder, f"{name}-{tag}.files.json")
+            buf = _npy_bytes(lab)
+            _atomic_write_bytes(lab_final, buf)
+            _atomic_write_bytes(files_final, json.dumps(kept_files).encode())
+            os.replace(img_tmp, img_final)
+            finals[name] = {"images": os.path.basename(img_final), "labels": os.path.basename(lab_final),
+                            "files": os.path.basename(files_final), "count": len(keep)}
+        _fsync_path(folder)
+        skipped = [bad[n][i] for n in order for i in sorted(bad[n])]
+        manifest = {"format": CACHE_FORMAT, "key": key, "layout": plan.layout, "image_size": size,
+                    "classes": plan.classes, "splits": finals, "skipped": skipped,
+                    "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - t0, 3)}
+        _write_manifest(os.path.join(folder, _MANIFEST), manifest)
+    finally:
+        for p in written:
+            if _TMP_MARK in os.path.basename(p):
+                _remove_quietly(p)
+    _remove_other_keys(folder, tag)
+    logger.info("cache built in %.1f s: %s", time.perf_counter() - t0, folder)
+    loaded = _try_load(folder, key)
+    if loaded is None:  # pragma: no cover - another process replaced it with another key in between
+        raise DataError(f"{folder}: cache changed while it was being built; run again")
+    return loaded
+
+
+def _npy_bytes(a: np.ndarray) -> bytes:
+    import io
+
+    b = io.BytesIO()
+    np.save(b, a)
+    return b.getvalue()
+
+
+def _remove_other_keys(folder: str, tag: str) -> None:
+    """Drop data files of older keys (the manifest no longer points at them; open memory maps stay valid)."""
+    for e in os.scandir(folder):
+        m = re.match(r"^(train|val|test)-([0-9a-f]{16})\.(images\.npy|labels\.npy|files\.json)$", e.name)
+        if m and m.group(2) != tag:
+            _remove_quietly(e.path)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# load_dataset
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def load_dataset(
+    root: str | os.PathLike,
+    *,
+    val_mode: str = "official",
+    holdout_per_class: int = 50,
+    split_seed: int = 0,
+    image_size: int = 0,
+    cache_dir: str = "",
+    skip_bad_images: bool = False,
+    workers: int = 2,
+) -> Dataset:
+    """Read a dataset folder, decoding it once into the uint8 cache, and return its splits (memory-mapped).
+
+    Layouts: Tiny ImageNet (``wnids.txt`` present: label order = wnids.txt order, names from words.txt, val from
+    ``val/val_annotations.txt``, unlabelled ``test/images``), or one folder per class (``root/<class>/*``, sorted
+    class names, val held out; or ``root/train/<class>`` + ``root/val/<class>`` + ``root/test``).
+
+    val_mode: "official" uses val/ ; "holdout" holds ``holdout_per_class`` images a class out of train/, chosen
+    from each class's sorted file list with seed (split_seed, label), so the split never changes.
+    image_size: side of the decoded squares (other sizes are resized, bilinear); 0 = the most common size.
+    cache_dir: "" = ``<root>/.tinytransfer-cache``, or ``~/.cache/tinytransfer/<hash>`` if root is read-only.
+    skip_bad_images: skip (log and count) undecodable images instead of raising DataError.
+    workers: processes decoding on the first load.
+    """
+    root = os.path.abspath(os.fspath(root))
+    if val_mode not in ("official", "holdout"):
+        raise ValueError(f"val_mode must be 'official' or 'holdout', got {val_mode!r}")
+    if image_size < 0 or holdout_per_class < 0:
+        raise ValueError("image_size and holdout_per_class must be >= 0")
+    if not os.path.isdir(root):
+        raise DataError(f"{root}: dataset folder not found")
+    t0 = time.perf_counter()
+    if os.path.isfile(os.path.join(root, "wnids.txt")):
+        plan = _plan_tiny(root, val_mode, holdout_per_class, split_seed)
+    else:
+        plan = _plan_folders(root, val_mode, holdout_per_class, split_seed)
+    stats = {name: _stat_files(root, files) for name, (files, _) in plan.splits.items()}
+    params = {"val_mode": val_mode, "holdout": holdout_per_class if val_mode == "holdout" or plan.layout == "folders"
+              else 0, "seed": split_seed, "image_size": image_size}
+    key = _cache_key(plan, stats, params)
+    sub = f"{val_mode}-{image_size or 'auto'}-" + hashlib.sha256(
+        json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
+
+    loaded = None
+    candidates = _cache_candidates(root, cache_dir)
+    for c in candidates:
+        loaded = _try_load(os.path.join(c, sub), key)
+        if loaded is not None:
+            logger.info("loaded cache %s in %.2f s", os.path.join(c, sub), time.perf_counter() - t0)
+            break
+    if loaded is None:
+        target = next((c for c in candidates if _writable_dir(c)), None)
+        if target is None:
+            raise DataError(f"{candidates[0]}: cannot write the image cache there (set cache_dir)")
+        if target != candidates[0]:
+            logger.info("%s is not writable; caching in %s", candidates[0], target)
+        loaded = _build_cache(plan, root, os.path.join(target, sub), key, image_size, workers, skip_bad_images)
+    manifest, splits = loaded
+    skipped = list(manifest.get("skipped", []))
+    if skipped:
+        if not skip_bad_images:
+            raise DataError(skipped[0])
+        shown = "; ".join(skipped[:5]) + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
+        logger.warning("skipped %d bad image%s: %s", len(skipped), "s" * (len(skipped) != 1), shown)
+    if len(splits["train"]) == 0:
+        raise DataError(f"{root}: no usable training images")
+    return Dataset(root=root, classes=list(plan.classes), names=list(plan.names), train=splits["train"],
+                   val=splits.get("val"), test=splits.get("test"), image_size=int(manifest["image_size"]),
+                   skipped=skipped)
+
+
+def summary(dataset: Dataset) -> str:
+    """A few lines: root, classes (first ones with names), image size and split sizes."""
+    shown = ", ".join(f"{c} ({n})" if n != c else c for c, n in zip(dataset.classes[:10], dataset.names[:10]))
+    more = f", ... ({len(dataset.classes) - 10} more)" if len(dataset.classes) > 10 else ""
+    sizes = "  ".join(f"{name}: {len(s) if s is not None else 0}" for name, s in
+                      (("train", dataset.train), ("val", dataset.val), ("test", dataset.test)))
+    lines = [f"dataset {dataset.root}",
+             f"  {len(dataset.classes)} classes, {dataset.image_size}x{dataset.image_size} RGB",
+             f"  classes: {shown}{more}",
+             f"  {sizes}"]
+    if dataset.skipped:
+        lines.append(f"  skipped {len(dataset.skipped)} bad images")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DeviceLoader
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class DeviceLoader:
+    """Batches of a :class:`Split` as float tensors on ``device``: (B, 3, H, W) float32 and (B,) int64.
+
+    Each epoch (each ``iter()``) takes a permutation from ``generator`` (CPU, explicit) when ``shuffle``, else the
+    natural order. Sharding for DDP: every rank must pass a generator with the same seed, so that all draw the
+    same permutation; rank r takes ``perm[r::world_size]``. When shuffling (training) or with ``drop_last`` the
+    permutation is first truncated to a multiple of world_size, so every rank gets ``N // world_size`` samples
+    (and, with drop_last, the same number of batches); without either (evaluation) the shards cover every sample
+    exactly once and their sizes differ by at most one. The last partial batch is kept unless ``drop_last``.
+
+    A batch is gathered from the uint8 array (rows read in sorted order for memory-map locality, then put back in
+    permutation order), pinned and copied asynchronously on CUDA, permuted to (B, 3, H, W), converted to
+    float32 (0..255) on the device, passed through ``transform(x, aug_generator)`` if given, and made channels_last
+    if asked. ``preload`` (default: on CUDA) copies the whole uint8 split to the device once and indexes there.
+    ``aug_generator`` should live on ``device`` and be seeded differently on each rank.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        batch_size: int,
+        *,
+        device: str | torch.device = "cpu",
+        shuffle: bool = False,
+        generator: torch.Generator | None = None,
+        transform: Callable[[torch.Tensor, torch.Generator | None], torch.Tensor] | None = None,
+        aug_generator: torch.Generator | None = None,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        channels_last: bool = False,
+        preload: bool | None = None,
+    ) -> None:
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+        self.split = split
+        self.batch_size = int(batch_size)
+        self.device = torch.device(device)
+        self.shuffle = shuffle
+        if shuffle and generator is None:  # seeded from the global RNG, so torch.manual_seed still governs it
+            generator = torch.Generator().manual_seed(int(torch.randint(0, 2**62, (1,)).item()))
+        self.generator = generator
+        self.transform = transform
+        self.aug_generator = aug_generator
+        self.rank = rank
+        self.world_size = world_size
+        self.drop_last = drop_last
+        self.channels_last = channels_last
+        self.preload = self.device.type == "cuda" if preload is None else bool(preload)
+        self._cuda = self.device.type == "cuda"
+        self._images = split.images  # (N, H, W, 3) uint8, maybe memory-mapped
+        self._labels = np.ascontiguousarray(split.labels, dtype=np.int64)  # (N,)
+        self._images_dev: torch.Tensor | None = None
+        self._labels_dev: torch.Tensor | None = None
+        if self.preload:
+            self._load_to_device()
+
+    def _load_to_device(self) -> None:
+        """Copy the whole uint8 split to the device in slices (host memory stays at one slice)."""
+        n = len(self.split)
+        shape = tuple(self._images.shape)  # (N, H, W, 3)
+        dev = torch.empty(shape, dtype=torch.uint8, device=self.device)
+        step = 8192
+        for a in range(0, n, step):
+            chunk = torch.from_numpy(np.array(self._images[a:a + step]))  # writable copy of a slice
+            dev[a:a + step].copy_(chunk.pin_memory() if self._cuda else chunk, non_blocking=self._cuda)
+        self._images_dev = dev
+        self._labels_dev = torch.from_numpy(self._labels).to(self.device)
+
+    @property
+    def num_samples(self) -> int:
+        """Samples this rank sees per epoch."""
+        n = len(self.split)
+        if self.world_size == 1:
+            return n
+        if self.shuffle or self.drop_last:
+            return n // self.world_size
+        return len(range(self.rank, n, self.world_size))
+
+    def __len__(self) -> int:
+        m = self.num_samples
+        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def _indices(self) -> torch.Tensor:
+        """This rank's sample order for one epoch: (num_samples,) int64 on the CPU."""
+        n = len(self.split)
+        perm = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        if self.world_size > 1:
+            if self.shuffle or self.drop_last:
+                perm = perm[: (n // self.world_size) * self.world_size]
+            perm = perm[self.rank:: self.world_size]
+        return perm
+
+    def _gather_host(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, 3) uint8 and (B,) int64 on the device, read from the host array."""
+        i = idx.numpy()
+        order = np.argsort(i, kind="stable")
+        rows = self._images[i[order]]  # (B, H, W, 3) uint8, read in ascending order
+        x = np.empty_like(rows)
+        x[order] = rows  # back to permutation order
+        xt = torch.from_numpy(x)
+        yt = torch.from_numpy(self._labels[i])
+        if self._cuda:
+            xt, yt = xt.pin_memory(), yt.pin_memory()
+        return xt.to(self.device, non_blocking=True), yt.to(self.device, non_blocking=True)
+
+    def _finish(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device → (B, 3, H, W) float32, transformed, in the asked memory format."""
+        x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view with channels-last strides
+        direct_cl = self.channels_last and self.transform is None
+        x = x.to(torch.float32, memory_format=torch.channels_last if direct_cl else torch.contiguous_format)
+        if self.transform is not None:
+            x = self.transform(x, self.aug_generator)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        idx = self._indices()
+        bs = self.batch_size
+        if self.preload:
+            idx_dev = idx.to(self.device, non_blocking=True)
+        for b in range(len(self)):
+            if self.preload:
+                sel = idx_dev[b * bs:(b + 1) * bs]
+                x = self._images_dev.index_select(0, sel)  # (B, H, W, 3) uint8 on the device
+                y = self._labels_dev.index_select(0, sel)  # (B,) int64
+            else:
+                x, y = self._gather_host(idx[b * bs:(b + 1) * bs])
+            yield self._finish(x), y
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Demo dataset: scikit-learn's digits in the Tiny ImageNet layout
+# ---------------------------------------------------------------------------------------------------------------
+
+_DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+_DEMO_MARKER = ".tinytransfer-demo.json"
+
+
+def _digit_jpeg(img8: np.ndarray, path: str) -> None:
+    """An 8×8 digit (0..16) → 64×64 RGB JPEG (bicubic, quality 95)."""
+    g = np.clip(np.rint(img8 * (255.0 / 16.0)), 0, 255).astype(np.uint8)
+    Image.fromarray(g, "L").resize((64, 64), Image.BICUBIC).convert("RGB").save(path, "JPEG", quality=95)
+
+
+def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0) -> str:
+    """Write scikit-learn's 1,797 handwritten digits as a Tiny-ImageNet-layout tree at ``out_dir``; returns it.
+
+    Ten made-up wnids ``d0000000``..``d0000009`` named "zero".."nine" in words.txt; a stratified split with
+    ``seed``: about 60 % train/<wnid>/images, 25 % val/images (+ val_annotations.txt), 15 % test/images
+    (unlabelled). 64×64 RGB JPEGs, bicubic from 8×8. Idempotent: a complete tree with the same seed is kept.
+    """
+    from sklearn.datasets import load_digits
+
+    out = os.path.abspath(os.fspath(out_dir))
+    marker = os.path.join(out, _DEMO_MARKER)
+    try:
+        with open(marker, encoding="utf-8") as f:
+            if json.load(f).get("seed") == seed:
+                logger.info("%s: demo dataset already complete", out)
+                return out
+    except (OSError, ValueError):
+        pass
+    digits = load_digits()
+    images = digits.images  # (1797, 8, 8) float64 in 0..16
+    target = digits.target.astype(int)  # (1797,)
+    wnids = [f"d{k:07d}" for k in range(10)]
+    rng = np.random.default_rng(seed)
+    train: list[tuple[int, int]] = []  # (sample index, class)
+    val: list[tuple[int, int]] = []
+    test: list[tuple[int, int]] = []
+    for c in range(10):
+        idx = rng.permutation(np.flatnonzero(target == c))
+        n_tr, n_va = round(0.60 * len(idx)), round(0.25 * len(idx))
+        train += [(int(i), c) for i in idx[:n_tr]]
+        val += [(int(i), c) for i in idx[n_tr:n_tr + n_va]]
+        test += [(int(i), c) for i in idx[n_tr + n_va:]]
+    val = [val[i] for i in rng.permutation(len(val))]  # val/test numbering mixes the classes, as in Tiny ImageNet
+    test = [test[i] for i in rng.permutation(len(test))]
+
+    os.makedirs(out, exist_ok=True)
+    _remove_quietly(marker)
+    for c, w in enumerate(wnids):
+        folder = os.path.join(out, "train", w, "images")
+        os.makedirs(folder, exist_ok=True)
+        mine = [i for i, cls in train if cls == c]
+        boxes = []
+        for k, i in enumerate(mine):
+            name = f"{w}_{k}.JPEG"
+            _digit_jpeg(images[i], os.path.join(folder, name))
+            boxes.append(f"{name}\t0\t0\t63\t63\n")
+        with open(os.path.join(out, "train", w, f"{w}_boxes.txt"), "w") as f:
+            f.writelines(boxes)
+    os.makedirs(os.path.join(out, "val", "images"), exist_ok=True)
+    ann = []
+    for k, (i, c) in enumerate(val):
+        name = f"val_{k}.JPEG"
+        _digit_jpeg(images[i], os.path.join(out, "val", "images", name))
+        ann.append(f"{name}\t{wnids[c]}\t0\t0\t63\t63\n")
+    with open(os.path.join(out, "val", "val_annotations.txt"), "w") as f:
+        f.writelines(ann)
+    os.makedirs(os.path.join(out, "test", "images"), exist_ok=True)
+    for k, (i, _) in enumerate(test):
+        _digit_jpeg(images[i], os.path.join(out, "test", "images", f"test_{k}.JPEG"))
+    with open(os.path.join(out, "wnids.txt"), "w") as f:
+        f.writelines(f"{w}\n" for w in wnids)
+    with open(os.path.join(out, "words.txt"), "w") as f:
+        f.writelines(f"{w}\t{n}, digit {k}\n" for k, (w, n) in enumerate(zip(wnids, _DIGIT_NAMES)))
+    _atomic_write_bytes(marker, json.dumps({"seed": seed, "source": "sklearn.datasets.load_digits",
+                                            "train": len(train), "val": len(val), "test": len(test)}).encode())
+    logger.info("demo dataset: %d train, %d val, %d test images in %s", len(train), len(val), len(test), out)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Download and safe extraction
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _sha256_file(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _local_source(url: str) -> str | None:
+    """The local file behind a plain path or a file:// URL; None for network URLs."""
+    parsed = urllib.parse.urlparse(url)
+    if parsed.scheme == "file":
+        return urllib.request.url2pathname(parsed.path)
+    if parsed.scheme in ("", ) or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return url
+    return None
+
+
+def _fetch(url: str, part: str) -> None:
+    """Download ``url`` into ``part``, resuming with an HTTP Range request where a partial file exists."""
+    from tqdm.auto import tqdm
+
+    local = _local_source(url)
+    if local is not None:
+        if not os.path.isfile(local):
+            raise DataError(f"{local}: no such file to download from")
+        total = os.path.getsize(local)
+        done = os.path.getsize(part) if os.path.exists(part) else 0
+        if done > total:
+            done = 0
+        with open(local, "rb") as src, open(part, "ab" if done else "wb") as dst, \
+                tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=os.path.basename(local),
+                     disable=None) as bar:
+            src.seek(done)
+            for block in iter(lambda: src.read(1 << 20), b""):
+                dst.write(block)
+                bar.update(len(block))
+        return
+    done = os.path.getsize(part) if os.path.exists(part) else 0
+    req = urllib.request.Request(url, headers={"User-Agent": "tinytransfer"})
+    if done:
+        req.add_header("Range", f"bytes={done}-")
+    try:
+        resp = urllib.request.urlopen(req, timeout=60)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and done:  # nothing left to fetch: the part file is already whole
+            return
+        raise DataError(f"{url}: download failed (HTTP {e.code} {e.reason})") from None
+    except (urllib.error.URLError, OSError) as e:
+        raise DataError(f"{url}: download failed ({getattr(e, 'reason', e)})") from None
+    with resp:
+        status = getattr(resp, "status", None) or resp.getcode()
+        resumed = bool(done) and status == 206
+        if done and not resumed:
+            logger.info("%s: server does not resume; starting over", url)
+            done = 0
+        length = resp.headers.get("Content-Length")
+        total = done + int(length) if length and length.isdigit() else None
+        with open(part, "ab" if resumed else "wb") as dst, \
+                tqdm(total=total, initial=done, unit="B", unit_scale=True, desc=os.path.basename(part),
+                     disable=None) as bar:
+            try:
+                for block in iter(lambda: resp.read(1 << 20), b""):
+                    dst.write(block)
+                    bar.update(len(block))
+            except (OSError, urllib.error.URLError) as e:
+                raise DataError(f"{url}: download interrupted ({e}); run again to resume") from None
+
+
+def download_tiny_imagenet(
+    dest_dir: str | os.PathLike,
+    *,
+    url: str = TINY_IMAGENET_URL,
+    sha256: str | None = None,
+    size: int | None = None,
+) -> str:
+    """Download the Tiny ImageNet zip (or any zip: ``url`` may be http(s)://, file:// or a local path) into
+    ``dest_dir`` and extract it safely; returns the extracted dataset folder.
+
+    The download goes to ``<zip>.part`` and resumes with an HTTP Range request when run again. ``size`` (bytes)
+    and ``sha256`` are checked when given; a mismatching file is moved aside to ``<zip>.bad`` and DataError raised.
+    Idempotent: an already extracted zip is not fetched again.
+    """
+    dest = os.path.abspath(os.fspath(dest_dir))
+    os.makedirs(dest, exist_ok=True)
+    name = os.path.basename(urllib.parse.urlparse(url).path) or "download.zip"
+    zpath = os.path.join(dest, name)
+    marker = os.path.join(dest, f".{name}.extracted.json")
+    try:
+        with open(marker, encoding="utf-8") as f:
+            info = json.load(f)
+        if os.path.isdir(info["root"]) and (sha256 is None or info.get("sha256") in (None, sha256.lower())):
+            logger.info("%s: already downloaded and extracted", info["root"])
+            return str(info["root"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+
+    def check(path: str) -> str | None:
+        """None if the file is right; else the problem."""
+        if size is not None and os.path.getsize(path) != size:
+            return f"size {os.path.getsize(path)} bytes, expected {size}"
+        if sha256 is not None:
+            got = _sha256_file(path)
+            if got.lower() != sha256.lower():
+                return f"sha256 {got}, expected {sha256.lower()}"
+        return None
+
+    if os.path.isfile(zpath) and check(zpath) is not None:  # a wrong leftover: set it aside, fetch again
+        os.replace(zpath, zpath + ".bad")
+    if not os.path.isfile(zpath):
+        part = zpath + ".part"
+        logger.info("downloading %s to %s", url, zpath)
+        _fetch(url, part)
+        problem = check(part)
+        if problem is not None:
+            os.replace(part, zpath + ".bad")
+            raise DataError(f"{zpath}: downloaded file has {problem}; kept aside as {zpath}.bad")
+        os.replace(part, zpath)
+    root = safe_extract(zpath, dest)
+    _atomic_write_bytes(marker, json.dumps({"root": root, "zip": zpath, "url": url,
+                                            "sha256": sha256.lower() if sha256 else None}).encode())
+    return root
+
+
+def _parts(name: str) -> list[str]:
+    """Path components of a zip member name ("\\" read as "/", empty and "." parts dropped)."""
+    return [p for p in name.replace("\\", "/").split("/") if p not in ("", ".")]
+
+
+def _member_problem(info: zipfile.ZipInfo, zf: zipfile.ZipFile) -> str | None:
+    """Why a member may not be extracted (None if it may)."""
+    name = info.filename.replace("\\", "/")
+    if name.startswith("/"):
+        return "absolute path"
+    if re.match(r"^[A-Za-z]:", name):
+        return "drive letter"
+    parts = _parts(name)
+    if ".." in parts:
+        return "'..' path component"
+    if not parts:
+        return "empty name"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        target = zf.read(info).decode("utf-8", "replace").replace("\\", "/")
+        if target.startswith("/") or re.match(r"^[A-Za-z]:", target):
+            return f"symlink to absolute path {target}"
+        depth = len(parts) - 1  # folders above the link inside the archive
+        for p in target.split("/"):
+            depth += -1 if p == ".." else (0 if p in ("", ".") else 1)
+            if depth < 0:
+                return f"symlink escaping the folder ({target})"
+    return None
+
+
+def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> str:
+    """Extract a zip into ``dest`` with no member able to escape it; returns the dataset folder.
+
+    Every member is checked before anything is written: absolute paths, drive letters, ``..`` components and
+    escaping symlinks are refused (DataError naming the member). The archive is extracted into a temporary folder
+    inside ``dest`` and its top-level entries renamed into place, so a crash never leaves half a tree under the
+    final name. Entries that already exist are kept (idempotent). Returns ``dest/<top>`` when the archive has a
+    single top-level folder, else ``dest``.
+    """
+    zip_path = os.fspath(zip_path)
+    dest = os.path.abspath(os.fspath(dest))
+    try:
+        zf = zipfile.ZipFile(zip_path)
+    except (zipfile.BadZipFile, OSError) as e:
+        raise DataError(f"{zip_path}: not a readable zip file ({e})") from None
+    with zf:
+        infos = zf.infolist()
+        for info in infos:
+            problem = _member_problem(info, zf)
+            if problem:
+                raise DataError(f"{zip_path}: refusing member {info.filename!r} ({problem})")
+        member_parts = [_parts(info.filename) for info in infos]
+        tops = sorted({p[0] for p in member_parts if p})
+        single_dir = len(tops) == 1 and any(len(p) > 1 or info.is_dir() for p, info in zip(member_parts, infos))
+        result = os.path.join(dest, tops[0]) if single_dir else dest
+        os.makedirs(dest, exist_ok=True)
+        if tops and all(os.path.exists(os.path.join(dest, t)) for t in tops):
+            logger.info("%s: already extracted in %s", zip_path, dest)
+            return result
+        tmp = _tmp_name(os.path.join(dest, ".extract"))
+        os.makedirs(tmp)
+        real_tmp = os.path.realpath(tmp)
+        try:
+            for info in infos:
+                target = os.path.realpath(os.path.join(tmp, info.filename.replace("\\", "/")))
+                if not (target == real_tmp or target.startswith(real_tmp + os.sep)):
+                    raise DataError(f"{zip_path}: refusing member {info.filename!r} (escapes the folder)")
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    os.makedirs(os.path.dirname(target), exist_ok=True)
+                    os.symlink(zf.read(info).decode("utf-8"), target)
+                else:
+                    zf.extract(info, tmp)
+            for t in tops:
+                final = os.path.join(dest, t)
+                if not os.path.exists(final):
+                    os.replace(os.path.join(tmp, t), final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("extracted %s into %s", zip_path, dest)
+    return result
