@@ -1,0 +1,199 @@
+"""Plain-dict checkpoints: atomic writes, ``weights_only`` loading, run-folder locks.
+
+A checkpoint is ``{format, model, optimizer, phase, epoch, phase_epoch, step, config, classes, names, mean, std,
+best_acc, bad_epochs, rng, ...}``: tensors and builtins only, so it loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import pickle
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = [
+    "FORMAT",
+    "CheckpointError",
+    "RunLock",
+    "atomic_write_bytes",
+    "find_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "save_checkpoint",
+    "unwrap_model",
+]
+
+log = logging.getLogger(__name__)
+
+FORMAT = "tinytransfer/1"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or run folder that cannot be used; the message names the file."""
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile`` and DDP wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a temp file in the same folder, fsync it, rename over ``path``, fsync the folder.
+
+    A crash or a full disk at any point leaves either the old file or the new one, never a mix.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # some filesystems do not fsync folders
+        pass
+
+
+def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
+    """Serialise ``ckpt`` in memory first, then write it atomically."""
+    buf = io.BytesIO()
+    torch.save(ckpt, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Load with ``weights_only=True``; a file with pickled code or of another format is refused with one line."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else "unsafe content"
+        raise CheckpointError(f"{path}: refused: not a plain tensor checkpoint ({first[:160]})") from None
+    except Exception as e:  # truncated or not a torch file at all
+        raise CheckpointError(f"{path}: unreadable checkpoint ({type(e).__name__}: {str(e)[:160]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a tinytransfer checkpoint (format {FORMAT!r} expected)")
+    return ckpt
+
+
+def find_checkpoint(run: str | os.PathLike, which: str = "best") -> Path:
+    """``run`` is a checkpoint file or a run folder holding ``best.pt``/``last.pt``."""
+    run = Path(run)
+    if run.is_file():
+        return run
+    if not run.is_dir():
+        raise CheckpointError(f"{run}: no such run folder or checkpoint")
+    for name in (f"{which}.pt", "best.pt", "last.pt"):
+        if (run / name).is_file():
+            return run / name
+    raise CheckpointError(f"{run}: no checkpoint in this run folder (best.pt or last.pt)")
+
+
+def load_model(run: str | os.PathLike, which: str = "best", device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the model from a checkpoint's config (no download) and load its weights; eval mode."""
+    from .config import from_dict
+    from .models import create_model
+
+    path = find_checkpoint(run, which)
+    ckpt = load_checkpoint(path)
+    cfg = from_dict(ckpt["config"])
+    model = create_model(
+        cfg.model.backbone,
+        len(ckpt["classes"]),
+        pretrained=False,
+        head=cfg.model.head,
+        dropout=cfg.model.dropout,
+        hidden=cfg.model.hidden,
+        input_size=cfg.model.input_size,
+    )
+    model.load_state_dict(ckpt["model"])
+    model.to(device).eval()
+    return model, ckpt
+
+
+class RunLock:
+    """``run_dir/.lock`` holding the owner's pid; a second live run is refused, a dead owner's lock is taken over."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / ".lock"
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid = _read_pid(self.path)
+                if pid is not None and _alive(pid) and pid != os.getpid():
+                    raise CheckpointError(
+                        f"{self.path.parent}: another run (pid {pid}) is writing to this folder"
+                    ) from None
+                log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise CheckpointError(f"{self.path}: could not take the run lock")
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if _read_pid(self.path) == os.getpid():
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,515 @@
+"""The training loop: ``fit(model, data, cfg, run_dir)`` runs the phases; ``evaluate`` scores a split.
+
+Phases are data (``PhaseConfig``): each sets what is trainable, the optimizer and the LR policy. The LR is a pure
+function of the iteration (``schedule.lr_at``) written into the param groups before every step. Metrics are
+accumulated on the device and read once an epoch (and at progress-bar refreshes), so the step has no host sync
+on a GPU. After every epoch ``last.pt`` is written atomically, and ``best.pt`` when validation accuracy improves:
+a crash loses at most the current epoch, and ``resume`` continues the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import make_transform
+from .checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
+from .config import PhaseConfig, RunConfig, to_dict
+from .data import Dataset, DeviceLoader, Split
+from .metrics import MetricsWriter, topk_correct
+from .models import param_groups, set_trainable, train_mode
+from .schedule import lr_at
+
+__all__ = [
+    "NonFiniteLoss",
+    "Interrupted",
+    "TrainState",
+    "evaluate",
+    "fit",
+    "make_optimizer",
+    "predict_logits",
+    "resolve_device",
+    "train_one_epoch",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or infinite; the message names the phase, step and learning rate."""
+
+
+class Interrupted(RuntimeError):
+    """SIGINT/SIGTERM arrived; the run stopped at a step boundary (``last.pt`` holds the last full epoch)."""
+
+
+@dataclass
+class TrainState:
+    """Where a run is; saved in every checkpoint so that ``--resume`` continues the same run."""
+
+    phase: int = 0  # index of the current phase (0-based)
+    phase_epoch: int = 0  # epochs completed within the current phase
+    epoch: int = 0  # epochs completed in the whole run
+    step: int = 0  # iterations completed within the current phase (the LR schedule's position)
+    best_acc: float = -1.0  # best validation top-1 so far, across phases
+    best_epoch: int = 0  # global epoch of best_acc
+    bad_epochs: int = 0  # epochs since the phase's last improvement (early stopping)
+    rng: dict = field(default_factory=dict)  # generator states at the end of the last epoch
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda: no CUDA device is available here")
+    return dev
+
+
+def make_optimizer(model: nn.Module, phase: PhaseConfig, fused: bool = False) -> torch.optim.Optimizer:
+    """A fresh optimizer over the trainable parameters (Keras recompiles the model at each phase)."""
+    groups = param_groups(model, phase.weight_decay)
+    extra: dict[str, Any] = {"fused": True} if fused else {}
+    if phase.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=phase.lr_min, betas=phase.betas, **extra)
+    if phase.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=phase.lr_min, betas=phase.betas, **extra)
+    if phase.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=phase.lr_min, momentum=phase.momentum, nesterov=True)
+    raise ValueError(f"unknown optimizer {phase.optimizer!r}")
+
+
+def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+    use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
+    if use:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class _Stop:
+    """SIGINT/SIGTERM → finish the current step, then stop cleanly."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "_Stop":
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: DeviceLoader,
+    optimizer: torch.optim.Optimizer,
+    phase: PhaseConfig,
+    state: TrainState,
+    *,
+    device: torch.device,
+    amp: str = "auto",
+    max_steps: int = 0,
+    stop: _Stop | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> dict:
+    """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts."""
+    base = unwrap_model(model)
+    train_mode(base, phase.bn_frozen_eval)
+    steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(2, device=device, dtype=torch.long)
+    seen = 0
+    first_bad = torch.full((), -1, device=device, dtype=torch.long)
+    sync_each_step = device.type == "cpu"  # .item() costs nothing on the CPU
+    lr = lr_at(state.step, phase, steps_per_epoch)
+    last_refresh = time.monotonic()
+    for i, (x, y) in enumerate(loader):
+        if max_steps and i >= max_steps:
+            break
+        lr = lr_at(state.step, phase, steps_per_epoch)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        with _autocast(device, amp):
+            logits = model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=phase.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        if sync_each_step:
+            if not math.isfinite(loss.item()):
+                raise NonFiniteLoss(
+                    f"loss became {loss.item()} at phase {state.phase + 1} ({phase.name}) step {state.step} "
+                    f"(lr {lr:.3g}); the last good checkpoint is kept"
+                )
+        else:
+            bad = ~torch.isfinite(loss.detach())
+            first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, state.step), first_bad)
+        loss.backward()
+        optimizer.step()
+        n = y.shape[0]
+        loss_sum += loss.detach() * n
+        correct += topk_correct(logits.detach(), y, (1, 5))
+        seen += n
+        state.step += 1
+        now = time.monotonic()
+        if progress is not None and (now - last_refresh > 1.0 or i + 1 == steps_per_epoch):
+            last_refresh = now
+            bad_step = int(first_bad.item())
+            if bad_step >= 0:
+                raise NonFiniteLoss(
+                    f"loss became non-finite at phase {state.phase + 1} ({phase.name}) step {bad_step}; "
+                    "the last good checkpoint is kept"
+                )
+            c = correct.tolist()
+            progress({"loss": loss_sum.item() / seen, "acc": c[0] / seen, "lr": lr, "n": n, "step": i + 1})
+        elif progress is not None:
+            progress({"n": n, "step": i + 1})
+        if stop is not None and stop.signum is not None:
+            raise Interrupted(f"stopped by signal {stop.signum} during epoch {state.epoch + 1}")
+    bad_step = int(first_bad.item())
+    if bad_step >= 0:
+        raise NonFiniteLoss(
+            f"loss became non-finite at phase {state.phase + 1} ({phase.name}) step {bad_step}; "
+            "the last good checkpoint is kept"
+        )
+    c = correct.tolist()
+    seen = max(seen, 1)
+    return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen, "lr": lr}
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, classes) float32 and labels (N,) for every sample of the loader, on the CPU."""
+    model.eval()
+    outs, labels = [], []
+    with _autocast(device, amp):
+        for x, y in loader:
+            outs.append(model(x).float())
+            labels.append(y)
+    if not outs:
+        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
+    return torch.cat(outs).cpu(), torch.cat(labels).cpu()
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto") -> dict:
+    """Mean loss, top-1 and top-5 over the whole split (the last partial batch included)."""
+    model.eval()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros(2, device=device, dtype=torch.long)
+    seen = 0
+    with _autocast(device, amp):
+        for x, y in loader:
+            logits = model(x).float()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            correct += topk_correct(logits, y, (1, 5))
+            seen += y.shape[0]
+    seen = max(seen, 1)
+    c = correct.tolist()
+    return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen}
+
+
+def _rng_state(shuffle: torch.Generator, aug: torch.Generator) -> dict:
+    out = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "aug": aug.get_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def _set_rng_state(rng: dict, shuffle: torch.Generator, aug: torch.Generator) -> None:
+    if not rng:
+        return
+    torch.set_rng_state(rng["torch"])
+    shuffle.set_state(rng["shuffle"])
+    aug.set_state(rng["aug"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, cfg: RunConfig, data: Dataset,
+                state: TrainState, mean: tuple, std: tuple) -> dict:
+    return {
+        "format": FORMAT,
+        "model": {k: v.detach().cpu() for k, v in unwrap_model(model).state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "phase": state.phase,
+        "phase_epoch": state.phase_epoch,
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "bad_epochs": state.bad_epochs,
+        "rng": state.rng,
+        "config": to_dict(cfg),
+        "classes": list(data.classes),
+        "names": list(data.names),
+        "image_size": int(data.image_size),
+        "mean": list(mean),
+        "std": list(std),
+    }
+
+
+def input_norm(cfg: RunConfig, model: nn.Module) -> tuple[tuple, tuple]:
+    """The (mean, std) the batches are normalised with, in [0, 1] units."""
+    if cfg.data.normalize == "rescale":  # Keras ImageDataGenerator(rescale=1/255) and nothing else
+        return (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)
+    base = unwrap_model(model)
+    return tuple(base.mean), tuple(base.std)
+
+
+def _fmt_line(row: dict) -> str:
+    """One fixed-column console line an epoch; the same values go to metrics.csv."""
+    val = (f"val {row['val_loss']:7.4f} {100 * row['val_acc']:6.2f}% top5 {100 * row['val_top5']:6.2f}%"
+           if row.get("val_acc") is not None else "val      -       -")
+    return (f"phase {row['phase']:>2} epoch {row['epoch']:>4} step {row['step']:>7} lr {row['lr']:.2e} | "
+            f"train {row['train_loss']:7.4f} {100 * row['train_acc']:6.2f}% | {val} | "
+            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s")
+
+
+def fit(
+    model: nn.Module,
+    data: Dataset,
+    cfg: RunConfig,
+    run_dir: str | os.PathLike,
+    *,
+    resume: dict | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    show_progress: bool = True,
+) -> TrainState:
+    """Train ``model`` through ``cfg.phases``, writing metrics.csv, last.pt and best.pt into ``run_dir``.
+
+    ``resume`` is a checkpoint dict (``last.pt``) to continue from. Returns the final state.
+    """
+    run_dir = Path(run_dir)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and device.type == "cuda")
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    mean, std = input_norm(cfg, model)
+    train_tf = make_transform(cfg.data.augment, mean, std, input_size=cfg.model.input_size)
+    eval_tf = make_transform("none", mean, std, input_size=cfg.model.input_size)
+    shuffle_gen = torch.Generator().manual_seed(cfg.seed)
+    aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+    writer = MetricsWriter(run_dir / "metrics.csv")
+    state = TrainState()
+    if resume is not None:
+        unwrap_model(model).load_state_dict(resume["model"])
+        state = TrainState(
+            phase=resume["phase"], phase_epoch=resume["phase_epoch"], epoch=resume["epoch"], step=resume["step"],
+            best_acc=resume["best_acc"], best_epoch=resume.get("best_epoch", 0), bad_epochs=resume["bad_epochs"],
+            rng=resume["rng"],
+        )
+        _set_rng_state(state.rng, shuffle_gen, aug_gen)
+        writer.truncate_after(state.epoch)
+        log.info("resuming at phase %d, epoch %d (step %d of the phase)", state.phase + 1, state.epoch, state.step)
+    else:
+        writer.truncate_after(0)
+    net = model
+    if cfg.compile:
+        try:
+            net = torch.compile(model)
+        except Exception as e:  # pragma: no cover - depends on the platform
+            log.warning("torch.compile failed (%s); running eager", e)
+    val_loader = None
+    if data.val is not None and len(data.val):
+        val_loader = DeviceLoader(data.val, cfg.eval_batch_size, device=device, transform=eval_tf,
+                                  channels_last=channels_last)
+    fused = device.type == "cuda"
+    with _Stop() as stop:
+        while state.phase < len(cfg.phases):
+            phase = cfg.phases[state.phase]
+            fresh_phase = state.phase_epoch == 0 and state.step == 0
+            if fresh_phase and state.phase > 0 and phase.start_from_best and (run_dir / "best.pt").is_file():
+                best = load_checkpoint(run_dir / "best.pt")
+                unwrap_model(model).load_state_dict(best["model"])
+                log.info("phase %d starts from the best weights so far (epoch %d, val %.4f)",
+                         state.phase + 1, best["epoch"], best["best_acc"])
+            set_trainable(unwrap_model(model), phase.train)
+            optimizer = make_optimizer(unwrap_model(model), phase, fused=fused)
+            if not fresh_phase and resume is not None and resume.get("optimizer"):
+                optimizer.load_state_dict(resume["optimizer"])
+            resume = None
+            if fresh_phase:
+                state.bad_epochs = 0
+            local_batch = max(1, phase.batch_size // world_size)
+            loader = DeviceLoader(data.train, local_batch, device=device, shuffle=True, generator=shuffle_gen,
+                                  transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
+                                  drop_last=False, channels_last=channels_last)
+            while state.phase_epoch < phase.epochs:
+                row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
+                                 show_progress and rank == 0)
+                improved = row["val_acc"] is not None and row["val_acc"] > state.best_acc
+                if val_loader is None:
+                    improved = True  # without a validation split the latest weights are the best known
+                state.phase_epoch += 1
+                state.epoch += 1
+                if improved:
+                    state.best_acc = row["val_acc"] if row["val_acc"] is not None else state.best_acc
+                    state.best_epoch = state.epoch
+                    state.bad_epochs = 0
+                else:
+                    state.bad_epochs += 1
+                stop_phase = phase.patience > 0 and state.bad_epochs >= phase.patience
+                done_phase = stop_phase or state.phase_epoch >= phase.epochs
+                state.rng = _rng_state(shuffle_gen, aug_gen)
+                if rank == 0:
+                    writer.append(row)
+                    log.info(_fmt_line(row))
+                    if improved:
+                        save_checkpoint(_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / "best.pt")
+                    # last.pt points at the start of the next epoch (or the next phase)
+                    nxt = TrainState(**vars(state))
+                    if done_phase:
+                        nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
+                    save_checkpoint(_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
+                                    run_dir / "last.pt")
+                if stop_phase:
+                    log.info("early stopping: no val improvement for %d epochs in phase %d", phase.patience,
+                             state.phase + 1)
+                    break
+                if stop.signum is not None:
+                    raise Interrupted(f"stopped by signal {stop.signum} after epoch {state.epoch}")
+            state.phase += 1
+            state.phase_epoch = 0
+            state.step = 0
+            state.bad_epochs = 0
+    return state
+
+
+def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
+               optimizer: torch.optim.Optimizer, phase: PhaseConfig, state: TrainState, cfg: RunConfig,
+               device: torch.device, stop: _Stop, show_progress: bool) -> dict:
+    total = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
+    bar = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc=f"phase {state.phase + 1} epoch {state.epoch + 1}", leave=False,
+                   unit="batch", dynamic_ncols=True)
+    t0 = time.perf_counter()
+    counted = [0]
+
+    def progress(info: dict) -> None:
+        counted[0] += info["n"]
+        if bar is None:
+            return
+        bar.update(1)
+        if "loss" in info:
+            rate = counted[0] / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['acc']:.3f}", lr=f"{info['lr']:.2e}",
+                            img_s=f"{rate:.0f}")
+
+    try:
+        tr = train_one_epoch(net, loader, optimizer, phase, state, device=device, amp=cfg.amp,
+                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress)
+    finally:
+        if bar is not None:
+            bar.close()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    train_s = time.perf_counter() - t0
+    va = evaluate(net, val_loader, device=device, amp=cfg.amp) if val_loader is not None else None
+    seconds = time.perf_counter() - t0
+    return {
+        "phase": state.phase + 1,
+        "epoch": state.epoch + 1,
+        "step": state.step,
+        "lr": tr["lr"],
+        "train_loss": tr["loss"],
+        "train_acc": tr["acc"],
+        "train_top5": tr["top5"],
+        "val_loss": va["loss"] if va else None,
+        "val_acc": va["acc"] if va else None,
+        "val_top5": va["top5"] if va else None,
+        "seconds": seconds,
+        "img_s": tr["n"] / max(train_s, 1e-9),
+    }
+
+
+def split_loader(split: Split, cfg: RunConfig, model: nn.Module, device: torch.device) -> DeviceLoader:
+    """An evaluation loader (no augmentation, no shuffle) for any split, normalised as in training."""
+    mean, std = input_norm(cfg, model)
+    tf = make_transform("none", mean, std, input_size=cfg.model.input_size)
+    return DeviceLoader(split, cfg.eval_batch_size, device=device, transform=tf)
+
+
+def lr_range_test(
+    model: nn.Module,
+    loader: DeviceLoader,
+    phase: PhaseConfig,
+    *,
+    device: torch.device,
+    num_steps: int = 100,
+    lr_start: float = 1e-7,
+    lr_end: float = 1.0,
+    amp: str = "auto",
+) -> dict:
+    """Smith's LR range test: the LR grows exponentially each step; stops when the loss explodes.
+
+    Returns ``{"lr": [...], "loss": [...], "smoothed": [...], "suggested": float}``; the suggestion is the LR of
+    the steepest fall of the smoothed loss. The model's weights are changed: use a copy or reload after.
+    """
+    from .schedule import range_test_lr
+
+    base = unwrap_model(model)
+    set_trainable(base, phase.train)
+    optimizer = make_optimizer(base, phase)
+    train_mode(base, phase.bn_frozen_eval)
+    lrs, losses, smooth = [], [], []
+    avg, best = 0.0, math.inf
+    it = iter(loader)
+    for step in range(num_steps):
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(loader)
+            x, y = next(it)
+        lr = range_test_lr(step, num_steps, lr_start, lr_end)
+        for g in optimizer.param_groups:
+            g["lr"] = lr
+        with _autocast(device, amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            break
+        avg = 0.9 * avg + 0.1 * value
+        s = avg / (1 - 0.9 ** (step + 1))  # bias-corrected moving average
+        lrs.append(lr)
+        losses.append(value)
+        smooth.append(s)
+        best = min(best, s)
+        if s > 4 * best and step > 10:
+            break
+    suggested = lrs[0] if lrs else lr_start
+    if len(smooth) > 3:
+        import numpy as np
+
+        grads = np.gradient(np.array(smooth), np.log10(np.array(lrs)))
+        suggested = float(lrs[int(np.argmin(grads[: max(1, len(grads) - 1)]))])
+    return {"lr": lrs, "loss": losses, "smoothed": smooth, "suggested": suggested}

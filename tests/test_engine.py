@@ -1,0 +1,195 @@
+"""The training loop end to end on a tiny generated dataset: phases, metrics.csv, checkpoints, resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+
+from tinytransfer import engine
+from tinytransfer.checkpoint import load_checkpoint
+from tinytransfer.config import from_dict
+from tinytransfer.data import load_dataset
+from tinytransfer.models import create_model
+
+TINY = "timm:test_resnet"  # timm's ~100k-parameter test network: real architecture, milliseconds a step
+
+
+def tiny_config(root: Path, **over) -> dict:
+    raw = {
+        "name": "tiny",
+        "data": {"root": str(root), "augment": "keras", "workers": 1},
+        "model": {"backbone": TINY, "head": "pool", "pretrained": False, "input_size": 32, "dropout": 0.1},
+        "phases": [
+            {"name": "head", "epochs": 2, "train": "head", "lr_policy": "triangular", "lr_min": 1e-3,
+             "lr_max": 1e-2, "step_size": 3, "batch_size": 16},
+            {"name": "all", "epochs": 2, "train": "all", "lr_policy": "constant", "lr_max": 1e-3,
+             "batch_size": 16, "optimizer": "adamw", "weight_decay": 0.01},
+        ],
+        "seed": 3,
+        "deterministic": True,
+        "device": "cpu",
+        "eval_batch_size": 32,
+    }
+    for k, v in over.items():
+        raw[k] = v
+    return raw
+
+
+def read_rows(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def run(root: Path, run_dir: Path, raw: dict, resume: dict | None = None) -> engine.TrainState:
+    cfg = from_dict(raw)
+    torch.manual_seed(cfg.seed)
+    data = load_dataset(root, workers=1)
+    model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32, dropout=0.1)
+    run_dir.mkdir(exist_ok=True)
+    return engine.fit(model, data, cfg, run_dir, resume=resume, show_progress=False)
+
+
+@pytest.fixture
+def tree(make_tiny_tree):
+    return make_tiny_tree(n_classes=3, train_per_class=16, n_val=9, size=32, n_odd_size=0)
+
+
+def test_two_phase_run_writes_metrics_and_checkpoints(tree, tmp_path):
+    state = run(tree, tmp_path / "r", tiny_config(tree))
+    rows = read_rows(tmp_path / "r" / "metrics.csv")
+    assert [(r["phase"], r["epoch"]) for r in rows] == [("1", "1"), ("1", "2"), ("2", "3"), ("2", "4")]
+    assert [int(r["step"]) for r in rows] == [3, 6, 3, 6]  # 48 images / 16 = 3 steps an epoch, restarting each phase
+    for r in rows:
+        for k in ("train_loss", "train_acc", "val_acc", "val_top5", "seconds", "img_s"):
+            assert float(r[k]) >= 0
+        assert float(r["val_top5"]) == 1.0  # 3 classes: the top-5 always holds the answer
+    assert float(rows[1]["lr"]) == pytest.approx(1e-3 + (1e-2 - 1e-3) / 3)  # LR of the last step (iteration 5 of 6)
+    last = load_checkpoint(tmp_path / "r" / "last.pt")
+    best = load_checkpoint(tmp_path / "r" / "best.pt")
+    for ck in (last, best):
+        assert ck["format"] == "tinytransfer/1" and ck["classes"] == ["n00000000", "n00000001", "n00000002"]
+        assert ck["config"]["model"]["backbone"] == TINY
+        assert len(ck["mean"]) == 3
+    assert last["epoch"] == 4 and last["phase"] == 2  # past the last phase: nothing left to resume
+    assert best["best_acc"] == pytest.approx(max(float(r["val_acc"]) for r in rows))
+    assert state.best_acc == best["best_acc"]
+    # learnable colours: the run must learn something
+    assert max(float(r["val_acc"]) for r in rows) > 0.5
+
+
+def test_frozen_phase_leaves_the_body_untouched(tree, tmp_path):
+    raw = tiny_config(tree)
+    raw["phases"] = raw["phases"][:1]
+    cfg = from_dict(raw)
+    torch.manual_seed(0)
+    data = load_dataset(tree, workers=1)
+    model = create_model(TINY, 3, pretrained=False, head="pool", input_size=32)
+    body0 = {k: v.clone() for k, v in model.body.state_dict().items()}
+    head0 = {k: v.clone() for k, v in model.head.state_dict().items()}
+    (tmp_path / "r").mkdir()
+    engine.fit(model, data, cfg, tmp_path / "r", show_progress=False)
+    for k, v in model.body.state_dict().items():
+        assert torch.equal(v, body0[k]), f"frozen body changed: {k}"  # BN statistics too (bn_frozen_eval)
+    assert any(not torch.equal(v, head0[k]) for k, v in model.head.state_dict().items())
+
+
+def test_resume_is_the_same_run(tree, tmp_path, monkeypatch):
+    raw = tiny_config(tree)
+    run(tree, tmp_path / "full", raw)
+    full = read_rows(tmp_path / "full" / "metrics.csv")
+
+    real = engine._run_epoch
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 3:  # dies during epoch 3, the first of phase 2
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "_run_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(tree, tmp_path / "cut", raw)
+    monkeypatch.setattr(engine, "_run_epoch", real)
+    assert len(read_rows(tmp_path / "cut" / "metrics.csv")) == 2
+    ck = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (ck["phase"], ck["phase_epoch"], ck["epoch"]) == (1, 0, 2)
+    run(tree, tmp_path / "cut", raw, resume=ck)
+    cut = read_rows(tmp_path / "cut" / "metrics.csv")
+    keys = ("phase", "epoch", "step", "lr", "train_loss", "train_acc", "val_loss", "val_acc")
+    assert [[r[k] for k in keys] for r in cut] == [[r[k] for k in keys] for r in full]
+    a = load_checkpoint(tmp_path / "full" / "best.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "best.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_mid_phase_restores_optimizer_and_schedule(tree, tmp_path, monkeypatch):
+    raw = tiny_config(tree)
+    run(tree, tmp_path / "full", raw)
+    real = engine._run_epoch
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4:  # dies in the middle of phase 2 (after its first epoch)
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "_run_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(tree, tmp_path / "cut", raw)
+    monkeypatch.setattr(engine, "_run_epoch", real)
+    ck = load_checkpoint(tmp_path / "cut" / "last.pt")
+    assert (ck["phase"], ck["phase_epoch"], ck["step"]) == (1, 1, 3) and ck["optimizer"]
+    run(tree, tmp_path / "cut", raw, resume=ck)
+    a = load_checkpoint(tmp_path / "full" / "last.pt")["model"]
+    b = load_checkpoint(tmp_path / "cut" / "last.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_early_stopping_ends_the_phase(tree, tmp_path):
+    raw = tiny_config(tree)
+    raw["phases"] = [dict(raw["phases"][0], epochs=6, patience=1, lr_policy="constant", lr_max=1e-12)]
+    run(tree, tmp_path / "r", raw)
+    rows = read_rows(tmp_path / "r" / "metrics.csv")
+    assert len(rows) < 6  # an LR of 1e-12 cannot improve twice in a row
+
+
+def test_non_finite_loss_stops_with_step_and_keeps_last_good(tree, tmp_path, monkeypatch):
+    raw = tiny_config(tree)
+    real = torch.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(logits, y, **k):
+        out = real(logits, y, **k)
+        if "reduction" in k:  # evaluation
+            return out
+        calls["n"] += 1
+        return out * float("nan") if calls["n"] == 5 else out  # step 5 of phase 1 = epoch 2, step 4 (0-based)
+
+    monkeypatch.setattr(engine.F, "cross_entropy", poisoned)
+    with pytest.raises(engine.NonFiniteLoss, match=r"phase 1 .*step 4"):
+        run(tree, tmp_path / "r", raw)
+    ck = load_checkpoint(tmp_path / "r" / "last.pt")
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+    assert len(read_rows(tmp_path / "r" / "metrics.csv")) == 1
+
+
+def test_lr_range_test_runs_and_suggests(tree):
+    data = load_dataset(tree, workers=1)
+    model = create_model(TINY, 3, pretrained=False, head="pool", input_size=32)
+    from tinytransfer.augment import make_transform
+    from tinytransfer.config import PhaseConfig
+    from tinytransfer.data import DeviceLoader
+
+    loader = DeviceLoader(data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0),
+                          transform=make_transform("none", (0.5,) * 3, (0.5,) * 3, input_size=32))
+    res = engine.lr_range_test(model, loader, PhaseConfig(train="all"), device=torch.device("cpu"), num_steps=30,
+                               lr_start=1e-6, lr_end=10.0)
+    assert len(res["lr"]) >= 10
+    assert all(b > a for a, b in zip(res["lr"], res["lr"][1:]))
+    assert res["lr"][0] <= res["suggested"] <= res["lr"][-1]
