@@ -74,6 +74,7 @@ class PhaseConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # Adam betas, fixed (no momentum cycling)
     batch_size: int = 64  # images a step (global across DDP ranks)
     bn_frozen_eval: bool = True  # BatchNorm layers of a frozen part stay in inference mode (Keras guide)
+    body_bn_eval: bool = False  # the backbone's BatchNorm layers stay in inference mode even when trainable
     patience: int = 0  # early stopping: epochs without a new best val accuracy before the phase ends; 0 = off
     start_from_best: bool = True  # begin the phase from the best weights so far (the report's practice)
     label_smoothing: float = 0.0  # cross-entropy label smoothing

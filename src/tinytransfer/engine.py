@@ -97,6 +97,15 @@ def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManag
     return contextlib.nullcontext()
 
 
+def _train_mode(model: nn.Module, phase: PhaseConfig) -> None:
+    """Training mode, with BatchNorm layers kept in inference mode where the phase says so."""
+    train_mode(model, phase.bn_frozen_eval)
+    if phase.body_bn_eval:  # Keras guide: fine-tune with the base's BatchNorm in inference mode
+        for m in model.body.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
 class _Stop:
     """SIGINT/SIGTERM → finish the current step, then stop cleanly."""
 
@@ -137,7 +146,7 @@ def train_one_epoch(
 ) -> dict:
     """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts."""
     base = unwrap_model(model)
-    train_mode(base, phase.bn_frozen_eval)
+    _train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
@@ -477,7 +486,7 @@ def lr_range_test(
     base = unwrap_model(model)
     set_trainable(base, phase.train)
     optimizer = make_optimizer(base, phase)
-    train_mode(base, phase.bn_frozen_eval)
+    _train_mode(base, phase)
     lrs, losses, smooth = [], [], []
     avg, best = 0.0, math.inf
     it = iter(loader)
