@@ -123,12 +123,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _finish(run_dir: Path, data, args: argparse.Namespace) -> None:
-    """After training: figures, Table 1, test predictions, error analysis and report.html (where available)."""
-    try:
-        from . import outputs
-    except ImportError:  # pragma: no cover - the outputs stage is optional while it is being built
-        return
-    outputs.finish_run(run_dir, data)
+    """After training: figures, Table 1, test predictions, error analysis and report.html."""
+    from .outputs import finish_run
+
+    finish_run(run_dir, data, device=getattr(args, "device", None) or "auto")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -171,6 +169,190 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .engine import resolve_device
+    from .outputs import predict_split
+    from .predict import collect_images, predict_arrays, read_image, top_k_rows, write_predictions
+
+    import numpy as np
+
+    device = resolve_device(args.device or "auto")
+    model, ckpt = load_model(args.run, device=device)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    out = Path(args.out) if args.out else run_dir / "predictions.csv"
+    if args.split:
+        from .config import from_dict
+
+        raw = ckpt["config"]
+        if args.data:
+            raw["data"]["root"] = str(Path(args.data).resolve())
+        data = _load_data(from_dict(raw))
+        split = getattr(data, args.split)
+        if split is None or not len(split):
+            raise UserError(f"{data.root}: no {args.split} split")
+        rows = predict_split(model, ckpt, split, out, device=device)
+    else:
+        if not args.images:
+            raise UserError("give --split test or image files/folders to predict")
+        size = int(ckpt.get("image_size") or ckpt["config"]["model"]["input_size"])
+        files, arrays, bad = [], [], 0
+        for f in collect_images(args.images):
+            try:
+                arrays.append(read_image(f, size))
+                files.append(str(f))
+            except ValueError as e:
+                bad += 1
+                log.warning("skipped %s", e)
+        if not files:
+            raise UserError("no readable images to predict")
+        probs = predict_arrays(model, np.stack(arrays), ckpt, device=device)
+        rows = top_k_rows(files, probs, list(ckpt["classes"]), list(ckpt["names"]))
+        write_predictions(rows, out)
+        if bad:
+            log.warning("%d file(s) were not readable images and were skipped", bad)
+    for r in rows[: args.show]:
+        print(f"{r['file']}\t{r['wnid']}\t{r['name']}\t{float(r['prob']):.3f}")
+    print(f"{len(rows)} predictions written to {out}")
+    return 0
+
+
+def cmd_visualize(args: argparse.Namespace) -> int:
+    from .checkpoint import load_model
+    from .engine import resolve_device
+    from .outputs import visualize
+    from .predict import read_image
+
+    device = resolve_device(args.device or "auto")
+    model, ckpt = load_model(args.run, device=device)
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    out = Path(args.out) if args.out else run_dir
+    out.mkdir(parents=True, exist_ok=True)
+    size = int(ckpt.get("image_size") or ckpt["config"]["model"]["input_size"])
+    image = read_image(args.image, size)
+    layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
+    label = None
+    if args.label:
+        if args.label not in ckpt["classes"]:
+            raise UserError(f"--label {args.label}: not one of the run's classes")
+        label = list(ckpt["classes"]).index(args.label)
+    for p in visualize(model, ckpt, image, out, tag=Path(args.image).stem, layers=layers, true_label=label,
+                       cam_layer=args.cam_layer, device=device):
+        print(p)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .outputs import lr_fn
+    from .plots import plot_curves, table1, table1_markdown
+
+    run = Path(args.run)
+    if not (run / "metrics.csv").is_file():
+        raise UserError(f"{run}: no metrics.csv in this run folder")
+    for p in plot_curves(run, lr_fn=lr_fn):
+        print(p)
+    print(table1_markdown(table1(run)))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .outputs import finish_run
+
+    print(finish_run(args.run, device=args.device or "auto"))
+    return 0
+
+
+def cmd_lr_find(args: argparse.Namespace) -> int:
+    import torch
+
+    from .augment import make_transform
+    from .config import apply_overrides, from_dict, load_recipe
+    from .data import DeviceLoader
+    from .engine import input_norm, lr_range_test, resolve_device
+    from .models import create_model
+
+    sets = list(args.set or [])
+    if args.data:
+        sets.insert(0, f"data.root={Path(args.data).resolve()}")
+    cfg = from_dict(apply_overrides(load_recipe(args.recipe), sets))
+    _seed_everything(cfg.seed, False)
+    device = resolve_device(cfg.device)
+    data = _load_data(cfg)
+    m = cfg.model
+    model = create_model(m.backbone, len(data.classes), pretrained=m.pretrained, weights=m.weights or None,
+                         head=m.head, dropout=m.dropout, hidden=m.hidden, input_size=m.input_size).to(device)
+    phase = cfg.phases[args.phase]
+    mean, std = input_norm(cfg, model)
+    loader = DeviceLoader(data.train, phase.batch_size, device=device, shuffle=True,
+                          generator=torch.Generator().manual_seed(cfg.seed),
+                          transform=make_transform(cfg.data.augment, mean, std, input_size=m.input_size),
+                          aug_generator=torch.Generator(device=device).manual_seed(cfg.seed + 1))
+    res = lr_range_test(model, loader, phase, device=device, num_steps=args.steps, lr_start=args.start,
+                        lr_end=args.end, amp=cfg.amp)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    import csv
+
+    with open(out / "lr_find.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["lr", "loss", "smoothed"])
+        w.writerows(zip(res["lr"], res["loss"], res["smoothed"]))
+    from .plots import plot_lr_find
+
+    plot_lr_find(res, out / "lr_find.png")
+    print(f"suggested max LR for phase {args.phase} ({phase.name}): {res['suggested']:.2e}")
+    print(f"curve: {out / 'lr_find.png'}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    import torch
+
+    from .checkpoint import load_model
+
+    model, ckpt = load_model(args.run, device="cpu")
+    size = int(ckpt["config"]["model"]["input_size"])
+    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    example = torch.zeros(1, 3, size, size)
+    if args.format == "torchscript":
+        out = Path(args.out) if args.out else run_dir / "model.torchscript.pt"
+        with torch.no_grad():
+            traced = torch.jit.trace(model, example)
+        traced.save(str(out))
+    else:
+        out = Path(args.out) if args.out else run_dir / "model.pt2"
+        prog = torch.export.export(model, (example,))
+        torch.export.save(prog, str(out))
+    meta = {"classes": list(ckpt["classes"]), "names": list(ckpt["names"]), "mean": list(ckpt["mean"]),
+            "std": list(ckpt["std"]), "input_size": size,
+            "input": "(B, 3, S, S) float32 RGB, x = (pixels / 255 - mean) / std; output: logits (B, classes)"}
+    _write_yaml(out.with_name(out.name + ".yaml"), meta)
+    print(out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The whole pipeline offline: digits dataset → EfficientNet-Lite0 (bundled weights) → predictions → report."""
+    t0 = time.perf_counter()
+    data_dir = Path(args.data)
+    cmd_demo_data(argparse.Namespace(dir=str(data_dir), seed=0))
+    out = Path(args.out) if args.out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    targs = build_parser().parse_args(["train", "--recipe", "demo", "--data", str(data_dir), "--out", str(out),
+                                       "--force"] + (["--quiet"] if args.quiet else [])
+                                      + [x for s in (args.set or []) for x in ("--set", s)])
+    cmd_train(targs)
+    import csv
+
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    best = max(float(r["val_acc"]) for r in rows)
+    minutes = (time.perf_counter() - t0) / 60
+    print(f"demo finished in {minutes:.1f} min: best validation accuracy {100 * best:.2f}% "
+          f"on {len(rows)} epochs")
+    print(f"open {out / 'report.html'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinytransfer", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -205,6 +387,59 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--url", help="another address or a local path of the zip")
     d.add_argument("--sha256", help="expected SHA-256 of the zip")
     d.set_defaults(func=cmd_download)
+
+    pr = sub.add_parser("predict", help="top-5 predictions for a split or for image files and folders")
+    pr.add_argument("run", help="run folder or checkpoint file")
+    pr.add_argument("images", nargs="*", help="image files or folders")
+    pr.add_argument("--split", choices=("test", "val", "train"), help="predict a split of the run's dataset")
+    pr.add_argument("--data", help="dataset folder, if it moved since training")
+    pr.add_argument("--out", help="CSV to write (default RUN/predictions.csv)")
+    pr.add_argument("--show", type=int, default=10, help="rows to print")
+    pr.add_argument("--device")
+    pr.set_defaults(func=cmd_predict)
+
+    v = sub.add_parser("visualize", help="feature maps and Grad-CAM of one image")
+    v.add_argument("run", help="run folder or checkpoint file")
+    v.add_argument("--image", required=True)
+    v.add_argument("--layers", help="comma-separated conv layer names (default: first, middle, Grad-CAM layer)")
+    v.add_argument("--cam-layer", help="Grad-CAM layer (default: the last conv layer with a map of at least 4x4)")
+    v.add_argument("--label", help="true class id (wnid) for a second Grad-CAM overlay")
+    v.add_argument("--out", help="folder for the PNGs (default: the run folder)")
+    v.add_argument("--device")
+    v.set_defaults(func=cmd_visualize)
+
+    pl = sub.add_parser("plot", help="redraw the curves and Table 1 from metrics.csv")
+    pl.add_argument("run")
+    pl.set_defaults(func=cmd_plot)
+
+    rp = sub.add_parser("report", help="figures, predictions, error analysis and report.html for a run")
+    rp.add_argument("run")
+    rp.add_argument("--device")
+    rp.set_defaults(func=cmd_report)
+
+    lf = sub.add_parser("lr-find", help="LR range test for a recipe's phase")
+    lf.add_argument("--recipe", default="vgg16-paper")
+    lf.add_argument("--data")
+    lf.add_argument("--set", action="append", metavar="KEY=VALUE")
+    lf.add_argument("--phase", type=int, default=0, help="phase index (0-based) whose settings to use")
+    lf.add_argument("--steps", type=int, default=100)
+    lf.add_argument("--start", type=float, default=1e-7)
+    lf.add_argument("--end", type=float, default=1.0)
+    lf.add_argument("--out", default="runs/lr-find")
+    lf.set_defaults(func=cmd_lr_find)
+
+    ex = sub.add_parser("export", help="export the best model as TorchScript or a torch.export program")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=("torchscript", "torch-export"), default="torchscript")
+    ex.add_argument("--out")
+    ex.set_defaults(func=cmd_export)
+
+    dm = sub.add_parser("demo", help="the whole pipeline offline in minutes on a CPU (digits, EfficientNet-Lite0)")
+    dm.add_argument("--data", default="data/digits", help="where to write the demo dataset")
+    dm.add_argument("--out", help="run folder (default runs/demo-<time>)")
+    dm.add_argument("--set", action="append", metavar="KEY=VALUE")
+    dm.add_argument("--quiet", action="store_true")
+    dm.set_defaults(func=cmd_demo)
 
     dd = sub.add_parser("demo-data", help="write the offline digits dataset in the Tiny ImageNet layout")
     dd.add_argument("--dir", default="data/digits")
