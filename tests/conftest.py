@@ -57,7 +57,7 @@ def write_tiny_tree(
 
     root.mkdir(parents=True, exist_ok=True)
     (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
-    words = [f"n99999999\tunused entity, not in wnids\n"]
+    words = ["n99999999\tunused entity, not in wnids\n"]
     words += [f"{w}\tclass{k}, first class of {k}\n" for k, w in enumerate(wnids)]
     words += ["n88888888\tanother unused\n"]
     (root / "words.txt").write_text("".join(words))

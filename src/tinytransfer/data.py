@@ -16,6 +16,7 @@ resumable, checksummed download of Tiny ImageNet with a zip extraction that noth
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -36,7 +37,6 @@ import zipfile
 from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -699,8 +699,7 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
             kept_files = [files[i] for i in keep]
             lab_final = os.path.join(folder, f"{name}-{tag}.labels.npy")
             files_final = os.path.join(folder, f"{name}-{tag}.files.json")
-            buf = _npy_bytes(lab)
-            _atomic_write_bytes(lab_final, buf)
+            _atomic_write_bytes(lab_final, _npy_bytes(lab))
             _atomic_write_bytes(files_final, json.dumps(kept_files).encode())
             os.replace(img_tmp, img_final)
             finals[name] = {"images": os.path.basename(img_final), "labels": os.path.basename(lab_final),
@@ -724,8 +723,6 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
-    import io
-
     b = io.BytesIO()
     np.save(b, a)
     return b.getvalue()

@@ -89,7 +89,6 @@ def visualize(model: nn.Module, ckpt: dict, image: np.ndarray, out_dir: str | os
         torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(size, size),
                                         mode="bilinear", align_corners=False)[0].permute(1, 2, 0).clamp(0, 255)
         .byte())
-    cams = {f"{title} · {layer}": cam for title, cam in cams.items()}
     written.append(plot_gradcam(shown, cams, out_dir / f"gradcam_{tag}.png"))
     return written
 
