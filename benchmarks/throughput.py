@@ -1,0 +1,275 @@
+"""Training and inference images/s per backbone, this project's step beside a plain PyTorch loop, in one run.
+
+    python benchmarks/throughput.py                          # CPU defaults: vgg16 + efficientnet_lite0 at 64 px
+    python benchmarks/throughput.py --models vgg16,vgg16_bn,efficientnet_lite0,resnet50 --sizes 64,224 --peers
+    python benchmarks/throughput.py --batch 64,256 --compile   # on a GPU: batch sweep, torch.compile
+
+For every (model, input size, phase) it times:
+- ``tinytransfer``: the real training step (``engine.train_one_epoch``) on a uint8 split held by ``DeviceLoader``
+  with the recipe's ``keras`` augmentation on the device, bf16 autocast + channels_last on CUDA, float32 on CPU,
+  the frozen base under ``torch.inference_mode``; inference through ``engine.evaluate``.
+- ``plain-pytorch`` (``--peers``): the loop most users write — the same network in float32 (``+amp`` variant on
+  CUDA), contiguous layout, frozen parameters marked ``requires_grad=False``, batches from a torchvision
+  ``ImageFolder`` + ``DataLoader`` (2 workers, PIL decode, ``RandomAffine`` + flip + ``ToTensor`` + ``Normalize``)
+  over JPEGs of the same images.
+Achieved TFLOP/s come from ``torch.utils.flop_counter`` (training = forward + 2 × the trained part's forward); on
+a GPU the bf16 matmul peak is measured in the same run and each row gets its fraction of it.
+Writes ``benchmarks/results/throughput.json``: rows with system, model, input_size, phase, batch, device, img_s,
+tflops, peak_fraction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from tinytransfer import engine  # noqa: E402
+from tinytransfer.augment import make_transform  # noqa: E402
+from tinytransfer.config import PhaseConfig  # noqa: E402
+from tinytransfer.data import DeviceLoader, Split  # noqa: E402
+from tinytransfer.models import create_model, set_trainable  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
+HEADS = {"vgg16": "paper", "vgg16_bn": "paper"}  # others: global-pool head
+
+
+def synthetic_split(n: int, size: int = 64, classes: int = 200, seed: int = 0) -> Split:
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    imgs = np.repeat(np.repeat(small, size // 8, axis=1), size // 8, axis=2)  # blocky but cheap (N, H, W, 3)
+    return Split(images=np.ascontiguousarray(imgs), labels=rng.integers(0, classes, n).astype(np.int64),
+                 files=[f"img_{i}.JPEG" for i in range(n)])
+
+
+def forward_flops(model: nn.Module, size: int, part: nn.Module | None = None) -> float:
+    """FLOPs of one image's forward pass (of ``part`` only, if given)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, size, size)
+    model = model.cpu().eval()
+    with torch.no_grad():
+        if part is None:
+            with FlopCounterMode(display=False) as fc:
+                model(x)
+            return float(fc.get_total_flops())
+        feats = model.body(x)
+        with FlopCounterMode(display=False) as fc:
+            part(feats)
+        return float(fc.get_total_flops())
+
+
+def bf16_peak(device: torch.device) -> float:
+    """Measured bf16 matmul TFLOP/s (8192³, best of a few)."""
+    n = 8192
+    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
+    for _ in range(3):
+        a @ b
+    torch.cuda.synchronize()
+    best = 0.0
+    for _ in range(5):
+        t = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        torch.cuda.synchronize()
+        best = max(best, 10 * 2 * n**3 / (time.perf_counter() - t) / 1e12)
+    return best
+
+
+def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
+              compile_: bool) -> float:
+    model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
+    cl = device.type == "cuda" or name.startswith("vgg")  # channels_last helps oneDNN convs on CPU too
+    model.to(device)
+    if cl:
+        model.to(memory_format=torch.channels_last)
+    split = synthetic_split(batch * (steps + warmup), 64)
+    tf_name = "keras" if phase != "inference" else "none"
+    tf = make_transform(tf_name, tuple(model.mean), tuple(model.std), input_size=size)
+    gen = torch.Generator(device=device).manual_seed(0)
+    loader = DeviceLoader(split, batch, device=device, shuffle=phase != "inference",
+                          generator=torch.Generator().manual_seed(0), transform=tf, aug_generator=gen,
+                          channels_last=cl)
+    net = torch.compile(model) if compile_ else model
+    if phase == "inference":
+        model.eval()
+        ev = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, transform=tf, channels_last=cl)
+        engine.evaluate(net, ev, device=device)
+        _sync(device)
+        t = time.perf_counter()
+        res = engine.evaluate(net, loader, device=device)
+        _sync(device)
+        return res["n"] / (time.perf_counter() - t)
+    pc = PhaseConfig(train="head" if phase == "frozen" else "all", lr_policy="constant", lr_max=1e-4,
+                     batch_size=batch)
+    set_trainable(model, pc.train)
+    opt = engine.make_optimizer(model, pc, fused=device.type == "cuda")
+    state = engine.TrainState()
+    warm = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, shuffle=True,
+                        generator=torch.Generator().manual_seed(1), transform=tf, aug_generator=gen,
+                        channels_last=cl)
+    engine.train_one_epoch(net, warm, opt, pc, state, device=device)
+    _sync(device)
+    t = time.perf_counter()
+    res = engine.train_one_epoch(net, loader, opt, pc, state, device=device, max_steps=steps)
+    _sync(device)
+    return res["n"] / (time.perf_counter() - t)
+
+
+def write_jpegs(root: Path, split: Split, classes: int = 10) -> Path:
+    from PIL import Image
+
+    for i, img in enumerate(split.images):
+        d = root / f"c{int(split.labels[i]) % classes}"
+        d.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(d / f"{i}.jpg", quality=90)
+    return root
+
+
+def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
+               amp: bool, jpeg_root: Path) -> float:
+    """The loop most PyTorch users write: ImageFolder + DataLoader + torchvision transforms, fp32 (or AMP)."""
+    from torchvision import datasets, transforms
+
+    model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
+    model.frozen_body_fast = False  # a plain loop has no inference-mode shortcut
+    model.to(device)
+    if phase == "frozen":
+        for p in model.body.parameters():
+            p.requires_grad = False
+    mean, std = list(model.mean), list(model.std)
+    aug = [transforms.RandomAffine(20, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=0.2),
+           transforms.RandomHorizontalFlip()] if phase != "inference" else []
+    resize = [transforms.Resize(size)] if size != 64 else []
+    tf = transforms.Compose([*aug, *resize, transforms.ToTensor(), transforms.Normalize(mean, std)])
+    ds = datasets.ImageFolder(str(jpeg_root), transform=tf)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
+                                     pin_memory=device.type == "cuda", persistent_workers=True)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    crit = nn.CrossEntropyLoss()
+    done, t = 0, None
+    it = iter(dl)
+    for i in range(warmup + steps):
+        if i == warmup:
+            _sync(device)
+            t = time.perf_counter()
+        try:
+            x, y = next(it)
+        except StopIteration:
+            it = iter(dl)
+            x, y = next(it)
+        x, y = x.to(device), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16 if device.type == "cuda" else torch.float32,
+                            enabled=amp):
+            if phase == "inference":
+                model.eval()
+                with torch.no_grad():
+                    model(x)
+            else:
+                model.train()
+                loss = crit(model(x), y)
+        if phase != "inference":
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        if i >= warmup:
+            done += x.shape[0]
+    _sync(device)
+    return done / (time.perf_counter() - t)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--models", default="vgg16,efficientnet_lite0")
+    p.add_argument("--sizes", default="64")
+    p.add_argument("--phases", default="frozen,unfrozen,inference")
+    p.add_argument("--batch", default="64", help="comma-separated batch sizes")
+    p.add_argument("--steps", type=int, default=0, help="timed steps (default 3 on CPU, 50 on GPU)")
+    p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 1 on CPU, 10 on GPU)")
+    p.add_argument("--peers", action="store_true", help="also time the plain PyTorch loop")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--out", default=str(RESULTS))
+    a = p.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    device = engine.resolve_device(a.device)
+    gpu = device.type == "cuda"
+    steps = a.steps or (50 if gpu else 3)
+    warmup = a.warmup or (10 if gpu else 1)
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    peak = bf16_peak(device) if gpu else None
+    dev_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    print(f"device: {dev_name}" + (f", measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""))
+    rows = []
+    header = f"{'system':<22} {'model':<18} {'size':>4} {'phase':<10} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8}"
+    header += f" {'of peak':>7}" if peak else ""
+    print(header)
+    print("-" * len(header))
+    jpeg_dir = None
+    for name in a.models.split(","):
+        for size in map(int, a.sizes.split(",")):
+            m = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
+            fwd = forward_flops(m, size)
+            head_fwd = forward_flops(m, size, m.head)
+            del m
+            for phase in a.phases.split(","):
+                per_img = {"inference": fwd, "frozen": fwd + 2 * head_fwd, "unfrozen": 3 * fwd}[phase]
+                for batch in map(int, a.batch.split(",")):
+                    systems = [("tinytransfer" + ("+compile" if a.compile else ""), None)]
+                    if a.peers:
+                        systems.append(("plain-pytorch", False))
+                        if gpu:
+                            systems.append(("plain-pytorch+amp", True))
+                    for system, amp in systems:
+                        try:
+                            if amp is None:
+                                r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile)
+                            else:
+                                if jpeg_dir is None:
+                                    jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
+                                    write_jpegs(jpeg_dir, synthetic_split(max(2048, batch * 8), 64))
+                                r = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir)
+                        except Exception as e:  # one failing configuration must not lose the others
+                            print(f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} failed: {e}")
+                            continue
+                        tflops = r * per_img / 1e12
+                        row = {"system": system, "model": name, "input_size": size, "phase": phase, "batch": batch,
+                               "device": dev_name, "img_s": round(r, 2), "tflops": round(tflops, 4),
+                               "gflop_per_img": round(per_img / 1e9, 3),
+                               "peak_fraction": round(tflops / peak, 4) if peak else None}
+                        rows.append(row)
+                        line = f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} {r:>9.1f} {tflops:>8.3f}"
+                        line += f" {100 * tflops / peak:>6.1f}%" if peak else ""
+                        print(line, flush=True)
+    out = {"device": dev_name, "torch": torch.__version__, "python": platform.python_version(),
+           "bf16_peak_tflops": peak, "steps": steps, "warmup": warmup, "rows": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    print(f"wrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()
