@@ -181,6 +181,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.run, device=device)
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out = Path(args.out) if args.out else run_dir / "predictions.csv"
+    if args.split and args.images:
+        raise UserError("give either --split or image files/folders, not both")
     if args.split:
         from .config import from_dict
 
@@ -227,15 +229,23 @@ def cmd_visualize(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.run, device=device)
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
     out = Path(args.out) if args.out else run_dir
-    out.mkdir(parents=True, exist_ok=True)
     size = int(ckpt.get("image_size") or ckpt["config"]["model"]["input_size"])
     image = read_image(args.image, size)
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
+    if layers:
+        from .cam import conv_layers
+
+        valid = set(dict(model.named_modules()))
+        bad = [name for name in layers if name not in valid]
+        if bad:
+            raise UserError(f"unknown layer {bad[0]!r}; the model's convolution layers are: "
+                            + ", ".join(conv_layers(model)))
     label = None
     if args.label:
         if args.label not in ckpt["classes"]:
             raise UserError(f"--label {args.label}: not one of the run's classes")
         label = list(ckpt["classes"]).index(args.label)
+    out.mkdir(parents=True, exist_ok=True)
     for p in visualize(model, ckpt, image, out, tag=Path(args.image).stem, layers=layers, true_label=label,
                        cam_layer=args.cam_layer, device=device):
         print(p)
@@ -313,7 +323,7 @@ def cmd_export(args: argparse.Namespace) -> int:
     model, ckpt = load_model(args.run, device="cpu")
     size = int(ckpt["config"]["model"]["input_size"])
     run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
-    example = torch.zeros(1, 3, size, size)
+    example = torch.zeros(2, 3, size, size)  # batch 2: a batch of 1 would be specialised to a constant
     if args.format == "torchscript":
         out = Path(args.out) if args.out else run_dir / "model.torchscript.pt"
         with torch.no_grad():
@@ -321,7 +331,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         traced.save(str(out))
     else:
         out = Path(args.out) if args.out else run_dir / "model.pt2"
-        prog = torch.export.export(model, (example,))
+        prog = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(prog, str(out))
     meta = {"classes": list(ckpt["classes"]), "names": list(ckpt["names"]), "mean": list(ckpt["mean"]),
             "std": list(ckpt["std"]), "input_size": size,

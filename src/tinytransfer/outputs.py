@@ -99,10 +99,10 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
     from .engine import resolve_device
 
     run_dir = Path(run_dir)
+    dev = resolve_device(device)
+    model, ckpt = load_model(run_dir, "best", device=dev)  # first: a folder without a checkpoint fails before writing
     plot_curves(run_dir, lr_fn=lr_fn)
     table1(run_dir)
-    dev = resolve_device(device)
-    model, ckpt = load_model(run_dir, "best", device=dev)
     if data is None:
         from .data import load_dataset
 

@@ -9,40 +9,35 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch import nn
 
 from .augment import make_transform
+from .data import IMAGE_EXTENSIONS, DataError, _decode_file
 
 __all__ = ["IMAGE_SUFFIXES", "collect_images", "predict_arrays", "read_image", "top_k_rows", "write_predictions"]
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)  # what collect_images picks up inside folders
 
 
 def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Any image file → (size, size, 3) uint8 RGB, as the training data were decoded. ValueError if unreadable."""
+    """Any image file → (size, size, 3) uint8 RGB, decoded exactly as the training data were (the dataset's own
+    decoder: alpha composited on white, 16-bit scaled, bilinear resize). ValueError, naming the file, if unreadable."""
     try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode == "I;16" or im.mode == "I":
-                arr = np.asarray(im, dtype=np.float64)
-                im = Image.fromarray(np.clip(arr / max(arr.max(), 1) * 255, 0, 255).astype(np.uint8))
-            im = im.convert("RGB")
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.BILINEAR)
-            return np.asarray(im, dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, SyntaxError) as e:
-        raise ValueError(f"{path}: not a readable image ({type(e).__name__}: {str(e)[:100]})") from None
+        return _decode_file(str(path), size)
+    except DataError as e:
+        raise ValueError(str(e)) from None
 
 
 def collect_images(paths: list[str]) -> list[Path]:
-    """Files as given, and every image file under given folders (sorted)."""
+    """Files as given, and every image file under given folders (sorted; dot files and dot folders skipped, as the
+    dataset loader skips them)."""
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            out.extend(sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES
+                              and not any(part.startswith(".") for part in f.relative_to(p).parts)))
         elif p.exists():
             out.append(p)
         else:
