@@ -1,13 +1,23 @@
 """Input pipeline throughput: tinytransfer's cached uint8 + DeviceLoader + batched Keras augmentation versus a
-naive per-image pipeline (PIL decode + torchvision RandomAffine + flip + ToTensor in a 2-worker DataLoader), on
-the same generated 64×64 JPEGs, in one run on the same machine.
+naive per-image pipeline, on the same generated 64×64 JPEGs, in one run on the same machine.
 
-    python benchmarks/pipeline.py                 # 20,000 images, 3 epochs each
+- ours: the decode-once uint8 cache, ``DeviceLoader`` (shuffled batches of 64) and
+  ``make_transform("keras", mean, std)``, the very code the trainer runs, on the CPU;
+- naive, as most PyTorch users write it: torchvision ``ImageFolder`` (PIL open + ``convert("RGB")``, every epoch),
+  ``Compose([RandomAffine(20, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=0.2, interpolation=BILINEAR),
+  RandomHorizontalFlip(), ToTensor(), Normalize(mean, std)])`` in a ``DataLoader(batch_size=64, shuffle=True,
+  num_workers=2)``.
+
+Both yield (64, 3, 64, 64) float32 batches normalised with the same mean/std and count the same images. Ours is
+also timed with one intra-op thread. Epochs alternate between the pipelines (the cores are shared); the first
+epoch of each is a warm-up, and the figure is the median of the per-epoch rates after it.
+
+    python benchmarks/pipeline.py                 # 20,000 images, 1 warm-up + 5 timed epochs each
     python benchmarks/pipeline.py --images 4000   # quick
 
-Prints images/s per epoch and the mean over the epochs after the first, the ratio, the cache build and load times,
-and on CUDA also the GPU-resident rate (the whole uint8 split on the GPU, augmented there). Writes
-``benchmarks/results/pipeline.json``.
+Also prints the loader alone (no augmentation), the transform alone on one batch and a bare ``grid_sample`` on
+it (the ceiling of any batched bilinear warp here), the cache build and load times, and on CUDA the
+GPU-resident rate (the whole uint8 split on the GPU, augmented there). Writes ``benchmarks/results/pipeline.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import json
 import logging
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -31,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from
 from tinytransfer.data import DeviceLoader, load_dataset  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, [0, 1] units, on both sides
 
 
 def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0) -> Path:
@@ -57,10 +69,9 @@ def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0) -> Path:
 
 
 def rate(n: int, seconds: list[float]) -> tuple[float, list[float]]:
-    """(images/s over the epochs after the first, images/s of every epoch)."""
+    """(median images/s over the epochs after the first (the warm-up), images/s of every epoch)."""
     per_epoch = [n / s for s in seconds]
-    later = seconds[1:] or seconds
-    return n * len(later) / sum(later), per_epoch
+    return statistics.median(per_epoch[1:] or per_epoch), per_epoch
 
 
 def time_epochs(loader, epochs: int, sync=None) -> tuple[list[float], int]:
@@ -78,27 +89,62 @@ def time_epochs(loader, epochs: int, sync=None) -> tuple[list[float], int]:
     return seconds, count
 
 
-def naive_loader(train_dir: Path, batch_size: int, workers: int):
-    """torchvision ImageFolder (PIL decode every epoch) + RandomAffine + flip + ToTensor, 2 worker processes."""
+def naive_loader(train_dir: Path, batch_size: int, workers: int, persistent: bool = False):
+    """What most PyTorch users write: ImageFolder (PIL decode every epoch) + RandomAffine + flip + ToTensor +
+    Normalize, in a DataLoader with ``workers`` worker processes (respawned every epoch unless ``persistent``)."""
     from torchvision import datasets, transforms
 
     tf = transforms.Compose([
-        # Keras-like settings: ±20°, ±20 % shifts, 0.8–1.2 zoom; shear 0.2 in DEGREES, as Keras ≥ 2.1.3 reads it.
-        transforms.RandomAffine(20, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=0.2),
+        # Keras-like settings: ±20°, ±20 % shifts, 0.8–1.2 zoom, bilinear as Keras; shear 0.2 in DEGREES, which is
+        # what torchvision reads and what Keras ≥ 2.1.3 does with shear_range=0.2.
+        transforms.RandomAffine(degrees=20, translate=(0.2, 0.2), scale=(0.8, 1.2), shear=0.2,
+                                interpolation=transforms.InterpolationMode.BILINEAR),
         transforms.RandomHorizontalFlip(),
         transforms.ToTensor(),
+        transforms.Normalize(MEAN, STD),
     ])
-    ds = datasets.ImageFolder(str(train_dir), transform=tf)
+    ds = datasets.ImageFolder(str(train_dir), transform=tf)  # default loader: PIL open + convert("RGB")
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
-                                       persistent_workers=workers > 0)
+                                       persistent_workers=persistent and workers > 0)
+
+
+def transform_ceiling(tf, batch: torch.Tensor, repeats: int = 9, calls: int = 10) -> tuple[float, float]:
+    """Images/s of ``tf`` alone and of a bare ``grid_sample`` on the same (B, 3, H, W) float batch (medians).
+
+    The bare warp (a fixed, precomputed grid; no parameters, no grid, no normalisation) bounds any batched bilinear
+    augmentation on this machine from above."""
+    import torch.nn.functional as F
+
+    b = batch.shape[0]
+    theta = torch.tensor([[0.95, 0.1, 0.05], [-0.1, 1.05, -0.02]]).expand(b, 2, 3)
+    grid = F.affine_grid(theta, list(batch.shape), align_corners=True)
+    gen = torch.Generator().manual_seed(2)
+    fns = {
+        "transform": lambda: tf(batch, gen),
+        "grid_sample": lambda: F.grid_sample(batch, grid, mode="bilinear", padding_mode="border",
+                                             align_corners=True),
+    }
+    rates: dict[str, list[float]] = {k: [] for k in fns}
+    for f in fns.values():
+        f()
+    for _ in range(repeats):  # alternate, so that both see the same load
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                f()
+            rates[k].append(b * calls / (time.perf_counter() - t0))
+    return statistics.median(rates["transform"]), statistics.median(rates["grid_sample"])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=20000, help="generated 64x64 JPEGs (default 20000)")
-    p.add_argument("--epochs", type=int, default=3, help="epochs per pipeline; the first is reported apart")
+    p.add_argument("--epochs", type=int, default=6,
+                   help="epochs per pipeline, alternating; the first is a warm-up, the median of the others counts")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers (naive) and decode workers (ours)")
+    p.add_argument("--persistent-workers", action="store_true",
+                   help="keep the naive DataLoader's workers between epochs (not its default)")
     p.add_argument("--gpu-batch", type=int, default=1024, help="batch size of the GPU-resident measurement")
     p.add_argument("--dir", help="keep the generated tree here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads for ours (0 = torch's default)")
@@ -145,38 +191,63 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.cache_only:
             return 0
-        tf = make_transform("keras", (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the report's rescale=1/255 + keras aug
+        tf = make_transform("keras", MEAN, STD)  # the report's augmentation, /255 and normalisation
         ours = DeviceLoader(ds.train, args.batch, shuffle=True, generator=torch.Generator().manual_seed(0),
                             transform=tf, aug_generator=torch.Generator().manual_seed(1))
-        naive = naive_loader(root / "train", args.batch, args.workers)
-        # Epochs alternate between the two pipelines, so that both see the same machine (2 shared cores).
-        ours_s: list[float] = []
-        naive_s: list[float] = []
-        for _ in range(args.epochs):
-            s, count = time_epochs(ours, 1)
-            assert count == n
-            ours_s += s
-            s, count = time_epochs(naive, 1)
-            assert count == n
-            naive_s += s
+        naive = naive_loader(root / "train", args.batch, args.workers, args.persistent_workers)
+        xo, _ = next(iter(ours))
+        xn, _ = next(iter(naive))
+        assert xo.shape == xn.shape == (args.batch, 3, 64, 64) and xo.dtype == xn.dtype == torch.float32, \
+            (xo.shape, xo.dtype, xn.shape, xn.dtype)
+        assert len(naive.dataset) == n, (len(naive.dataset), n)
+        # Epochs alternate between the pipelines (rotating their order), so that all see the same machine (2 shared
+        # cores). "ours, 1 thread" is the same loader with one intra-op thread: when other work competes for the
+        # cores, OpenMP's per-op barriers can stall a 2-thread process much more than its share of the CPU.
+        threads = torch.get_num_threads()
+
+        def one_thread_epoch() -> tuple[list[float], int]:
+            torch.set_num_threads(1)
+            try:
+                return time_epochs(ours, 1)
+            finally:
+                torch.set_num_threads(threads)
+
+        runs = {"ours": lambda: time_epochs(ours, 1), "ours_1thread": one_thread_epoch,
+                "naive": lambda: time_epochs(naive, 1)}
+        secs: dict[str, list[float]] = {k: [] for k in runs}
+        names = list(runs)
+        for e in range(args.epochs):
+            for k in names[e % 3:] + names[:e % 3]:
+                s, count = runs[k]()
+                assert count == n, (k, count, n)
+                secs[k] += s
         del naive
-        ours_rate, ours_epochs = rate(n, ours_s)
-        naive_rate, naive_epochs = rate(n, naive_s)
+        ours_rate, ours_epochs = rate(n, secs["ours"])
+        one_rate, one_epochs = rate(n, secs["ours_1thread"])
+        naive_rate, naive_epochs = rate(n, secs["naive"])
         plain = DeviceLoader(ds.train, args.batch, shuffle=True, generator=torch.Generator().manual_seed(0))
-        plain_rate, _ = rate(n, time_epochs(plain, 2)[0])
-        print(f"ours  (cached uint8 + DeviceLoader + keras batch aug, cpu): "
-              f"{', '.join(f'{r:.0f}' for r in ours_epochs)} img/s per epoch -> {ours_rate:.0f} img/s "
-              f"(loader alone, no augmentation: {plain_rate:.0f} img/s)")
-        print(f"naive (PIL + RandomAffine + flip + ToTensor, DataLoader {args.workers} workers): "
-              f"{', '.join(f'{r:.0f}' for r in naive_epochs)} img/s per epoch -> {naive_rate:.0f} img/s")
+        plain_rate, _ = rate(n, time_epochs(plain, 3)[0])
+        tf_rate, warp_rate = transform_ceiling(tf, xo.new_empty(xo.shape).uniform_(0, 255))
+        print(f"ours  (cached uint8 + DeviceLoader + keras batch aug + normalise, cpu, {threads} threads): "
+              f"{', '.join(f'{r:.0f}' for r in ours_epochs)} img/s per epoch -> median {ours_rate:.0f} img/s")
+        print(f"ours  (the same, 1 thread): "
+              f"{', '.join(f'{r:.0f}' for r in one_epochs)} img/s per epoch -> median {one_rate:.0f} img/s")
+        print(f"      loader alone (no augmentation) {plain_rate:.0f} img/s; transform alone {tf_rate:.0f} img/s; "
+              f"bare grid_sample {warp_rate:.0f} img/s (batch {args.batch}, {threads} threads)")
+        print(f"naive (ImageFolder PIL + RandomAffine bilinear + flip + ToTensor + Normalize, DataLoader "
+              f"{args.workers} workers{', persistent' if args.persistent_workers else ''}): "
+              f"{', '.join(f'{r:.0f}' for r in naive_epochs)} img/s per epoch -> median {naive_rate:.0f} img/s")
         ratio = ours_rate / naive_rate
-        print(f"ratio ours/naive (epochs after the first): {ratio:.2f}x")
+        print(f"ratio ours/naive (medians of the epochs after the warm-up): {ratio:.2f}x "
+              f"({one_rate / naive_rate:.2f}x with 1 thread)")
 
         rows = [
-            {"system": "tinytransfer: cached uint8 + DeviceLoader + keras batch augmentation", "model": None,
-             "input_size": 64, "phase": "pipeline", "device": "cpu", "img_s": round(ours_rate, 1)},
-            {"system": "naive: ImageFolder PIL decode + RandomAffine + flip + ToTensor, DataLoader "
-                       f"{args.workers} workers", "model": None, "input_size": 64, "phase": "pipeline",
+            {"system": "tinytransfer: cached uint8 + DeviceLoader + keras batch augmentation + normalise",
+             "model": None, "input_size": 64, "phase": "pipeline", "device": "cpu", "img_s": round(ours_rate, 1)},
+            {"system": "tinytransfer: the same, 1 intra-op thread", "model": None, "input_size": 64,
+             "phase": "pipeline", "device": "cpu", "img_s": round(one_rate, 1)},
+            {"system": "naive: ImageFolder PIL decode + RandomAffine(bilinear) + flip + ToTensor + Normalize, "
+                       f"DataLoader {args.workers} workers", "model": None, "input_size": 64, "phase": "pipeline",
              "device": "cpu", "img_s": round(naive_rate, 1)},
         ]
         gpu_rate = None
@@ -187,10 +258,10 @@ def main(argv: list[str] | None = None) -> int:
             g_loader = DeviceLoader(ds.train, args.gpu_batch, device=dev, shuffle=True, preload=True,
                                     generator=torch.Generator().manual_seed(0), transform=tf,
                                     aug_generator=torch.Generator(device=dev).manual_seed(1))
-            g_s, count = time_epochs(g_loader, max(args.epochs, 5), sync=torch.cuda.synchronize)
+            g_s, count = time_epochs(g_loader, max(args.epochs, 6), sync=torch.cuda.synchronize)
             gpu_rate, g_epochs = rate(count, g_s)
             print(f"gpu   (uint8 split resident on {gpu_name}, keras aug there, batch {args.gpu_batch}): "
-                  f"{', '.join(f'{r:.0f}' for r in g_epochs)} img/s per epoch -> {gpu_rate:.0f} img/s")
+                  f"{', '.join(f'{r:.0f}' for r in g_epochs)} img/s per epoch -> median {gpu_rate:.0f} img/s")
             rows.append({"system": f"tinytransfer: GPU-resident uint8 + keras batch augmentation "
                                    f"(batch {args.gpu_batch})", "model": None, "input_size": 64,
                          "phase": "pipeline", "device": gpu_name, "img_s": round(gpu_rate, 1)})
@@ -199,18 +270,26 @@ def main(argv: list[str] | None = None) -> int:
             "ours_img_s": round(ours_rate, 1),
             "naive_img_s": round(naive_rate, 1),
             "ratio": round(ratio, 3),
+            "ours_1thread_img_s": round(one_rate, 1),
+            "ratio_1thread": round(one_rate / naive_rate, 3),
             "cache_load_s": round(load_s, 4),
             "cache_load_read_s": round(read_s, 4),
             "cache_build_s": round(build_s, 3),
             "loader_only_img_s": round(plain_rate, 1),
+            "transform_only_img_s": round(tf_rate, 1),
+            "grid_sample_only_img_s": round(warp_rate, 1),
             "gpu_img_s": None if gpu_rate is None else round(gpu_rate, 1),
             "ours_epoch_img_s": [round(r, 1) for r in ours_epochs],
+            "ours_1thread_epoch_img_s": [round(r, 1) for r in one_epochs],
             "naive_epoch_img_s": [round(r, 1) for r in naive_epochs],
             "images": n,
             "epochs": args.epochs,
             "batch_size": args.batch,
             "workers": args.workers,
-            "torch_threads": torch.get_num_threads(),
+            "persistent_workers": bool(args.persistent_workers),
+            "mean": list(MEAN),
+            "std": list(STD),
+            "torch_threads": threads,
             "cpu_count": os.cpu_count(),
             "gpu": gpu_name,
             "torch": torch.__version__,

@@ -164,6 +164,43 @@ def test_identity_params_return_input() -> None:
     assert (out[0] - x[0].flip(-1)).abs().max() <= 1e-4 and (out[1] - x[1]).abs().max() <= 1e-4
 
 
+def test_flip_folded_into_grid_is_flip_after_warp() -> None:
+    """The flip is folded into the sampling grid (reflected output columns); it must equal Keras' flip AFTER the
+    warp: bit for bit our own unflipped warp mirrored, and keras-preprocessing's flip_axis(apply_affine_transform)."""
+    h, w = 48, 80
+    x = _images("noise", h, w, seed=3)
+    p = _params()
+    both = {k: torch.cat([v, v]) for k, v in p.items()}  # every parameter set unflipped, then flipped
+    both["flip_horizontal"] = torch.cat([torch.zeros(N_SETS), torch.ones(N_SETS)])
+    xt = _to_torch(x)
+    for convention in ("keras-2020", "keras3"):
+        out = apply_keras_transform(torch.cat([xt, xt]), both, convention)
+        torch.testing.assert_close(out[N_SETS:], out[:N_SETS].flip(-1), rtol=0, atol=0)
+    out = _to_numpy(apply_keras_transform(torch.cat([xt, xt]), both))
+    flipped = {k: v[N_SETS:] for k, v in both.items()}
+    ref = np.stack([_keras_2020(x[i], flipped, i) for i in range(N_SETS)])
+    err = np.abs(out[N_SETS:] - ref).max()
+    assert err <= 0.01, err
+
+
+def test_sampling_grid_matches_affine_grid() -> None:
+    """The broadcast grid equals affine_grid on the normalised theta it replaces (up to float32 rounding)."""
+    from tinytransfer.augment import _keras_entries, _sampling_grid, _stack_params
+
+    for h, w in ((64, 64), (48, 80)):
+        p = _params()
+        m = keras_matrices(p, h, w).double()  # (B, 3, 3) pixel (row, col)
+        sx, sy = 2.0 / (w - 1), 2.0 / (h - 1)
+        n = torch.tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+        m_xy = m[:, [1, 0, 2]][:, :, [1, 0, 2]]  # acting on (x = col, y = row)
+        theta = (n @ m_xy @ torch.linalg.inv(n))[:, :2].float()  # (B, 2, 3)
+        expected = F.affine_grid(theta, [N_SETS, 3, h, w], align_corners=True)
+        entries = _keras_entries(_stack_params(p, torch.device("cpu"), torch.float64), h, w, "keras-2020")
+        grid = _sampling_grid(entries, None, h, w, torch.float32)
+        assert grid.shape == (N_SETS, h, w, 2) and grid.dtype == torch.float32
+        torch.testing.assert_close(grid, expected, atol=2e-5, rtol=0)
+
+
 # ---- draws ----------------------------------------------------------------------------------------------------
 
 N_DRAW, H_DRAW, W_DRAW = 20_000, 48, 80  # H != W so that swapping rows and columns shows
@@ -283,6 +320,17 @@ def test_keras_preset_matches_manual_pipeline() -> None:
         p = draw_keras_params(8, 48, 80, torch.Generator().manual_seed(5), shear_units=units)
         manual = normalize(apply_keras_transform(x.float(), p, convention) / 255, (0.5,) * 3, (0.5,) * 3)
         torch.testing.assert_close(out, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_transform_leaves_input_untouched() -> None:
+    """Normalisation runs in place on tensors the transform made, never on the caller's batch."""
+    x = torch.rand(4, 3, 16, 16) * 255
+    before = x.clone()
+    for name in AUGMENTS:
+        t = make_transform(name, (0.5,) * 3, (0.25,) * 3)
+        t(x, torch.Generator().manual_seed(0))
+        t(x, None)
+        assert torch.equal(x, before), name
 
 
 def test_input_size_resize() -> None:

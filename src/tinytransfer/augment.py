@@ -5,9 +5,11 @@ height_shift_range=0.2, shear_range=0.2, zoom_range=0.2, horizontal_flip=True)``
 parameters per image (``get_random_transform``), builds an output→input matrix on (row, col)
 (``apply_affine_transform``) and resamples with ``scipy.ndimage.affine_transform(order=1, mode='nearest')``,
 flips after the warp and rescales last. Here the same parameters are drawn for a whole batch at once from an
-explicit ``torch.Generator`` and the matrices are applied in one ``affine_grid``/``grid_sample`` call
-(bilinear, border padding = ``nearest``, ``align_corners=True`` so that pixel centres sit on integer
-coordinates exactly as in scipy), on whatever device the batch lives.
+explicit ``torch.Generator`` and the matrices are applied in one ``grid_sample`` call (bilinear, border padding =
+``nearest``, ``align_corners=True`` so that pixel centres sit on integer coordinates exactly as in scipy), on
+whatever device the batch lives. Its sampling grid is built by broadcasting per-sample coefficients over the row
+and column indices, with the flip folded in (a flipped sample reads its output columns reversed), and the
+rescale and normalisation run as one in-place multiply-add on the warped batch.
 
 Two Keras conventions (DESIGN.md, "The report's augmentation"):
 
@@ -116,46 +118,56 @@ def draw_keras_params(
 
 
 def _matrix_dtype(device: torch.device) -> torch.dtype:
-    """float64 for the tiny (B, 3, 3) algebra where the device has it (MPS does not)."""
+    """float64 for the tiny per-sample algebra where the device has it (MPS does not)."""
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _translation(o_r: float, o_c: float, like: Tensor) -> Tensor:
-    """(3, 3) translation by (o_r, o_c) on (row, col)."""
-    t = torch.eye(3, dtype=like.dtype, device=like.device)
-    t[0, 2], t[1, 2] = o_r, o_c
-    return t
+_PARAM_KEYS = ("theta", "tx", "ty", "shear", "zx", "zy")  # the warp's parameters, in this order
+_IDENTITY = (0.0, 0.0, 0.0, 0.0, 1.0, 1.0)  # their values when Keras leaves transform_matrix None
 
 
-def _keras_matrices(params: dict[str, Tensor], height: int, width: int, convention: str, dtype: torch.dtype) -> Tensor:
-    """(B, 3, 3) output→input matrices on (row, col) in ``dtype``."""
+def _stack_params(params: dict[str, Tensor], device: torch.device, dtype: torch.dtype) -> Tensor:
+    """(6, B) theta, tx, ty, shear, zx, zy on ``device`` in ``dtype``: one stack, one copy."""
+    return torch.stack([params[k] for k in _PARAM_KEYS]).to(device=device, dtype=dtype)
+
+
+def _keras_entries(p: Tensor, height: int, width: int, convention: str) -> Tensor:
+    """(6, B) rows m00, m01, m02, m10, m11, m12 of Keras' output→input matrix on (row, col), from ``p`` (6, B).
+
+    Closed form of C·R·T·Sh·Z·C⁻¹ (DESIGN.md): R·Sh = [[cos θ, -sin(θ + s)], [sin θ, cos(θ + s)]], so
+    A = R·Sh·Z = [[cos θ·zx, -sin(θ + s)·zy], [sin θ·zx, cos(θ + s)·zy]], the shift is R·(tx, ty), and centring on
+    o adds o - A·o. About 20 small element-wise ops instead of 16 stacks and 5 batched 3×3 products; identity
+    parameters give exactly the identity (cos 0 = 1, sin 0 = 0, o - o = 0).
+    """
     if convention not in CONVENTIONS:
         raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    theta = torch.deg2rad(params["theta"].to(dtype))  # (B,) radians
-    shear = torch.deg2rad(params["shear"].to(dtype))  # (B,) radians
-    tx, ty = params["tx"].to(dtype), params["ty"].to(dtype)  # (B,) pixels
-    zx, zy = params["zx"].to(dtype), params["zy"].to(dtype)  # (B,)
-    one, zero = torch.ones_like(theta), torch.zeros_like(theta)
+    theta, tx, ty, shear, zx, zy = p  # (B,) each; degrees, pixels, degrees, zoom factors
+    theta = torch.deg2rad(theta)
+    ts = theta + torch.deg2rad(shear)  # θ + shear, radians
     cos, sin = torch.cos(theta), torch.sin(theta)
-
-    def mat(*rows: tuple[Tensor, Tensor, Tensor]) -> Tensor:  # (B, 3, 3)
-        return torch.stack([torch.stack(r, dim=-1) for r in rows], dim=-2)
-
-    rotation = mat((cos, -sin, zero), (sin, cos, zero), (zero, zero, one))
-    shift = mat((one, zero, tx), (zero, one, ty), (zero, zero, one))
-    shear_m = mat((one, -torch.sin(shear), zero), (zero, torch.cos(shear), zero), (zero, zero, one))
-    zoom = mat((zx, zero, zero), (zero, zy, zero), (zero, zero, one))
-    # Keras composes R·T·Sh·Z (skipping factors that are identities, which changes nothing)
-    m = rotation @ shift @ shear_m @ zoom  # (B, 3, 3)
+    m00, m01 = cos * zx, -torch.sin(ts) * zy
+    m10, m11 = sin * zx, torch.cos(ts) * zy
+    m02, m12 = cos * tx - sin * ty, sin * tx + cos * ty  # R·(tx, ty)
     if convention == "keras-2020":
         o_r, o_c = height / 2 + 0.5, width / 2 + 0.5  # keras-preprocessing 1.1.x's (off-centre) origin
     else:
         o_r, o_c = height / 2 - 0.5, width / 2 - 0.5  # Keras 3: the true pixel centre
-    m = _translation(o_r, o_c, m) @ m @ _translation(-o_r, -o_c, m)
+    m02 = m02 + o_r - (m00 * o_r + m01 * o_c)  # M <- C·M·C⁻¹
+    m12 = m12 + o_c - (m10 * o_r + m11 * o_c)
     if convention == "keras3":
         # Keras 3 swaps x and y AFTER centring: M <- P·M·P
-        m = m[:, [1, 0, 2]][:, :, [1, 0, 2]]
-    return m
+        return torch.stack([m11, m10, m12, m01, m00, m02])
+    return torch.stack([m00, m01, m02, m10, m11, m12])
+
+
+def _keras_matrices(
+    params: dict[str, Tensor], height: int, width: int, convention: str, dtype: torch.dtype
+) -> Tensor:
+    """(B, 3, 3) output→input matrices on (row, col) in ``dtype``."""
+    p = _stack_params(params, params["theta"].device, dtype)  # (6, B)
+    e = _keras_entries(p, height, width, convention)  # (6, B)
+    bottom = torch.tensor([0.0, 0.0, 1.0], dtype=dtype, device=e.device).expand(e.shape[1], 3)  # (B, 3)
+    return torch.cat([e.T, bottom], dim=1).reshape(-1, 3, 3)
 
 
 def keras_matrices(params: dict[str, Tensor], height: int, width: int, convention: str = "keras-2020") -> Tensor:
@@ -168,19 +180,33 @@ def keras_matrices(params: dict[str, Tensor], height: int, width: int, conventio
     return _keras_matrices(params, height, width, convention, _matrix_dtype(device)).float()
 
 
-def _pixel_to_theta(m: Tensor, height: int, width: int) -> Tensor:
-    """(B, 3, 3) pixel (row, col) output→input matrix → (B, 2, 3) normalised (x, y) theta for ``affine_grid``.
+def _sampling_grid(e: Tensor, flip: Tensor | None, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    """(B, H, W, 2) ``grid_sample`` grid (align_corners=True) for the (6, B) matrix rows ``e``, flip folded in.
 
-    With ``align_corners=True``, x = 2c/(W-1) - 1 and y = 2r/(H-1) - 1, so theta = N·P·M·P·N⁻¹ with P the
-    (row, col) ↔ (x, y) swap and N the pixel → normalised map.
+    grid_sample reads x = 2c'/(W-1) - 1, y = 2r'/(H-1) - 1 for the input pixel (r', c') = M·(r, c, 1), so
+    gx = sx·m11·c + (sx·m10·r + sx·m12 - 1) and gy = sy·m01·c + (sy·m00·r + sy·m02 - 1): per-sample scalars
+    times the integer column and row indices, summed by broadcasting (B, 1, W) + (B, H, 1) instead of
+    ``affine_grid``'s (B, H·W, 3) @ (B, 3, 2) product. The two planes are written contiguously into a (B, 2, H, W)
+    buffer and handed over as a (B, H, W, 2) view (grid_sample reads strided grids at the same speed; an
+    interleaved write would be ~4x slower). Keras flips AFTER the warp: out(r, c) = warp(r, W-1-c), i.e. the matrix
+    composed with a reflection of the output column, so a flipped sample simply reads its column indices reversed:
+    its grid, and so its output, is bit for bit the unflipped one mirrored, at no extra cost.
     """
+    b = e.shape[1]
     sx, sy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)
-    n = torch.tensor([[sx, 0.0, -1.0], [0.0, sy, -1.0], [0.0, 0.0, 1.0]], dtype=m.dtype, device=m.device)
-    n_inv = torch.tensor(
-        [[1 / sx, 0.0, 1 / sx], [0.0, 1 / sy, 1 / sy], [0.0, 0.0, 1.0]], dtype=m.dtype, device=m.device
-    )
-    m_xy = m[:, [1, 0, 2]][:, :, [1, 0, 2]]  # (B, 3, 3) acting on (x=col, y=row)
-    return (n @ m_xy @ n_inv)[:, :2]  # (B, 2, 3)
+    m00, m01, m02, m10, m11, m12 = e  # (B,) each
+    # (2, B, 1) per-sample coefficients of the column index, the row index and the constant, for (gx, gy)
+    coef = torch.stack([m11 * sx, m01 * sy, m10 * sx, m00 * sy, m12 * sx - 1.0, m02 * sy - 1.0]).to(dtype)
+    col_c, row_c, const = coef.reshape(3, 2, b, 1).unbind(0)  # (2, B, 1) each
+    cols = torch.arange(width, device=e.device, dtype=dtype)  # (W,) output column indices, exact integers
+    rows = torch.arange(height, device=e.device, dtype=dtype)  # (H,)
+    if flip is not None:
+        cols = torch.where(flip.reshape(-1, 1) > 0, cols.flip(0), cols)  # (B, W): reflected where flipped
+    col_term = (col_c * cols).unsqueeze(2)  # (2, B, 1, W)
+    row_term = torch.addcmul(const, row_c, rows).unsqueeze(3)  # (2, B, H, 1)
+    grid = torch.empty((b, 2, height, width), device=e.device, dtype=dtype)  # planar: (gx, gy) planes
+    torch.add(col_term, row_term, out=grid.transpose(0, 1))  # (2, B, H, W) view of it
+    return grid.permute(0, 2, 3, 1)  # (B, H, W, 2) view
 
 
 def _follow_format(out: Tensor, like: Tensor) -> Tensor:
@@ -196,34 +222,58 @@ def _flip_where(x: Tensor, flip: Tensor) -> Tensor:
     return torch.where(mask, x.flip(-1), x)
 
 
-def _is_identity(params: dict[str, Tensor]) -> Tensor:
-    """(B,) bool: no rotation, shift, shear or zoom, i.e. Keras' transform_matrix stays None."""
-    return (
-        (params["theta"] == 0) & (params["tx"] == 0) & (params["ty"] == 0) & (params["shear"] == 0)
-        & (params["zx"] == 1) & (params["zy"] == 1)
-    )
+def _is_identity(p: Tensor) -> Tensor:
+    """(B,) bool from (6, B) parameters: no rotation, shift, shear or zoom, i.e. Keras' transform_matrix is None."""
+    ref = torch.tensor(_IDENTITY, dtype=p.dtype, device=p.device).reshape(-1, 1)  # (6, 1)
+    return (p == ref).all(dim=0)
+
+
+def _keep_identities(out: Tensor, x: Tensor, identity: Tensor, flip: Tensor | None) -> Tensor:
+    """Put back the input (flipped where asked) for the samples whose parameters are the identity.
+
+    Keras warps only "if transform_matrix is not None"; a float32 grid cannot hit every pixel centre exactly
+    (``(g + 1)·(W - 1)/2`` is off by an ulp for some columns whatever float g is), which moves values by up to
+    ~1e-3 on 0..255, so identities are copied. On the CPU a cheap test skips the copy when no sample is an
+    identity; on other devices a mask, not a branch, so that CUDA never syncs here.
+    """
+    if out.device.type == "cpu":
+        if not bool(identity.any()):
+            return out
+        idx = identity.nonzero().squeeze(1)  # (k,)
+        keep = x.index_select(0, idx)  # (k, C, H, W)
+        if flip is not None:
+            keep = _flip_where(keep, flip.index_select(0, idx))
+        out[idx] = keep.to(out.dtype)
+        return out
+    keep = x if flip is None else _flip_where(x, flip)
+    return torch.where(identity.reshape(-1, 1, 1, 1), keep.to(out.dtype), out)
+
+
+def _warp(x: Tensor, params: dict[str, Tensor], convention: str, keep_identities: bool = True) -> Tensor:
+    """Keras warp then flip of x (B, C, H, W) float: one ``grid_sample``, the flip folded into its grid.
+
+    The output is a new tensor (safe to modify in place). ``keep_identities`` copies identity samples exactly.
+    """
+    _, _, h, w = x.shape
+    p = _stack_params(params, x.device, _matrix_dtype(x.device))  # (6, B)
+    flip = params.get("flip_horizontal")
+    if flip is not None:
+        flip = flip.to(x.device)
+    grid = _sampling_grid(_keras_entries(p, h, w, convention), flip, h, w, x.dtype)  # (B, H, W, 2)
+    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (B, C, H, W)
+    return _keep_identities(out, x, _is_identity(p), flip) if keep_identities else out
 
 
 def apply_keras_transform(x: Tensor, params: dict[str, Tensor], convention: str = "keras-2020") -> Tensor:
     """Keras' warp (bilinear, edge fill) then horizontal flip where ``flip_horizontal`` == 1; no rescale.
 
-    x: (B, C, H, W), any value range; uint8 is converted to float32. One ``grid_sample`` for the batch.
+    x: (B, C, H, W), any value range; uint8 is converted to float32. One ``grid_sample`` for the batch, the flip
+    folded into its sampling grid (no extra pass over the images); samples with identity parameters come back
+    exactly as they were (flipped where asked), as in Keras.
     """
     if not x.is_floating_point():
         x = x.float()
-    b, c, h, w = x.shape
-    mdtype = _matrix_dtype(x.device)
-    params = {k: v.to(x.device) for k, v in params.items()}
-    m = _keras_matrices(params, h, w, convention, mdtype)  # (B, 3, 3) pixel (row, col), output→input
-    theta = _pixel_to_theta(m, h, w).to(x.dtype)  # (B, 2, 3) normalised (x, y)
-    grid = F.affine_grid(theta, [b, c, h, w], align_corners=True)  # (B, H, W, 2)
-    out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)  # (B, C, H, W)
-    # Keras warps only "if transform_matrix is not None": identity parameters leave the image exactly as it was
-    # (a float32 grid would round it by ~1e-3 on 0..255); a mask, not a branch, so CUDA never syncs here
-    out = torch.where(_is_identity(params).reshape(-1, 1, 1, 1), x, out)
-    if "flip_horizontal" in params:
-        out = _flip_where(out, params["flip_horizontal"])
-    return _follow_format(out, x)
+    return _follow_format(_warp(x, params, convention), x)
 
 
 def keras_augment(
@@ -233,9 +283,13 @@ def keras_augment(
     shear_units: str = "degrees",
 ) -> Tensor:
     """The report's ``ImageDataGenerator`` augmentation on a batch (B, C, H, W): fresh draw per sample, warp, flip."""
+    if not x.is_floating_point():
+        x = x.float()
     _, _, h, w = x.shape
     params = draw_keras_params(x.shape[0], h, w, generator, shear_units=shear_units, device=x.device)
-    return apply_keras_transform(x, params, convention)
+    # With the report's ranges an identity draw needs six float32 uniforms to hit exact values at once (odds
+    # ~2^-144), and would differ from Keras by <= 1e-3 on 0..255 anyway: no identity test on this path.
+    return _follow_format(_warp(x, params, convention, keep_identities=False), x)
 
 
 def random_flip(x: Tensor, generator: torch.Generator) -> Tensor:
@@ -262,33 +316,39 @@ class _BatchTransform:
     mean: tuple[float, ...]  # [0, 1] units
     std: tuple[float, ...]  # [0, 1] units
     input_size: tuple[int, int] | None  # (H, W) after augmentation, None = keep
-    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # (device, dtype) -> (scale, shift)
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)  # (device, dtype) -> (scale, neg_shift)
 
     def _affine(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        """(1, C, 1, 1) scale and shift with x·scale - shift == ((x / 255) - mean) / std."""
+        """(1, C, 1, 1) scale and negated shift with x·scale + neg_shift == ((x / 255) - mean) / std."""
         key = (x.device, x.dtype)
         if key not in self._cache:
             mean = torch.tensor(self.mean, dtype=torch.float64)
             std = torch.tensor(self.std, dtype=torch.float64)
-            scale, shift = 1.0 / (255.0 * std), mean / std
-            self._cache[key] = (_stats(scale.tolist(), x), _stats(shift.tolist(), x))
+            scale, neg_shift = 1.0 / (255.0 * std), -mean / std
+            self._cache[key] = (_stats(scale.tolist(), x), _stats(neg_shift.tolist(), x))
         return self._cache[key]
 
     def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        x = x.float() if not x.is_floating_point() or x.dtype == torch.float64 else x  # (B, 3, H, W) 0..255
+        fresh = not x.is_floating_point() or x.dtype == torch.float64  # x becomes a tensor of our own
+        x = x.float() if fresh else x  # (B, 3, H, W) 0..255
         if generator is not None:
             preset = _PRESETS[self.name]
             if preset is not None:
                 convention, shear_units = preset
                 x = keras_augment(x, generator, convention=convention, shear_units=shear_units)
+                fresh = True
             elif self.name == "flip":
                 x = random_flip(x, generator)
+                fresh = True
         if self.input_size is not None and tuple(x.shape[-2:]) != self.input_size:
             fmt = x
             x = F.interpolate(x, size=self.input_size, mode="bilinear", align_corners=False, antialias=False)
             x = _follow_format(x, fmt)
-        scale, shift = self._affine(x)
-        return x * scale - shift  # rescale 1/255 and normalise in one pass
+            fresh = True
+        scale, neg_shift = self._affine(x)
+        # rescale 1/255 and normalise, in place on a tensor made here (never the caller's); mul_ + add_ with a
+        # (1, C, 1, 1) operand run vectorised, ~4x faster on the CPU than one addcmul with the same broadcast
+        return (x.mul_(scale) if fresh else x * scale).add_(neg_shift)
 
 
 def make_transform(
