@@ -10,7 +10,9 @@ import io
 import logging
 import os
 import pickle
+import re
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -79,10 +81,18 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
-    """Serialise ``ckpt`` in memory first, then write it atomically."""
+    """Serialise ``ckpt`` in memory first, then write it atomically.
+
+    A failed write (full disk, quota, I/O error) raises CheckpointError naming the file; the previous file at
+    ``path`` is left as it was.
+    """
     buf = io.BytesIO()
     torch.save(ckpt, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    try:
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:
+        raise CheckpointError(f"{path}: could not save the checkpoint ({e.strerror or e}); "
+                              "the previous one is kept") from e
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -137,8 +147,15 @@ def load_model(run: str | os.PathLike, which: str = "best", device: str | torch.
     return model, ckpt
 
 
+# temp files that training writes in a run folder: atomic_write_bytes's ".<name>.<8 random>.tmp" for the
+# checkpoints and config.yaml, and MetricsWriter.truncate_after's metrics.csv.tmp
+_RUN_TEMP = re.compile(r"^\.(best\.pt|last\.pt|config\.yaml)\.[a-z0-9_]{8}\.tmp$|^metrics\.csv\.tmp$")
+
+
 class RunLock:
-    """``run_dir/.lock`` holding the owner's pid; a second live run is refused, a dead owner's lock is taken over."""
+    """``run_dir/.lock`` holding the owner's pid (and its start time, where /proc has it); a second live run is
+    refused, a dead owner's lock is taken over (a pid reused by another process counts as dead). Taking the lock
+    also removes the temp files that a killed owner left half-written in the folder."""
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.path = Path(run_dir) / ".lock"
@@ -149,11 +166,13 @@ class RunLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                pid = _read_pid(self.path)
-                if pid is not None and _alive(pid) and pid != os.getpid():
+                pid, start = _read_owner(self.path)
+                if pid is not None and pid != os.getpid() and _alive(pid) and _same_process(pid, start):
                     raise CheckpointError(
                         f"{self.path.parent}: another run (pid {pid}) is writing to this folder"
                     ) from None
+                if pid is None and _age(self.path) < 10.0:  # created this instant; its owner is writing the pid
+                    raise CheckpointError(f"{self.path.parent}: another run is starting in this folder") from None
                 log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
                 try:
                     os.unlink(self.path)
@@ -161,10 +180,26 @@ class RunLock:
                     pass
                 continue
             with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
+                start = _start_time(os.getpid())
+                f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
             self.held = True
+            self._clean_temps()
             return self
         raise CheckpointError(f"{self.path}: could not take the run lock")
+
+    def _clean_temps(self) -> None:
+        """Half-written temp files of a killed owner: nobody else writes here while we hold the lock."""
+        try:
+            entries = list(os.scandir(self.path.parent))
+        except OSError:
+            return
+        for e in entries:
+            if _RUN_TEMP.match(e.name):
+                log.info("removing %s (left by an interrupted save)", e.path)
+                try:
+                    os.unlink(e.path)
+                except OSError:
+                    pass
 
     def release(self) -> None:
         if self.held:
@@ -182,11 +217,43 @@ class RunLock:
         self.release()
 
 
-def _read_pid(path: Path) -> int | None:
+def _read_owner(path: Path) -> tuple[int | None, str | None]:
+    """(pid, start time) from a lock file; the start time is absent in locks written without /proc."""
     try:
-        return int(path.read_text().strip())
-    except (OSError, ValueError):
+        fields = path.read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified (infinite if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _read_pid(path: Path) -> int | None:
+    return _read_owner(path)[0]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+    except (OSError, IndexError):
         return None
+
+
+def _same_process(pid: int, start: str | None) -> bool:
+    """Whether the live ``pid`` is still the process that wrote the lock (unknown start times: assume so)."""
+    if start is None:
+        return True
+    now = _start_time(pid)
+    return now is None or now == start
 
 
 def _alive(pid: int) -> bool:

@@ -61,18 +61,31 @@ def _load_data(cfg):
                         workers=d.workers)
 
 
+def _read_run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.yaml"
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: not a run configuration (a mapping of keys expected)")
+    return raw
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from .checkpoint import RunLock, load_checkpoint
     from .config import apply_overrides, from_dict, load_recipe, to_dict
-    from .engine import fit
+    from .engine import Interrupted, fit
     from .models import create_model
 
     resume = None
+    if args.skip_bad_images:
+        args.set = [*(args.set or []), "data.skip_bad_images=true"]
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
             raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")
-        raw = yaml.safe_load((run_dir / "config.yaml").read_text())
+        raw = _read_run_config(run_dir)
         if args.data:
             raw.setdefault("data", {})["root"] = str(Path(args.data).resolve())
         cfg = from_dict(raw)
@@ -93,7 +106,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = from_dict(raw)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         if (run_dir / "config.yaml").exists() and not args.force:
-            old = yaml.safe_load((run_dir / "config.yaml").read_text())
+            old = _read_run_config(run_dir)
             if old != to_dict(cfg):
                 raise UserError(f"{run_dir}: holds a different run; use --resume {run_dir} to continue it "
                                 "or --force to overwrite it")
@@ -115,7 +128,11 @@ def cmd_train(args: argparse.Namespace) -> int:
                              weights=(m.weights or None) if resume is None else None, head=m.head,
                              dropout=m.dropout, hidden=m.hidden, input_size=m.input_size)
         log.info("run folder: %s", run_dir)
-        state = fit(model, data, cfg, run_dir, resume=resume, show_progress=not args.quiet)
+        try:
+            state = fit(model, data, cfg, run_dir, resume=resume, show_progress=not args.quiet)
+        except Interrupted as e:
+            raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
+                              f"tinytransfer train --resume {run_dir}") from None
         log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch, run_dir)
         if not args.no_finish:
             _finish(run_dir, data, args)
@@ -380,6 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     t.add_argument("--force", action="store_true", help="overwrite a run folder that holds another run")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--skip-bad-images", action="store_true",
+                   help="skip unreadable images (logged and counted) instead of stopping")
     t.add_argument("--no-finish", action="store_true", help="skip figures, predictions and report after training")
     t.set_defaults(func=cmd_train)
 
@@ -470,10 +489,22 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:
-        print(f"tinytransfer: {e}; last.pt holds the last complete epoch, continue with --resume", file=sys.stderr)
+        msg = str(e) if "--resume" in str(e) else f"{e}; last.pt holds the last complete epoch, continue with --resume"
+        print(f"tinytransfer: {msg}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("tinytransfer: interrupted; a run continues with: tinytransfer train --resume RUN_DIR", file=sys.stderr)
         return 130
     except (UserError, ConfigError, DataError, CheckpointError, NonFiniteLoss, ValueError, FileNotFoundError) as e:
+        if args.verbose:
+            raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        print(f"tinytransfer: error: {msg}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if args.verbose:
+            raise
+        msg = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else (e.strerror or str(e))
         print(f"tinytransfer: error: {msg}", file=sys.stderr)
         return 2
 

@@ -66,6 +66,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}  # OS droppings ignored in image folders (as are dot files)
 _MANIFEST = "manifest.json"
 _TMP_MARK = ".tmp-"  # temporary names: <final>.tmp-<host>-<pid>-<token>
+_LISTED = 5  # bad files named in the one DataError that stops a load (the first ones in file order)
 
 
 class DataError(Exception):
@@ -366,6 +367,8 @@ def _decode_file(path: str, size: int) -> np.ndarray:
                 rgb = rgb.resize((size, size), Image.BILINEAR)
             a = np.asarray(rgb, dtype=np.uint8)
     except Image.UnidentifiedImageError:
+        if _empty(path):
+            raise DataError(f"{path}: empty file (0 bytes)") from None
         ext = os.path.splitext(path)[1].lower()
         why = "unknown image format" if ext in IMAGE_EXTENSIONS else f"extension {ext or '(none)'}"
         raise DataError(f"{path}: not an image file ({why}; PIL cannot identify it)") from None
@@ -378,12 +381,21 @@ def _decode_file(path: str, size: int) -> np.ndarray:
     return a
 
 
+def _empty(path: str) -> bool:
+    try:
+        return os.path.getsize(path) == 0
+    except OSError:
+        return False
+
+
 def _probe_file(path: str) -> tuple[int, int]:
     """(width, height) from the image header, without decoding the pixels."""
     try:
         with Image.open(path) as img:
             return img.size
     except Image.UnidentifiedImageError:
+        if _empty(path):
+            raise DataError(f"{path}: empty file (0 bytes)") from None
         raise DataError(f"{path}: not an image file (PIL cannot identify it)") from None
     except Exception as e:
         raise DataError(f"{path}: cannot read image header ({type(e).__name__}: {e})") from None
@@ -400,7 +412,7 @@ def _probe_chunk(args: tuple[str, list[str], int, bool]) -> tuple[list[tuple[int
         except DataError as e:
             sizes.append(None)
             errors.append((start + i, str(e)))
-            if not skip:
+            if not skip and len(errors) >= _LISTED:
                 break
     return sizes, errors
 
@@ -419,7 +431,7 @@ def _decode_chunk(args: tuple[str, list[str], int, int, str, bool, list[int]]) -
                 out[start + i] = _decode_file(os.path.join(root, rel), size)
             except DataError as e:
                 errors.append((start + i, str(e)))
-                if not skip:
+                if not skip and len(errors) >= _LISTED:
                     break
         out.flush()
     finally:
@@ -634,13 +646,21 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
     t0 = time.perf_counter()
     order = [n for n in ("train", "val", "test") if n in plan.splits]
     bad: dict[str, dict[int, str]] = {n: {} for n in order}  # split → {index: message}
+    found: list[str] = []  # without skip: problems seen so far, raised together (up to _LISTED of them)
 
     def fail_or_skip(name: str, errors: list[tuple[int, str]]) -> None:
         if errors and not skip:
-            raise DataError(min(errors)[1])
+            found.extend(m for _, m in sorted(errors))
+            if len(found) >= _LISTED:
+                raise DataError(_listing(found))
+            return
         for i, msg in errors:
             logger.warning("skipping bad image: %s", msg)
             bad[name][i] = msg
+
+    def stop_if_found() -> None:
+        if found:
+            raise DataError(_listing(found))
 
     size = image_size
     if size <= 0:  # the most common size in the dataset, from the headers (no pixel decoding)
@@ -651,6 +671,7 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
             for sizes, errors in _run_chunks(_probe_chunk, tasks, workers, f"probe {name}", len(files)):
                 fail_or_skip(name, errors)
                 counts.update(s for s in sizes if s is not None)
+        stop_if_found()  # headers are cheap: every split's are read before stopping, to list more problems
         if not counts:
             raise DataError(f"{root}: no readable images")
         (w, h), _ = counts.most_common(1)[0]
@@ -681,6 +702,7 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
                      for a, b in _chunks(n, workers)]
             for errors in _run_chunks(_decode_chunk, tasks, workers, f"decode {name}", n):
                 fail_or_skip(name, errors)
+                stop_if_found()  # decoding is not cheap: stop at the first chunk with problems
             keep = [i for i in range(n) if i not in bad[name]]
             if len(keep) < n:  # compact: drop the rows of skipped images
                 src = np.load(img_tmp, mmap_mode="r")
@@ -720,6 +742,15 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
     if loaded is None:  # pragma: no cover - another process replaced it with another key in between
         raise DataError(f"{folder}: cache changed while it was being built; run again")
     return loaded
+
+
+def _listing(problems: list[str]) -> str:
+    """One line for the DataError that stops a load: the first problems by file, and how to skip them."""
+    hint = "set data.skip_bad_images=true to skip bad images"
+    if len(problems) == 1:
+        return f"{problems[0]} ({hint})"
+    more = f"; ... ({len(problems) - _LISTED} more)" if len(problems) > _LISTED else ""
+    return f"bad images: {'; '.join(problems[:_LISTED])}{more} ({hint})"
 
 
 def _npy_bytes(a: np.ndarray) -> bytes:
@@ -762,7 +793,8 @@ def load_dataset(
     from each class's sorted file list with seed (split_seed, label), so the split never changes.
     image_size: side of the decoded squares (other sizes are resized, bilinear); 0 = the most common size.
     cache_dir: "" = ``<root>/.tinytransfer-cache``, or ``~/.cache/tinytransfer/<hash>`` if root is read-only.
-    skip_bad_images: skip (log and count) undecodable images instead of raising DataError.
+    skip_bad_images: skip (log and count) undecodable images instead of raising one DataError that lists the
+    first of them (up to five).
     workers: processes decoding on the first load.
     """
     root = os.path.abspath(os.fspath(root))
@@ -802,7 +834,7 @@ def load_dataset(
     skipped = list(manifest.get("skipped", []))
     if skipped:
         if not skip_bad_images:
-            raise DataError(skipped[0])
+            raise DataError(_listing(skipped))
         shown = "; ".join(skipped[:5]) + (f"; ... ({len(skipped) - 5} more)" if len(skipped) > 5 else "")
         logger.warning("skipped %d bad image%s: %s", len(skipped), "s" * (len(skipped) != 1), shown)
     if len(splits["train"]) == 0:
@@ -1210,11 +1242,12 @@ def _member_problem(info: zipfile.ZipInfo, zf: zipfile.ZipFile) -> str | None:
 def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> str:
     """Extract a zip into ``dest`` with no member able to escape it; returns the dataset folder.
 
-    Every member is checked before anything is written: absolute paths, drive letters, ``..`` components and
-    escaping symlinks are refused (DataError naming the member). The archive is extracted into a temporary folder
-    inside ``dest`` and its top-level entries renamed into place, so a crash never leaves half a tree under the
-    final name. Entries that already exist are kept (idempotent). Returns ``dest/<top>`` when the archive has a
-    single top-level folder, else ``dest``.
+    Every member is checked before anything is written: absolute paths, drive letters, ``..`` components,
+    escaping symlinks and members whose path goes through a symlink member are refused (DataError naming the
+    member); once extracted, every link must still resolve inside the folder before anything moves into ``dest``.
+    The archive is extracted into a temporary folder inside ``dest`` and its top-level entries renamed into place,
+    so a crash never leaves half a tree under the final name. Entries that already exist are kept (idempotent).
+    Returns ``dest/<top>`` when the archive has a single top-level folder, else ``dest``.
     """
     zip_path = os.fspath(zip_path)
     dest = os.path.abspath(os.fspath(dest))
@@ -1229,6 +1262,14 @@ def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> str:
             if problem:
                 raise DataError(f"{zip_path}: refusing member {info.filename!r} ({problem})")
         member_parts = [_parts(info.filename) for info in infos]
+        # a link's depth check above is lexical: a member reached through another link (d/up -> .., then
+        # d/up/d/x -> ../../..) would land elsewhere than its name says, so no member may pass through a link
+        links = {tuple(p) for p, info in zip(member_parts, infos) if stat.S_ISLNK(info.external_attr >> 16)}
+        for p, info in zip(member_parts, infos):
+            through = next((p[:k] for k in range(1, len(p)) if tuple(p[:k]) in links), None)
+            if through is not None:
+                raise DataError(f"{zip_path}: refusing member {info.filename!r} (its path goes through the "
+                                f"symlink {'/'.join(through)})")
         tops = sorted({p[0] for p in member_parts if p})
         single_dir = len(tops) == 1 and any(len(p) > 1 or info.is_dir() for p, info in zip(member_parts, infos))
         result = os.path.join(dest, tops[0]) if single_dir else dest
@@ -1249,6 +1290,12 @@ def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> str:
                     os.symlink(zf.read(info).decode("utf-8"), target)
                 else:
                     zf.extract(info, tmp)
+            for info in infos:  # every link, now that all exist, must resolve inside the folder
+                if stat.S_ISLNK(info.external_attr >> 16):
+                    where = os.path.realpath(os.path.join(tmp, info.filename.replace("\\", "/")))
+                    if not (where == real_tmp or where.startswith(real_tmp + os.sep)):
+                        raise DataError(f"{zip_path}: refusing member {info.filename!r} (symlink escaping the "
+                                        f"folder)")
             for t in tops:
                 final = os.path.join(dest, t)
                 if not os.path.exists(final):

@@ -131,6 +131,16 @@ class _Stop:
             signal.signal(s, h)
 
 
+def _check_finite(first_bad: torch.Tensor, phase: PhaseConfig, state: TrainState, steps_per_epoch: int) -> None:
+    """Raise NonFiniteLoss if the device-side flag recorded a non-finite loss (one sync, at refresh points)."""
+    bad_step = int(first_bad.item())
+    if bad_step >= 0:
+        raise NonFiniteLoss(
+            f"loss became non-finite at phase {state.phase + 1} ({phase.name}) step {bad_step} "
+            f"(lr {lr_at(bad_step, phase, steps_per_epoch):.3g}); the last good checkpoint is kept"
+        )
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DeviceLoader,
@@ -184,24 +194,14 @@ def train_one_epoch(
         now = time.monotonic()
         if progress is not None and (now - last_refresh > 1.0 or i + 1 == steps_per_epoch):
             last_refresh = now
-            bad_step = int(first_bad.item())
-            if bad_step >= 0:
-                raise NonFiniteLoss(
-                    f"loss became non-finite at phase {state.phase + 1} ({phase.name}) step {bad_step}; "
-                    "the last good checkpoint is kept"
-                )
+            _check_finite(first_bad, phase, state, steps_per_epoch)
             c = correct.tolist()
             progress({"loss": loss_sum.item() / seen, "acc": c[0] / seen, "lr": lr, "n": n, "step": i + 1})
         elif progress is not None:
             progress({"n": n, "step": i + 1})
         if stop is not None and stop.signum is not None:
             raise Interrupted(f"stopped by signal {stop.signum} during epoch {state.epoch + 1}")
-    bad_step = int(first_bad.item())
-    if bad_step >= 0:
-        raise NonFiniteLoss(
-            f"loss became non-finite at phase {state.phase + 1} ({phase.name}) step {bad_step}; "
-            "the last good checkpoint is kept"
-        )
+    _check_finite(first_bad, phase, state, steps_per_epoch)
     c = correct.tolist()
     seen = max(seen, 1)
     return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen, "lr": lr}

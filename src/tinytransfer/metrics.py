@@ -47,7 +47,7 @@ class MetricsWriter:
         if not self.path.exists():
             return
         with open(self.path, newline="") as f:
-            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) <= epoch]
+            rows = [r for r in csv.DictReader(f) if _complete(r) and int(r["epoch"]) <= epoch]
         tmp = self.path.with_suffix(".csv.tmp")
         with open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
@@ -66,6 +66,17 @@ class MetricsWriter:
             w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
             f.flush()
             os.fsync(f.fileno())
+
+
+def _complete(row: dict) -> bool:
+    """A row fully written (a kill during an append can leave half a line)."""
+    if None in row or any(row.get(k) is None for k in METRIC_COLUMNS):
+        return False
+    try:
+        int(row["epoch"]), int(row["phase"]), float(row["train_loss"])
+    except ValueError:
+        return False
+    return True
 
 
 def _fmt(v: object) -> object:
