@@ -45,14 +45,15 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-AUGMENTS = ("keras", "keras3", "keras-radians", "flip", "none")  # make_transform presets
+AUGMENTS = ("keras", "keras3", "keras-radians", "keras-noflip", "flip", "none")  # make_transform presets
 CONVENTIONS = ("keras-2020", "keras3")  # how the Keras matrix is centred and oriented
 
-# preset -> (Keras matrix convention, units of the shear draw); None = no affine warp
-_PRESETS: dict[str, tuple[str, str] | None] = {
+# preset -> (Keras matrix convention, units of the shear draw[, horizontal_flip]); None = no affine warp
+_PRESETS: dict[str, tuple | None] = {
     "keras": ("keras-2020", "degrees"),  # the report's, bug for bug: shear_range=0.2 is 0.2 DEGREES
     "keras3": ("keras3", "degrees"),
     "keras-radians": ("keras-2020", "radians"),  # shear_range=0.2 as intended: 0.2 rad ≈ 11.5°
+    "keras-noflip": ("keras-2020", "degrees", False),  # the same warp without flips: digits, text, anything chiral
     "flip": None,
     "none": None,
 }
@@ -281,12 +282,14 @@ def keras_augment(
     generator: torch.Generator,
     convention: str = "keras-2020",
     shear_units: str = "degrees",
+    horizontal_flip: bool = True,
 ) -> Tensor:
     """The report's ``ImageDataGenerator`` augmentation on a batch (B, C, H, W): fresh draw per sample, warp, flip."""
     if not x.is_floating_point():
         x = x.float()
     _, _, h, w = x.shape
-    params = draw_keras_params(x.shape[0], h, w, generator, shear_units=shear_units, device=x.device)
+    params = draw_keras_params(x.shape[0], h, w, generator, shear_units=shear_units, device=x.device,
+                               horizontal_flip=horizontal_flip)
     # With the report's ranges an identity draw needs six float32 uniforms to hit exact values at once (odds
     # ~2^-144), and would differ from Keras by <= 1e-3 on 0..255 anyway: no identity test on this path.
     return _follow_format(_warp(x, params, convention, keep_identities=False), x)
@@ -334,8 +337,9 @@ class _BatchTransform:
         if generator is not None:
             preset = _PRESETS[self.name]
             if preset is not None:
-                convention, shear_units = preset
-                x = keras_augment(x, generator, convention=convention, shear_units=shear_units)
+                convention, shear_units, *flip = preset
+                x = keras_augment(x, generator, convention=convention, shear_units=shear_units,
+                                  horizontal_flip=flip[0] if flip else True)
                 fresh = True
             elif self.name == "flip":
                 x = random_flip(x, generator)

@@ -314,7 +314,8 @@ def fit(
     run_dir = Path(run_dir)
     device = resolve_device(cfg.device)
     model.to(device)
-    channels_last = cfg.channels_last == "true" or (cfg.channels_last == "auto" and device.type == "cuda")
+    # channels_last: faster on CUDA and with oneDNN on the CPU alike (VGG16 unfrozen 41 → 51 img/s, Lite0 209 → 344)
+    channels_last = cfg.channels_last in ("true", "auto")
     if channels_last:
         model.to(memory_format=torch.channels_last)
     mean, std = input_norm(cfg, model)
