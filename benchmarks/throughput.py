@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                          # CPU defaults: vgg16 + efficientnet_lite0 at 64 px
     python benchmarks/throughput.py --models vgg16,vgg16_bn,efficientnet_lite0,resnet50 --sizes 64,224 --peers
     python benchmarks/throughput.py --batch 64,256 --compile   # on a GPU: batch sweep, torch.compile
+    python benchmarks/throughput.py --peers --keras-python /work/tfvenv/bin/python   # + the report's Keras system
 
 For every (model, input size, phase) it times:
 - ``tinytransfer``: the real training step (``engine.train_one_epoch``) on a uint8 split held by ``DeviceLoader``
@@ -12,6 +13,8 @@ For every (model, input size, phase) it times:
   CUDA), contiguous layout, frozen parameters marked ``requires_grad=False``, batches from a torchvision
   ``ImageFolder`` + ``DataLoader`` (2 workers, PIL decode, ``RandomAffine`` + flip + ``ToTensor`` + ``Normalize``)
   over JPEGs of the same images.
+- ``keras-report`` (``--keras-python PATH``, vgg16 at 64 px): ``benchmarks/peers/keras_report.py`` run under a
+  separate TensorFlow venv after the PyTorch measurements, its rows merged in (TFLOP/s from the same FLOP count).
 Achieved TFLOP/s come from ``torch.utils.flop_counter`` (training = forward + 2 × the trained part's forward); on
 a GPU the bf16 matmul peak is measured in the same run and each row gets its fraction of it.
 Writes ``benchmarks/results/throughput.json``: rows with system, model, input_size, phase, batch, device, img_s,
@@ -89,7 +92,7 @@ def bf16_peak(device: torch.device) -> float:
 
 
 def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
-              compile_: bool) -> float:
+              compile_: bool, amp: str = "auto") -> float:
     model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
     cl = True  # as the engine's channels_last="auto": faster on CUDA and with oneDNN on the CPU
     model.to(device)
@@ -106,10 +109,10 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
     if phase == "inference":
         model.eval()
         ev = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, transform=tf, channels_last=cl)
-        engine.evaluate(net, ev, device=device)
+        engine.evaluate(net, ev, device=device, amp=amp)
         _sync(device)
         t = time.perf_counter()
-        res = engine.evaluate(net, loader, device=device)
+        res = engine.evaluate(net, loader, device=device, amp=amp)
         _sync(device)
         return res["n"] / (time.perf_counter() - t)
     pc = PhaseConfig(train="head" if phase == "frozen" else "all", lr_policy="constant", lr_max=1e-4,
@@ -120,10 +123,10 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
     warm = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, shuffle=True,
                         generator=torch.Generator().manual_seed(1), transform=tf, aug_generator=gen,
                         channels_last=cl)
-    engine.train_one_epoch(net, warm, opt, pc, state, device=device)
+    engine.train_one_epoch(net, warm, opt, pc, state, device=device, amp=amp)
     _sync(device)
     t = time.perf_counter()
-    res = engine.train_one_epoch(net, loader, opt, pc, state, device=device, max_steps=steps)
+    res = engine.train_one_epoch(net, loader, opt, pc, state, device=device, max_steps=steps, amp=amp)
     _sync(device)
     return res["n"] / (time.perf_counter() - t)
 
@@ -195,6 +198,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
+def run_keras_peer(python: str, steps: int, phases: str, rows: list, peak: float | None) -> dict | None:
+    """Run benchmarks/peers/keras_report.py under ``python`` (a TensorFlow venv) and merge its rows into ``rows``."""
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "peers" / "keras_report.py"
+    with tempfile.TemporaryDirectory(prefix="tt-keras-") as tmp:
+        out = Path(tmp) / "keras_report.json"
+        cmd = [python, str(script), "--steps", str(steps), "--phases", phases, "--out", str(out)]
+        try:
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as e:
+            print(f"{'keras-report':<22} failed: {e}")
+            return None
+        if proc.returncode != 0 or not out.exists():
+            tail = (proc.stdout + proc.stderr).strip().splitlines()[-5:]
+            print(f"{'keras-report':<22} failed (exit {proc.returncode}): " + " | ".join(tail))
+            return None
+        res = json.loads(out.read_text())
+    for row in res.pop("rows"):
+        same = [r for r in rows if r["model"] == row["model"] and r["input_size"] == row["input_size"]
+                and r["phase"] == row["phase"] and r.get("gflop_per_img")]
+        gflop = same[0]["gflop_per_img"] if same else None
+        tflops = row["img_s"] * gflop / 1e3 if gflop else None
+        row.update({"tflops": round(tflops, 4) if tflops else None, "gflop_per_img": gflop,
+                    "peak_fraction": round(tflops / peak, 4) if tflops and peak and row["device"] != "cpu" else None})
+        rows.append(row)
+        line = f"{row['system']:<22} {row['model']:<18} {row['input_size']:>4} {row['phase']:<10} {row['batch']:>5}"
+        line += f" {row['img_s']:>9.1f} " + (f"{tflops:>8.3f}" if tflops else f"{'-':>8}")
+        line += f"  ({row['device']}, tensorflow {res.get('tensorflow')})"
+        print(line, flush=True)
+    return res
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
@@ -207,6 +243,10 @@ def main() -> None:
     p.add_argument("--peers", action="store_true", help="also time the plain PyTorch loop")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--cpu-bf16", action="store_true", help="also time our step with bf16 autocast on the CPU")
+    p.add_argument("--keras-python", default="", metavar="PATH",
+                   help="python of a TensorFlow venv: also time the report's Keras system "
+                        "(benchmarks/peers/keras_report.py; vgg16 at 64 px only)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -239,14 +279,17 @@ def main() -> None:
                 per_img = {"inference": fwd, "frozen": fwd + 2 * head_fwd, "unfrozen": 3 * fwd}[phase]
                 for batch in map(int, a.batch.split(",")):
                     systems = [("tinytransfer" + ("+compile" if a.compile else ""), None)]
+                    if a.cpu_bf16 and not gpu:
+                        systems.append(("tinytransfer+bf16", "bf16"))
                     if a.peers:
                         systems.append(("plain-pytorch", False))
                         if gpu:
                             systems.append(("plain-pytorch+amp", True))
                     for system, amp in systems:
                         try:
-                            if amp is None:
-                                r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile)
+                            if amp is None or amp == "bf16":
+                                r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
+                                              amp="bf16" if amp == "bf16" else "auto")
                             else:
                                 if jpeg_dir is None:
                                     jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
@@ -264,8 +307,13 @@ def main() -> None:
                         line = f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} {r:>9.1f} {tflops:>8.3f}"
                         line += f" {100 * tflops / peak:>6.1f}%" if peak else ""
                         print(line, flush=True)
+    keras_meta = None
+    if a.keras_python and "vgg16" in a.models.split(",") and 64 in map(int, a.sizes.split(",")):
+        keras_meta = run_keras_peer(a.keras_python, steps, a.phases, rows, peak)
     out = {"device": dev_name, "torch": torch.__version__, "python": platform.python_version(),
            "bf16_peak_tflops": peak, "steps": steps, "warmup": warmup, "rows": rows}
+    if keras_meta is not None:
+        out["keras_report"] = keras_meta
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1))
     print(f"wrote {a.out}")

@@ -78,6 +78,7 @@ figcaption { font-size: 0.82rem; color: #5a6470; }
 .missing { color: #8a6d3b; font-style: italic; }
 .cols { display: flex; gap: 2rem; flex-wrap: wrap; }
 pre { background: #f3f4f6; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
+.scroll { overflow-x: auto; max-width: 100%; }
 .big { font-size: 1.4rem; font-weight: 600; }
 """
 
@@ -170,7 +171,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], numeric: Sequen
         "<tr>" + "".join(f'<td class="num">{_e(v)}</td>' if i in numeric else f"<td>{_e(v)}</td>"
                          for i, v in enumerate(r)) + "</tr>"
         for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _pct(v: Any) -> str:
