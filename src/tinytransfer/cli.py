@@ -270,13 +270,12 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
 
 def cmd_plot(args: argparse.Namespace) -> int:
-    from .outputs import lr_fn
     from .plots import plot_curves, table1, table1_markdown
 
     run = Path(args.run)
     if not (run / "metrics.csv").is_file():
         raise UserError(f"{run}: no metrics.csv in this run folder")
-    for p in plot_curves(run, lr_fn=lr_fn):
+    for p in plot_curves(run):
         print(p)
     print(table1_markdown(table1(run)))
     return 0

@@ -16,25 +16,16 @@ from torch import nn
 
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .checkpoint import load_model
-from .config import PhaseConfig, from_dict
+from .config import from_dict
 from .data import Dataset, Split
 from .metrics import confusion_matrix
 from .plots import mistakes_gallery, plot_curves, plot_feature_maps, plot_gradcam, table1
 from .predict import predict_arrays, top_k_rows, write_predictions
 from .report import analysis_from_confusion, confident_mistakes, write_analysis, write_report
-from .schedule import lr_at
 
-__all__ = ["analyse", "finish_run", "lr_fn", "predict_split", "visualize"]
+__all__ = ["analyse", "finish_run", "predict_split", "visualize"]
 
 log = logging.getLogger(__name__)
-
-
-def lr_fn(step: int, phase: dict) -> float:
-    """The LR the engine used at ``step`` of a phase described by a config.yaml entry (+ steps_per_epoch)."""
-    fields = {k: v for k, v in phase.items() if k in PhaseConfig.__dataclass_fields__}
-    if "betas" in fields:
-        fields["betas"] = tuple(fields["betas"])
-    return lr_at(step, PhaseConfig(**fields), int(phase.get("steps_per_epoch", 1)))
 
 
 def predict_split(model: nn.Module, ckpt: dict, split: Split, out: str | os.PathLike, *,
@@ -101,7 +92,7 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
     run_dir = Path(run_dir)
     dev = resolve_device(device)
     model, ckpt = load_model(run_dir, "best", device=dev)  # first: a folder without a checkpoint fails before writing
-    plot_curves(run_dir, lr_fn=lr_fn)
+    plot_curves(run_dir)
     table1(run_dir)
     if data is None:
         from .data import load_dataset

@@ -31,7 +31,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
+from .config import PhaseConfig
 from .metrics import METRIC_COLUMNS
+from .schedule import lr_at, step_size_of
 
 log = logging.getLogger(__name__)
 
@@ -211,43 +213,25 @@ def phase_spans(rows: Sequence[dict], config: Mapping) -> list[PhaseSpan]:
     return spans
 
 
-def _triangular(step: int, base_lr: float, max_lr: float, step_size: int) -> float:
-    """Smith's triangular CLR (arXiv 1506.01186); ``step_size`` is half a cycle in iterations."""
-    cycle = math.floor(1 + step / (2 * step_size))
-    x = abs(step / step_size - 2 * cycle + 1)
-    return base_lr + (max_lr - base_lr) * max(0.0, 1.0 - x)
-
-
 def _resolved_step_size(phase: Mapping) -> int:
-    """CLR half cycle in iterations; 0 in a recipe means two epochs' worth (as schedule.step_size_of)."""
-    step_size = int(phase.get("step_size") or 0)
-    return step_size if step_size > 0 else max(1, 2 * int(phase.get("steps_per_epoch", 1)))
+    """CLR half cycle in iterations; 0 in a recipe means two epochs' worth (``schedule.step_size_of``)."""
+    return step_size_of(_phase_config(phase), int(phase.get("steps_per_epoch", 1)))
+
+
+def _phase_config(phase: Mapping) -> PhaseConfig:
+    """A config.yaml phase entry (plus extra keys such as ``steps_per_epoch``) as a PhaseConfig."""
+    fields = {k: v for k, v in phase.items() if k in PhaseConfig.__dataclass_fields__}
+    if "betas" in fields:
+        fields["betas"] = tuple(fields["betas"])
+    return PhaseConfig(**fields)
 
 
 def default_lr(step: int, phase: Mapping) -> float:
-    """LR of iteration ``step`` (0-based within the phase) from the phase's config fields.
+    """LR of iteration ``step`` (0-based within the phase): ``schedule.lr_at`` on a config.yaml phase entry.
 
-    ``phase`` is a config.yaml phase entry plus ``steps_per_epoch``. Mirrors ``schedule.lr_at`` for the
-    ``triangular``, ``constant`` and ``onecycle`` policies so plots need nothing but the run folder's files.
+    ``phase`` is the entry plus ``steps_per_epoch``, so plots need nothing but the run folder's files.
     """
-    policy = phase.get("lr_policy", "triangular")
-    lr_min, lr_max = float(phase.get("lr_min", 1e-4)), float(phase.get("lr_max", 6e-4))
-    if policy == "constant":
-        return lr_max
-    if policy == "triangular":
-        return _triangular(step, lr_min, lr_max, _resolved_step_size(phase))
-    if policy == "onecycle":
-        # Cosine warm-up from lr_min to lr_max over the first 30 % of the planned iterations, then cosine down to
-        # lr_min / 100 (schedule.lr_at's one-cycle).
-        total = max(1, int(phase.get("epochs", 1)) * int(phase.get("steps_per_epoch", 1)))
-        warm = max(1, int(0.3 * total))
-        if step < warm:
-            t = step / warm
-            return lr_min + (lr_max - lr_min) * (1 - math.cos(math.pi * t)) / 2
-        t = min(1.0, (step - warm) / max(1, total - warm))
-        end = lr_min / 100
-        return end + (lr_max - end) * (1 + math.cos(math.pi * t)) / 2
-    raise ValueError(f"unknown lr_policy {policy!r}")
+    return lr_at(step, _phase_config(phase), int(phase.get("steps_per_epoch", 1)))
 
 
 def lr_curve(spans: Sequence[PhaseSpan], lr_fn: LrFn | None = None,
