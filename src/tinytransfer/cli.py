@@ -124,9 +124,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         log.info("data: %d classes, %d train, %d val, %d test images (%d px)", len(data.classes), len(data.train),
                  len(data.val) if data.val else 0, len(data.test) if data.test else 0, data.image_size)
         m = cfg.model
-        model = create_model(m.backbone, len(data.classes), pretrained=m.pretrained and resume is None,
-                             weights=(m.weights or None) if resume is None else None, head=m.head,
-                             dropout=m.dropout, hidden=m.hidden, input_size=m.input_size)
+        try:
+            model = create_model(m.backbone, len(data.classes), pretrained=m.pretrained and resume is None,
+                                 weights=(m.weights or None) if resume is None else None, head=m.head,
+                                 dropout=m.dropout, hidden=m.hidden, input_size=m.input_size)
+        except OSError as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise UserError(f"could not download the ImageNet weights of {m.backbone} ({e}); offline, pass "
+                            "--set model.weights=FILE (a local state dict) or --set model.pretrained=false") from None
         log.info("run folder: %s", run_dir)
         try:
             state = fit(model, data, cfg, run_dir, resume=resume, show_progress=not args.quiet)
