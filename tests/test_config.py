@@ -76,3 +76,11 @@ def test_yaml_values_are_never_code(tmp_path):
         load_recipe(str(p))
     raw = apply_overrides({}, ["data.root=__import__('os').system('x')"])
     assert raw["data"]["root"] == "__import__('os').system('x')"
+
+
+def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):
+    (tmp_path / "demo").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert from_dict(load_recipe("demo")).model.backbone == "efficientnet_lite0"
+    (tmp_path / "mine.yaml").write_text("name: mine\nseed: 4\n")
+    assert from_dict(load_recipe("mine.yaml")).seed == 4

@@ -298,7 +298,7 @@ def list_recipes() -> list[str]:
 def load_recipe(name_or_path: str) -> dict:
     """Raw dict of a shipped recipe (by name) or a YAML file (by path)."""
     path = Path(name_or_path)
-    if path.suffix in (".yaml", ".yml") or path.exists():
+    if path.suffix in (".yaml", ".yml") or path.is_file():  # a folder named like a recipe is not a recipe
         if not path.is_file():
             raise ConfigError(f"{name_or_path}: recipe file not found")
         text = path.read_text()
