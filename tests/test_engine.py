@@ -193,3 +193,18 @@ def test_lr_range_test_runs_and_suggests(tree):
     assert len(res["lr"]) >= 10
     assert all(b > a for a, b in zip(res["lr"], res["lr"][1:]))
     assert res["lr"][0] <= res["suggested"] <= res["lr"][-1]
+
+
+def test_compile_option_reaches_torch_compile(tree, tmp_path, monkeypatch):
+    """compile=true goes through torch.compile (stubbed here: a real CPU compile takes minutes) and still trains."""
+    seen = []
+
+    def fake_compile(model, *a, **k):
+        seen.append(model)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    raw = tiny_config(tree, compile=True)
+    raw["phases"] = raw["phases"][:1]
+    run(tree, tmp_path / "r", raw)
+    assert len(seen) == 1 and len(read_rows(tmp_path / "r" / "metrics.csv")) == 2

@@ -339,10 +339,10 @@ def fit(
         writer.truncate_after(0)
     net = model
     if cfg.compile:
-        import torch._dynamo
+        import torch._dynamo as dynamo  # (a plain "import torch._dynamo" would make torch local to fit)
 
         # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
-        torch._dynamo.config.suppress_errors = True
+        dynamo.config.suppress_errors = True
         try:
             net = torch.compile(model)
         except Exception as e:  # pragma: no cover - depends on the platform
