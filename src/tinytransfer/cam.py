@@ -68,6 +68,16 @@ def _prepare(model: nn.Module, x: Tensor) -> Tensor:
                          dtype=p.dtype if p is not None and p.is_floating_point() else x.dtype)
 
 
+def _no_grad_pass(model: nn.Module, x: Tensor, handles: list) -> None:
+    """One eval-mode, no-grad forward pass with the hooks behind ``handles`` in place; they are removed after."""
+    try:
+        with _eval(model), torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 # Modules that may directly follow a conv and belong to it (timm's BatchNormAct2d is a BatchNorm2d subclass).
 _FOLLOW = (nn.BatchNorm2d, nn.GroupNorm, nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SiLU, nn.GELU, nn.Hardswish,
            nn.Mish, nn.Identity)
@@ -118,12 +128,7 @@ def _activation_targets(model: nn.Module, x: Tensor, names: Sequence[str]) -> di
         if name:
             handles.append(m.register_forward_pre_hook(pre(name)))
             handles.append(m.register_forward_hook(post(name)))
-    try:
-        with _eval(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _no_grad_pass(model, x, handles)
     return target
 
 
@@ -155,12 +160,7 @@ def feature_maps(model: nn.Module, x: Tensor, layers: Sequence[str], *,
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in mods.items()]
-    try:
-        with _eval(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _no_grad_pass(model, x, handles)
     missing = [n for n in layers if n not in out]
     if missing:
         raise ValueError(f"layer(s) {', '.join(missing)} did not run in the model's forward pass")
@@ -186,12 +186,7 @@ def default_cam_layer(model: nn.Module, x: Tensor, *, min_size: int = 4) -> str:
         return hook
 
     handles = [m.register_forward_hook(make_hook(n)) for n, m in convs.items()]
-    try:
-        with _eval(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _no_grad_pass(model, x, handles)
     if not seen:
         raise ValueError("no Conv2d layer ran in the model's forward pass")
     big = [n for n, h, w in seen if h >= min_size and w >= min_size]
