@@ -50,6 +50,7 @@ __all__ = [
     "lr_curve",
     "mistakes_gallery",
     "plot_lr_find",
+    "write_text_atomic",
     "phase_spans",
     "plot_confusion_pairs",
     "plot_curves",
@@ -329,12 +330,12 @@ def table1(run_dir: str | os.PathLike) -> list[dict]:
     """Compute Table 1 from ``metrics.csv`` + ``config.yaml`` and write ``table1.md`` and ``table1.csv``."""
     run_dir = Path(run_dir)
     table = table1_rows(read_metrics(run_dir / "metrics.csv"), read_config(run_dir))
-    _atomic_write_text(run_dir / "table1.md", table1_markdown(table))
+    write_text_atomic(run_dir / "table1.md", table1_markdown(table))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE1_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows({k: ("" if t[k] is None else t[k]) for k in TABLE1_COLUMNS} for t in table)
-    _atomic_write_text(run_dir / "table1.csv", buf.getvalue())
+    write_text_atomic(run_dir / "table1.csv", buf.getvalue())
     log.info("Table 1 (%d phases) written to %s", len(table), run_dir / "table1.md")
     return table
 
@@ -597,7 +598,8 @@ def _save(fig: Figure, path: str | os.PathLike) -> str:
     return str(path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
