@@ -51,14 +51,11 @@ def _write_yaml(path: Path, obj: dict) -> None:
 
 
 def _load_data(cfg):
-    from .data import load_dataset
+    from .data import load_configured
 
     if not cfg.data.root:
         raise UserError("no dataset: pass --data DIR (or set data.root in the recipe)")
-    d = cfg.data
-    return load_dataset(d.root, val_mode=d.val_mode, holdout_per_class=d.holdout_per_class, split_seed=d.split_seed,
-                        image_size=d.image_size, cache_dir=d.cache_dir, skip_bad_images=d.skip_bad_images,
-                        workers=d.workers)
+    return load_configured(cfg.data)
 
 
 def _read_run_config(run_dir: Path) -> dict:

@@ -43,6 +43,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .config import DataConfig
+
 __all__ = [
     "CACHE_FORMAT",
     "IMAGE_EXTENSIONS",
@@ -519,7 +521,8 @@ def _write_manifest(path: str, manifest: dict) -> None:
     _atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -543,7 +546,7 @@ def _clean_stale_temps(folder: str) -> None:
         try:
             stale = time.time() - e.stat().st_mtime > 86400
             if len(tail) == 3 and tail[0] == host and tail[1].isdigit():
-                stale = stale or not _pid_alive(int(tail[1]))
+                stale = stale or not pid_alive(int(tail[1]))
             if stale:
                 os.unlink(e.path)
         except OSError:
@@ -842,6 +845,13 @@ def load_dataset(
     return Dataset(root=root, classes=list(plan.classes), names=list(plan.names), train=splits["train"],
                    val=splits.get("val"), test=splits.get("test"), image_size=int(manifest["image_size"]),
                    skipped=skipped)
+
+
+def load_configured(d: DataConfig) -> Dataset:
+    """:func:`load_dataset` with the fields of a run's ``DataConfig`` (``cfg.data``)."""
+    return load_dataset(d.root, val_mode=d.val_mode, holdout_per_class=d.holdout_per_class, split_seed=d.split_seed,
+                        image_size=d.image_size, cache_dir=d.cache_dir, skip_bad_images=d.skip_bad_images,
+                        workers=d.workers)
 
 
 def summary(dataset: Dataset) -> str:

@@ -17,7 +17,7 @@ from torch import nn
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .checkpoint import load_model
 from .config import from_dict
-from .data import Dataset, Split
+from .data import Dataset, Split, load_configured
 from .metrics import confusion_matrix
 from .plots import mistakes_gallery, plot_curves, plot_feature_maps, plot_gradcam, table1
 from .predict import predict_arrays, top_k_rows, write_predictions
@@ -95,12 +95,7 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
     plot_curves(run_dir)
     table1(run_dir)
     if data is None:
-        from .data import load_dataset
-
-        d = from_dict(ckpt["config"]).data
-        data = load_dataset(d.root, val_mode=d.val_mode, holdout_per_class=d.holdout_per_class,
-                            split_seed=d.split_seed, image_size=d.image_size, cache_dir=d.cache_dir,
-                            skip_bad_images=d.skip_bad_images, workers=d.workers)
+        data = load_configured(from_dict(ckpt["config"]).data)
     if data.test is not None and len(data.test):
         predict_split(model, ckpt, data.test, run_dir / "predictions.csv", device=dev)
         log.info("predictions for %d test images: %s", len(data.test), run_dir / "predictions.csv")
