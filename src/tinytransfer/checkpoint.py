@@ -19,6 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .data import pid_alive
+
 __all__ = [
     "FORMAT",
     "CheckpointError",
@@ -167,7 +169,7 @@ class RunLock:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 pid, start = _read_owner(self.path)
-                if pid is not None and pid != os.getpid() and _alive(pid) and _same_process(pid, start):
+                if pid is not None and pid != os.getpid() and pid_alive(pid) and _same_process(pid, start):
                     raise CheckpointError(
                         f"{self.path.parent}: another run (pid {pid}) is writing to this folder"
                     ) from None
@@ -256,11 +258,3 @@ def _same_process(pid: int, start: str | None) -> bool:
     return now is None or now == start
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
