@@ -52,6 +52,23 @@ def run(root: Path, run_dir: Path, raw: dict, resume: dict | None = None) -> eng
     return engine.fit(model, data, cfg, run_dir, resume=resume, show_progress=False)
 
 
+def run_killed_at_epoch(root: Path, run_dir: Path, raw: dict, epoch: int, monkeypatch) -> None:
+    """Run until epoch ``epoch`` starts, then die there as a Ctrl-C would (before the epoch writes anything)."""
+    real = engine._run_epoch
+    calls = {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == epoch:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(engine, "_run_epoch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run(root, run_dir, raw)
+    monkeypatch.setattr(engine, "_run_epoch", real)
+
+
 @pytest.fixture
 def tree(make_tiny_tree):
     return make_tiny_tree(n_classes=3, train_per_class=16, n_val=9, size=32, n_odd_size=0)
@@ -101,19 +118,7 @@ def test_resume_is_the_same_run(tree, tmp_path, monkeypatch):
     run(tree, tmp_path / "full", raw)
     full = read_rows(tmp_path / "full" / "metrics.csv")
 
-    real = engine._run_epoch
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 3:  # dies during epoch 3, the first of phase 2
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "_run_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run(tree, tmp_path / "cut", raw)
-    monkeypatch.setattr(engine, "_run_epoch", real)
+    run_killed_at_epoch(tree, tmp_path / "cut", raw, 3, monkeypatch)  # dies in epoch 3, the first of phase 2
     assert len(read_rows(tmp_path / "cut" / "metrics.csv")) == 2
     ck = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (ck["phase"], ck["phase_epoch"], ck["epoch"]) == (1, 0, 2)
@@ -129,19 +134,7 @@ def test_resume_is_the_same_run(tree, tmp_path, monkeypatch):
 def test_resume_mid_phase_restores_optimizer_and_schedule(tree, tmp_path, monkeypatch):
     raw = tiny_config(tree)
     run(tree, tmp_path / "full", raw)
-    real = engine._run_epoch
-    calls = {"n": 0}
-
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4:  # dies in the middle of phase 2 (after its first epoch)
-            raise KeyboardInterrupt
-        return real(*a, **k)
-
-    monkeypatch.setattr(engine, "_run_epoch", dying)
-    with pytest.raises(KeyboardInterrupt):
-        run(tree, tmp_path / "cut", raw)
-    monkeypatch.setattr(engine, "_run_epoch", real)
+    run_killed_at_epoch(tree, tmp_path / "cut", raw, 4, monkeypatch)  # dies mid phase 2 (after its first epoch)
     ck = load_checkpoint(tmp_path / "cut" / "last.pt")
     assert (ck["phase"], ck["phase_epoch"], ck["step"]) == (1, 1, 3) and ck["optimizer"]
     run(tree, tmp_path / "cut", raw, resume=ck)
