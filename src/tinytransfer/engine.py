@@ -38,7 +38,6 @@ __all__ = [
     "evaluate",
     "fit",
     "make_optimizer",
-    "predict_logits",
     "resolve_device",
     "train_one_epoch",
 ]
@@ -205,20 +204,6 @@ def train_one_epoch(
     c = correct.tolist()
     seen = max(seen, 1)
     return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen, "lr": lr}
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits (N, classes) float32 and labels (N,) for every sample of the loader, on the CPU."""
-    model.eval()
-    outs, labels = [], []
-    with _autocast(device, amp):
-        for x, y in loader:
-            outs.append(model(x).float())
-            labels.append(y)
-    if not outs:
-        return torch.zeros(0, 0), torch.zeros(0, dtype=torch.long)
-    return torch.cat(outs).cpu(), torch.cat(labels).cpu()
 
 
 @torch.no_grad()
