@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .augment import make_transform
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .checkpoint import load_model
 from .config import from_dict
@@ -57,8 +58,6 @@ def visualize(model: nn.Module, ckpt: dict, image: np.ndarray, out_dir: str | os
 
     ``image`` is (H, W, 3) uint8. Default layers: the first conv layer, one in the middle and the Grad-CAM layer.
     """
-    from .augment import make_transform
-
     out_dir = Path(out_dir)
     size = int(ckpt["config"]["model"]["input_size"])
     tf = make_transform("none", tuple(ckpt["mean"]), tuple(ckpt["std"]), input_size=size)
@@ -121,9 +120,11 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
                 picks.append(i)
             if len(picks) == n_visual:
                 break
+        size = int(ckpt["config"]["model"]["input_size"])
+        cam_layer = default_cam_layer(model, torch.zeros(1, 3, size, size, device=dev))  # depends on size only
         for j, i in enumerate(picks):
             visualize(model, ckpt, np.asarray(data.val.images[i]), run_dir, tag=str(j),
-                      true_label=int(data.val.labels[i]), device=dev)
+                      true_label=int(data.val.labels[i]), cam_layer=cam_layer, device=dev)
     path = write_report(run_dir)
     log.info("report: %s", path)
     return path
