@@ -201,3 +201,10 @@ def test_compile_option_reaches_torch_compile(tree, tmp_path, monkeypatch):
     raw["phases"] = raw["phases"][:1]
     run(tree, tmp_path / "r", raw)
     assert len(seen) == 1 and len(read_rows(tmp_path / "r" / "metrics.csv")) == 2
+
+
+def test_each_phase_uses_its_own_batch_size(tree, tmp_path):
+    raw = tiny_config(tree)
+    raw["phases"][1]["batch_size"] = 24  # 48 images: 3 steps an epoch in phase 1, 2 in phase 2
+    run(tree, tmp_path / "r", raw)
+    assert [int(r["step"]) for r in read_rows(tmp_path / "r" / "metrics.csv")] == [3, 6, 2, 4]

@@ -336,6 +336,10 @@ def fit(
     if data.val is not None and len(data.val):
         val_loader = DeviceLoader(data.val, cfg.eval_batch_size, device=device, transform=eval_tf,
                                   channels_last=channels_last)
+    # one training loader for all phases (on CUDA it holds the whole uint8 split on the device)
+    loader = DeviceLoader(data.train, cfg.phases[0].batch_size, device=device, shuffle=True, generator=shuffle_gen,
+                          transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
+                          drop_last=False, channels_last=channels_last)
     fused = device.type == "cuda"
     with _Stop() as stop:
         while state.phase < len(cfg.phases):
@@ -351,22 +355,17 @@ def fit(
             if not fresh_phase and resume is not None and resume.get("optimizer"):
                 optimizer.load_state_dict(resume["optimizer"])
             resume = None
-            if fresh_phase:
-                state.bad_epochs = 0
-            local_batch = max(1, phase.batch_size // world_size)
-            loader = DeviceLoader(data.train, local_batch, device=device, shuffle=True, generator=shuffle_gen,
-                                  transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
-                                  drop_last=False, channels_last=channels_last)
+            loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
             while state.phase_epoch < phase.epochs:
                 row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
                                  show_progress and rank == 0)
-                improved = row["val_acc"] is not None and row["val_acc"] > state.best_acc
-                if val_loader is None:
-                    improved = True  # without a validation split the latest weights are the best known
+                # without a validation split the latest weights are the best known
+                improved = val_loader is None or row["val_acc"] > state.best_acc
                 state.phase_epoch += 1
                 state.epoch += 1
                 if improved:
-                    state.best_acc = row["val_acc"] if row["val_acc"] is not None else state.best_acc
+                    if val_loader is not None:
+                        state.best_acc = row["val_acc"]
                     state.best_epoch = state.epoch
                     state.bad_epochs = 0
                 else:
