@@ -189,6 +189,16 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_folder(run: str) -> Path:
+    """The run folder of ``run``, which names the folder itself or a checkpoint file in it."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
+def _decode_size(ckpt: dict) -> int:
+    """The side images were decoded at for training (the model's input size for older checkpoints)."""
+    return int(ckpt.get("image_size") or ckpt["config"]["model"]["input_size"])
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
     from .engine import resolve_device
@@ -199,7 +209,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device or "auto")
     model, ckpt = load_model(args.run, device=device)
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    run_dir = _run_folder(args.run)
     out = Path(args.out) if args.out else run_dir / "predictions.csv"
     if args.split and args.images:
         raise UserError("give either --split or image files/folders, not both")
@@ -217,7 +227,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         if not args.images:
             raise UserError("give --split test or image files/folders to predict")
-        size = int(ckpt.get("image_size") or ckpt["config"]["model"]["input_size"])
+        size = _decode_size(ckpt)
         files, arrays, bad = [], [], 0
         for f in collect_images(args.images):
             try:
@@ -247,9 +257,9 @@ def cmd_visualize(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device or "auto")
     model, ckpt = load_model(args.run, device=device)
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    run_dir = _run_folder(args.run)
     out = Path(args.out) if args.out else run_dir
-    size = int(ckpt.get("image_size") or ckpt["config"]["model"]["input_size"])
+    size = _decode_size(ckpt)
     image = read_image(args.image, size)
     layers = [x.strip() for x in args.layers.split(",")] if args.layers else None
     if layers:
@@ -341,7 +351,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     model, ckpt = load_model(args.run, device="cpu")
     size = int(ckpt["config"]["model"]["input_size"])
-    run_dir = Path(args.run) if Path(args.run).is_dir() else Path(args.run).parent
+    run_dir = _run_folder(args.run)
     example = torch.zeros(2, 3, size, size)  # batch 2: a batch of 1 would be specialised to a constant
     if args.format == "torchscript":
         out = Path(args.out) if args.out else run_dir / "model.torchscript.pt"
