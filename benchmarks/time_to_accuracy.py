@@ -79,7 +79,7 @@ def main() -> None:
 
         data = str(make_tree(work / "synthetic", a.synthetic))
     elif not data:
-        from tinytransfer.data import build_demo_dataset
+        from tinytransfer.sources import build_demo_dataset
 
         data = build_demo_dataset(work / "digits")
     runs = [run("pretrained", a.recipe, data, work / "pretrained", a.budget, a.set)]

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinytransfer import data
+from tinytransfer import data, sources
 from tinytransfer.data import DataError, DeviceLoader, Split, load_dataset
 
 CACHE = ".tinytransfer-cache"
@@ -406,7 +406,7 @@ def test_loader_over_a_cached_split(tiny_tree: Path) -> None:
 
 @pytest.fixture(scope="module")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return data.build_demo_dataset(tmp_path_factory.mktemp("demo") / "digits", seed=0)
+    return sources.build_demo_dataset(tmp_path_factory.mktemp("demo") / "digits", seed=0)
 
 
 def test_demo_dataset_layout_and_counts(demo_root: str) -> None:
@@ -421,7 +421,7 @@ def test_demo_dataset_layout_and_counts(demo_root: str) -> None:
     with Image.open(root / "val" / "images" / "val_0.JPEG") as img:
         assert img.size == (64, 64) and img.mode == "RGB"
     mtime = (root / "wnids.txt").stat().st_mtime_ns
-    assert data.build_demo_dataset(root, seed=0) == demo_root  # idempotent: nothing rewritten
+    assert sources.build_demo_dataset(root, seed=0) == demo_root  # idempotent: nothing rewritten
     assert (root / "wnids.txt").stat().st_mtime_ns == mtime
 
 
@@ -457,15 +457,15 @@ def _dataset_zip(tmp_path: Path) -> Path:
 def test_download_file_url_and_plain_path_with_sha256(tmp_path: Path) -> None:
     z = _dataset_zip(tmp_path)
     digest = hashlib.sha256(z.read_bytes()).hexdigest()
-    root = data.download_tiny_imagenet(tmp_path / "d1", url=z.as_uri(), sha256=digest, size=z.stat().st_size)
+    root = sources.download_tiny_imagenet(tmp_path / "d1", url=z.as_uri(), sha256=digest, size=z.stat().st_size)
     assert root == str(tmp_path / "d1" / "tiny-imagenet-200")
     assert (Path(root) / "train" / "n1" / "images" / "n1_0.JPEG").read_bytes() == b"x" * 5000
-    assert data.download_tiny_imagenet(tmp_path / "d1", url=z.as_uri()) == root  # idempotent
+    assert sources.download_tiny_imagenet(tmp_path / "d1", url=z.as_uri()) == root  # idempotent
     # a plain path; a leftover partial download is resumed
     dest = tmp_path / "d2"
     dest.mkdir()
     (dest / "tiny-imagenet-200.zip.part").write_bytes(z.read_bytes()[:100])
-    root2 = data.download_tiny_imagenet(dest, url=str(z), sha256=digest)
+    root2 = sources.download_tiny_imagenet(dest, url=str(z), sha256=digest)
     assert (Path(root2) / "wnids.txt").read_text() == "n1\n"
     assert not (dest / "tiny-imagenet-200.zip.part").exists()
 
@@ -474,7 +474,7 @@ def test_download_sha256_mismatch_keeps_bad_file_aside(tmp_path: Path) -> None:
     z = _dataset_zip(tmp_path)
     dest = tmp_path / "d"
     with pytest.raises(DataError, match="tiny-imagenet-200.zip.*sha256"):
-        data.download_tiny_imagenet(dest, url=str(z), sha256="0" * 64)
+        sources.download_tiny_imagenet(dest, url=str(z), sha256="0" * 64)
     assert (dest / "tiny-imagenet-200.zip.bad").exists()
     assert not (dest / "tiny-imagenet-200.zip").exists() and not (dest / "tiny-imagenet-200").exists()
 
@@ -515,7 +515,7 @@ def test_download_resumes_over_http_range(tmp_path: Path, honour_range: bool) ->
         dest.mkdir()
         (dest / "tiny-imagenet-200.zip.part").write_bytes(_RangeHandler.payload[:1234])
         url = f"http://127.0.0.1:{server.server_address[1]}/tiny-imagenet-200.zip"
-        root = data.download_tiny_imagenet(dest, url=url, sha256=hashlib.sha256(_RangeHandler.payload).hexdigest())
+        root = sources.download_tiny_imagenet(dest, url=url, sha256=hashlib.sha256(_RangeHandler.payload).hexdigest())
     finally:
         server.shutdown()
         server.server_close()
@@ -529,7 +529,7 @@ def test_safe_extract_refuses_escaping_members(tmp_path: Path, evil: str) -> Non
     z = _make_zip(tmp_path / "bad.zip", {"ok/fine.txt": b"fine", evil: b"evil"})
     dest = tmp_path / "out"
     with pytest.raises(DataError, match="refusing member"):
-        data.safe_extract(z, dest)
+        sources.safe_extract(z, dest)
     assert not (tmp_path / "evil.txt").exists() and not Path("/tmp/abs-evil.txt").exists()
     assert not dest.exists() or list(dest.iterdir()) == []  # nothing written at all
 
@@ -542,11 +542,11 @@ def test_safe_extract_refuses_escaping_symlink(tmp_path: Path) -> None:
         info.external_attr = (stat.S_IFLNK | 0o777) << 16
         zf.writestr(info, "../../outside")
     with pytest.raises(DataError, match="top/link.*symlink"):
-        data.safe_extract(z, tmp_path / "out")
+        sources.safe_extract(z, tmp_path / "out")
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []
     (tmp_path / "x.zip").write_bytes(b"nope")
     with pytest.raises(DataError, match="x.zip: not a readable zip"):
-        data.safe_extract(tmp_path / "x.zip", tmp_path / "out2")
+        sources.safe_extract(tmp_path / "x.zip", tmp_path / "out2")
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from .data import TINY_IMAGENET_URL, download_tiny_imagenet
+    from .sources import TINY_IMAGENET_URL, download_tiny_imagenet
 
     path = download_tiny_imagenet(args.dir, url=args.url or TINY_IMAGENET_URL, sha256=args.sha256)
     print(path)
@@ -181,7 +181,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_data(args: argparse.Namespace) -> int:
-    from .data import build_demo_dataset, load_dataset, summary
+    from .data import load_dataset, summary
+    from .sources import build_demo_dataset
 
     root = build_demo_dataset(args.dir, seed=args.seed)
     print(summary(load_dataset(root)))

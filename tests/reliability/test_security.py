@@ -12,7 +12,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tinytransfer import data
+from tinytransfer import data, sources
 from tinytransfer.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from tinytransfer.cli import main
 from tinytransfer.config import from_dict, to_dict
@@ -93,7 +93,7 @@ def test_safe_extract_refuses_links_that_escape_or_are_traversed(tmp_path: Path,
             _link(zf, name, payload) if kind == "link" else zf.writestr(name, payload)
     dest = tmp_path / "out" / "inner"
     with pytest.raises(data.DataError, match="refusing member"):
-        data.safe_extract(z, dest)
+        sources.safe_extract(z, dest)
     assert not dest.exists() or list(dest.iterdir()) == []  # nothing left, not even a temp folder
     assert {p.name for p in tmp_path.iterdir()} <= {"evil.zip", "out"}
     assert not (tmp_path / "escape").exists()
