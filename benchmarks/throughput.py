@@ -231,6 +231,27 @@ def run_keras_peer(python: str, steps: int, phases: str, rows: list, peak: float
     return res
 
 
+def print_side_by_side(rows: list[dict]) -> None:
+    """One line per (model, size, phase, batch), img/s of every system in columns, and ours over each peer."""
+    systems = list(dict.fromkeys(r["system"] for r in rows))
+    if len(systems) < 2:
+        return
+    keys = list(dict.fromkeys((r["model"], r["input_size"], r["phase"], r["batch"]) for r in rows))
+    ours = next(s for s in systems if s.startswith("tinytransfer"))
+    print("\nimg/s side by side" + f" (last columns: {ours} / peer)")
+    head = f"{'model':<18} {'size':>4} {'phase':<10} {'batch':>5}" + "".join(f" {s[:20]:>20}" for s in systems)
+    peers = [s for s in systems if not s.startswith("tinytransfer")]
+    head += "".join(f" {'/ ' + p[:12]:>14}" for p in peers)
+    print(head)
+    for key in keys:
+        got = {r["system"]: r["img_s"] for r in rows if (r["model"], r["input_size"], r["phase"], r["batch"]) == key}
+        line = f"{key[0]:<18} {key[1]:>4} {key[2]:<10} {key[3]:>5}"
+        line += "".join(f" {got[s]:>20.1f}" if s in got else f" {'-':>20}" for s in systems)
+        line += "".join(f" {got[ours] / got[p]:>13.2f}x" if ours in got and p in got else f" {'-':>14}"
+                        for p in peers)
+        print(line)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
@@ -268,7 +289,7 @@ def main() -> None:
     header += f" {'of peak':>7}" if peak else ""
     print(header)
     print("-" * len(header))
-    jpeg_dir = None
+    jobs = []  # (system, amp, model, size, phase, batch, FLOPs an image)
     for name in a.models.split(","):
         for size in map(int, a.sizes.split(",")):
             m = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
@@ -285,31 +306,38 @@ def main() -> None:
                         systems.append(("plain-pytorch", False))
                         if gpu:
                             systems.append(("plain-pytorch+amp", True))
-                    for system, amp in systems:
-                        try:
-                            if amp is None or amp == "bf16":
-                                r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
-                                              amp="bf16" if amp == "bf16" else "auto")
-                            else:
-                                if jpeg_dir is None:
-                                    jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
-                                    write_jpegs(jpeg_dir, synthetic_split(max(2048, batch * 8), 64))
-                                r = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir)
-                        except Exception as e:  # one failing configuration must not lose the others
-                            print(f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} failed: {e}")
-                            continue
-                        tflops = r * per_img / 1e12
-                        row = {"system": system, "model": name, "input_size": size, "phase": phase, "batch": batch,
-                               "device": dev_name, "img_s": round(r, 2), "tflops": round(tflops, 4),
-                               "gflop_per_img": round(per_img / 1e9, 3),
-                               "peak_fraction": round(tflops / peak, 4) if peak else None}
-                        rows.append(row)
-                        line = f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} {r:>9.1f} {tflops:>8.3f}"
-                        line += f" {100 * tflops / peak:>6.1f}%" if peak else ""
-                        print(line, flush=True)
+                    jobs += [(system, amp, name, size, phase, batch, per_img) for system, amp in systems]
+    # The plain loops run first, in the process as Python starts it: our rows then switch glibc to keeping freed
+    # memory (engine.retain_host_memory, as the CLI does), which is process-wide and would speed the peers up too.
+    jobs.sort(key=lambda j: not j[0].startswith("plain"))
+    jpeg_dir = None
+    for system, amp, name, size, phase, batch, per_img in jobs:
+        try:
+            if amp is None or amp == "bf16":
+                engine.retain_host_memory()
+                r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
+                              amp="bf16" if amp == "bf16" else "auto")
+            else:
+                if jpeg_dir is None:
+                    jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
+                    write_jpegs(jpeg_dir, synthetic_split(max(2048, batch * 8), 64))
+                r = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir)
+        except Exception as e:  # one failing configuration must not lose the others
+            print(f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} failed: {e}")
+            continue
+        tflops = r * per_img / 1e12
+        row = {"system": system, "model": name, "input_size": size, "phase": phase, "batch": batch,
+               "device": dev_name, "img_s": round(r, 2), "tflops": round(tflops, 4),
+               "gflop_per_img": round(per_img / 1e9, 3),
+               "peak_fraction": round(tflops / peak, 4) if peak else None}
+        rows.append(row)
+        line = f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} {r:>9.1f} {tflops:>8.3f}"
+        line += f" {100 * tflops / peak:>6.1f}%" if peak else ""
+        print(line, flush=True)
     keras_meta = None
     if a.keras_python and "vgg16" in a.models.split(",") and 64 in map(int, a.sizes.split(",")):
         keras_meta = run_keras_peer(a.keras_python, steps, a.phases, rows, peak)
+    print_side_by_side(rows)
     out = {"device": dev_name, "torch": torch.__version__, "python": platform.python_version(),
            "bf16_peak_tflops": peak, "steps": steps, "warmup": warmup, "rows": rows}
     if keras_meta is not None:

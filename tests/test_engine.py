@@ -208,3 +208,35 @@ def test_each_phase_uses_its_own_batch_size(tree, tmp_path):
     raw["phases"][1]["batch_size"] = 24  # 48 images: 3 steps an epoch in phase 1, 2 in phase 2
     run(tree, tmp_path / "r", raw)
     assert [int(r["step"]) for r in read_rows(tmp_path / "r" / "metrics.csv")] == [3, 6, 2, 4]
+
+
+def test_retain_host_memory_stops_large_blocks_from_being_unmapped():
+    # in a fresh process: a 64 MB tensor is a fresh mmap (counted in mallinfo2's hblkhd) until retain_host_memory,
+    # then it comes from the heap that is kept and reused
+    import platform
+    import subprocess
+    import sys
+
+    if platform.libc_ver()[0] != "glibc":
+        pytest.skip("glibc only")
+    code = """
+import ctypes, torch
+from tinytransfer.engine import retain_host_memory
+class MI(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in
+                "arena ordblks smblks hblks hblkhd usmblks fsmblks uordblks fordblks keepcost".split()]
+libc = ctypes.CDLL("libc.so.6"); libc.mallinfo2.restype = MI
+def mapped_during_alloc():
+    before = libc.mallinfo2().hblkhd
+    x = torch.empty(64 << 20, dtype=torch.uint8)
+    x.fill_(1)
+    return libc.mallinfo2().hblkhd - before
+a = mapped_during_alloc()
+ok = retain_host_memory()
+b = mapped_during_alloc()
+print(a, ok, b)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert int(out[0]) >= 64 << 20  # glibc's default: mmap
+    assert out[1] == "True"
+    assert int(out[2]) == 0  # retained: no new mapping

@@ -497,8 +497,9 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
-    from .engine import Interrupted, NonFiniteLoss
+    from .engine import Interrupted, NonFiniteLoss, retain_host_memory
 
+    retain_host_memory()  # CPU tensors: reuse freed blocks instead of re-faulting them every step (VGG16 +20 %)
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:
