@@ -92,7 +92,7 @@ def bf16_peak(device: torch.device) -> float:
 
 
 def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
-              compile_: bool, amp: str = "auto") -> float:
+              compile_: bool, amp: str = "auto", compile_mode: str = "default") -> float:
     model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
     cl = True  # as the engine's channels_last="auto": faster on CUDA and with oneDNN on the CPU
     model.to(device)
@@ -105,7 +105,7 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
     loader = DeviceLoader(split, batch, device=device, shuffle=phase != "inference",
                           generator=torch.Generator().manual_seed(0), transform=tf, aug_generator=gen,
                           channels_last=cl)
-    net = torch.compile(model) if compile_ else model
+    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_ else model
     if phase == "inference":
         model.eval()
         ev = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, transform=tf, channels_last=cl)
@@ -263,6 +263,8 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 1 on CPU, 10 on GPU)")
     p.add_argument("--peers", action="store_true", help="also time the plain PyTorch loop")
     p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--compile-mode", default="default",
+                   help="torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cpu-bf16", action="store_true", help="also time our step with bf16 autocast on the CPU")
     p.add_argument("--keras-python", default="", metavar="PATH",
@@ -299,7 +301,9 @@ def main() -> None:
             for phase in a.phases.split(","):
                 per_img = {"inference": fwd, "frozen": fwd + 2 * head_fwd, "unfrozen": 3 * fwd}[phase]
                 for batch in map(int, a.batch.split(",")):
-                    systems = [("tinytransfer" + ("+compile" if a.compile else ""), None)]
+                    tag = "" if not a.compile else "+compile" + (
+                        "" if a.compile_mode == "default" else f"({a.compile_mode})")
+                    systems = [("tinytransfer" + tag, None)]
                     if a.cpu_bf16 and not gpu:
                         systems.append(("tinytransfer+bf16", "bf16"))
                     if a.peers:
@@ -316,7 +320,7 @@ def main() -> None:
             if amp is None or amp == "bf16":
                 engine.retain_host_memory()
                 r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
-                              amp="bf16" if amp == "bf16" else "auto")
+                              amp="bf16" if amp == "bf16" else "auto", compile_mode=a.compile_mode)
             else:
                 if jpeg_dir is None:
                     jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))

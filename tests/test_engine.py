@@ -203,6 +203,32 @@ def test_compile_option_reaches_torch_compile(tree, tmp_path, monkeypatch):
     assert len(seen) == 1 and len(read_rows(tmp_path / "r" / "metrics.csv")) == 2
 
 
+def test_compile_mode_reaches_torch_compile_and_marks_cuda_graph_steps(tree, tmp_path, monkeypatch):
+    """compile_mode=reduce-overhead (CUDA graphs) is passed on, and every train and eval step is marked as a new
+    CUDA-graph step (stubbed: the wrapper only forwards, as torch.compile's OptimizedModule does)."""
+    modes, marks = [], []
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+        def forward(self, x):
+            return self._orig_mod(x)
+
+    def fake_compile(model, mode=None, **k):
+        modes.append(mode)
+        return Wrapped(model)
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    raw = tiny_config(tree, compile=True, compile_mode="reduce-overhead")
+    raw["phases"] = raw["phases"][:1]  # 2 epochs of 3 training steps, 1 eval batch each
+    run(tree, tmp_path / "r", raw)
+    assert modes == ["reduce-overhead"]
+    assert len(marks) == 2 * (3 + 1)
+
+
 def test_each_phase_uses_its_own_batch_size(tree, tmp_path):
     raw = tiny_config(tree)
     raw["phases"][1]["batch_size"] = 24  # 48 images: 3 steps an epoch in phase 1, 2 in phase 2

@@ -93,6 +93,7 @@ class RunConfig:
     channels_last: str = "auto"  # auto (= true: faster on CUDA and on oneDNN CPUs alike) | true | false
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     compile: bool = False  # torch.compile the model (falls back to eager if it fails)
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
 
 
@@ -212,6 +213,7 @@ _CHOICES = {
     "lr_policy": ("triangular", "constant", "onecycle"),
     "amp": ("auto", "bf16", "off"),
     "channels_last": ("auto", "true", "false"),
+    "compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
 }
 
 
@@ -228,6 +230,7 @@ def validate(cfg: RunConfig) -> None:
     check("model.head", cfg.model.head, _CHOICES["model.head"])
     check("amp", cfg.amp, _CHOICES["amp"])
     check("channels_last", cfg.channels_last, _CHOICES["channels_last"])
+    check("compile_mode", cfg.compile_mode, _CHOICES["compile_mode"])
     for i, p in enumerate(cfg.phases):
         check(f"phases.{i}.optimizer", p.optimizer, _CHOICES["optimizer"])
         check(f"phases.{i}.lr_policy", p.lr_policy, _CHOICES["lr_policy"])

@@ -166,6 +166,14 @@ def _check_finite(first_bad: torch.Tensor, phase: PhaseConfig, state: TrainState
         )
 
 
+def _step_marker(model: nn.Module) -> Callable[[], None]:
+    """For a compiled model, ``torch.compiler.cudagraph_mark_step_begin``: CUDA graphs (compile modes reduce-overhead
+    and max-autotune) reuse their output buffers, and the mark says the previous step's outputs are done with."""
+    if model is unwrap_model(model):
+        return lambda: None
+    return torch.compiler.cudagraph_mark_step_begin
+
+
 def train_one_epoch(
     model: nn.Module,
     loader: DeviceLoader,
@@ -190,9 +198,11 @@ def train_one_epoch(
     sync_each_step = device.type == "cpu"  # .item() costs nothing on the CPU
     lr = lr_at(state.step, phase, steps_per_epoch)
     last_refresh = time.monotonic()
+    step_begin = _step_marker(model)
     for i, (x, y) in enumerate(loader):
         if max_steps and i >= max_steps:
             break
+        step_begin()
         lr = lr_at(state.step, phase, steps_per_epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
@@ -239,8 +249,10 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, am
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
     seen = 0
+    step_begin = _step_marker(model)
     with _autocast(device, amp):
         for x, y in loader:
+            step_begin()
             logits = model(x).float()
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += topk_correct(logits, y, (1, 5))
@@ -355,7 +367,7 @@ def fit(
         # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
         dynamo.config.suppress_errors = True
         try:
-            net = torch.compile(model)
+            net = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
         except Exception as e:  # pragma: no cover - depends on the platform
             log.warning("torch.compile failed (%s); running eager", e)
     val_loader = None
