@@ -82,7 +82,8 @@ def main() -> None:
         from tinytransfer.sources import build_demo_dataset
 
         data = build_demo_dataset(work / "digits")
-    runs = [run("pretrained", a.recipe, data, work / "pretrained", a.budget, a.set)]
+    first = "random init" if "model.pretrained=false" in a.set else "pretrained"
+    runs = [run(first, a.recipe, data, work / first.replace(" ", "-"), a.budget, a.set)]
     if a.compare_random:
         runs.append(run("random init", a.recipe, data, work / "random", a.budget,
                         [*a.set, "model.pretrained=false"]))
