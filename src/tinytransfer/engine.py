@@ -73,9 +73,10 @@ def retain_host_memory() -> bool:
 
     PyTorch allocates CPU tensors with plain ``malloc``. glibc serves every block above its mmap threshold (32 MB at
     most) with a fresh ``mmap`` and unmaps it on free, so the next step page-faults the whole block in again. VGG16's
-    first block writes 67 MB at batch 64 and 64 px (64 x 64 ch x 64 x 64 px x 4 B): those faults cost as much as the
-    convolution (forward 150 -> 185 img/s on 2 cores, measured with ``benchmarks/throughput.py``). With mmap off and
-    no trimming the heap grows to the peak once and is reused. Process-wide and lasting, so the CLI calls it once at
+    first block writes 67 MB at batch 64 and 64 px (64 x 64 ch x 64 x 64 px x 4 B), and faulting it in costs about as
+    much as the convolution that fills it (VGG16 frozen-base step 150 -> 182 img/s on 2 cores, all layers 51 -> 56,
+    peak memory +2-4 %: ``benchmarks/host_memory.py``). With mmap off and no trimming the heap grows to the peak once
+    and is reused. Process-wide and lasting, so the CLI calls it once at
     start; a library user decides for their own process. A no-op (False) where the C library is not glibc.
     """
     import ctypes
