@@ -95,7 +95,8 @@ def main() -> None:
             rows.append({"system": f"tinytransfer ({setting} malloc)", "model": a.model, "input_size": 64,
                          "phase": phase, "batch": 64, "device": device, "img_s": round(r["img_s"], 2),
                          "rss_mb": round(r["rss_mb"]), "peak_rss_mb": round(r["peak_rss_mb"])})
-            print(f"{setting:<9} {phase:<9} {r['img_s']:>7.1f} {r['rss_mb']:>7.0f} {r['peak_rss_mb']:>8.0f}", flush=True)
+            print(f"{setting:<9} {phase:<9} {r['img_s']:>7.1f} {r['rss_mb']:>7.0f} {r['peak_rss_mb']:>8.0f}",
+                  flush=True)
         got = {row["system"]: row for row in rows if row["phase"] == phase}
         d, k = got.get("tinytransfer (default malloc)"), got.get("tinytransfer (retain malloc)")
         if d and k:
