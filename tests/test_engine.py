@@ -266,3 +266,10 @@ print(a, ok, b)
     assert int(out[0]) >= 64 << 20  # glibc's default: mmap
     assert out[1] == "True"
     assert int(out[2]) == 0  # retained: no new mapping
+
+
+def test_retain_host_memory_is_a_no_op_off_glibc(monkeypatch):
+    import platform
+
+    monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))
+    assert engine.retain_host_memory() is False
