@@ -20,7 +20,7 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for step in ("throughput", "tta", "pipeline"):
+    for step in ("throughput", "throughput_big", "tta", "pipeline"):
         assert f"== {step}: exit 0" in proc.stdout, proc.stdout[-3000:]
     tp = json.loads((tmp_path / "out" / "throughput.json").read_text())
     systems = {(r["system"], r["phase"]) for r in tp["rows"]}
