@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # One prepared script for a lent GPU machine (H100/H200). It installs nothing from the network.
 #
-#   bash benchmarks/gpu_check.sh              # everything, inside TOTAL seconds (default 520; device call: timeout_s 590)
-#   MINI=1 bash benchmarks/gpu_check.sh       # the same commands at toy sizes, on any machine (tests/test_benchmarks.py)
+#   bash benchmarks/gpu_check.sh         # everything, inside TOTAL seconds (default 520; device call: timeout_s 590)
+#   MINI=1 bash benchmarks/gpu_check.sh  # the same commands at toy sizes, on any machine (tests/test_benchmarks.py)
 #
 # The steps run in the order of what their figures are worth. Each step gets at most what is left before the
 # deadline, so the script ends inside one device call (limit 600 s). Each step's output goes to $OUT/<step>.txt
@@ -36,7 +36,8 @@ step() {  # step NAME CAP COMMAND...: at most min(CAP, time left) seconds, then 
 
 if command -v nvidia-smi >/dev/null; then nvidia-smi --query-gpu=name,memory.total --format=csv | tee "$OUT/gpu.txt"; fi
 $PY -c "import torch, torchvision, timm; print('torch', torch.__version__, 'torchvision', torchvision.__version__,
-'timm', timm.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" | tee -a "$OUT/gpu.txt"
+'timm', timm.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else 'no CUDA')" \
+    | tee -a "$OUT/gpu.txt"
 
 if [ "$MINI" = 1 ]; then
     TP=(--models vgg16 --sizes 32 --batch 4 --steps 1 --warmup 1)
@@ -55,7 +56,8 @@ fi
 #    torchvision loop (fp32 and AMP), with the bf16 matmul peak measured in the same run
 step throughput 150 $PY benchmarks/throughput.py "${TP[@]}" --peers --out "$OUT/throughput.json"
 #    ours alone at a big batch (the "best batch" for the fraction of peak)
-step throughput_big 45 $PY benchmarks/throughput.py "${BIG[@]}" --phases unfrozen,frozen --out "$OUT/throughput_big.json"
+step throughput_big 45 $PY benchmarks/throughput.py "${BIG[@]}" --phases unfrozen,frozen \
+    --out "$OUT/throughput_big.json"
 # 2. the real run: the whole vgg16-paper recipe (55 epochs, 90k train / 10k val images of 100k synthetic ones in the
 #    Tiny ImageNet layout; random init: no weight download here; early stopping off so that all 55 epochs run)
 step tta 330 $PY benchmarks/time_to_accuracy.py --recipe vgg16-paper "${TTA[@]}" --set model.pretrained=false \
@@ -79,7 +81,7 @@ for f in sorted(Path(sys.argv[1]).glob("*.json")):
         print(f"{f.name}: bf16 matmul peak {d['bf16_peak_tflops']} TFLOP/s")
     for r in d.get("rows", []):
         keys = ("system", "model", "input_size", "phase", "batch", "img_s", "tflops", "peak_fraction",
-                "best_val_acc", "wall_s")
+                "input_fraction", "best_val_acc", "wall_s")
         print(f.name, {k: r[k] for k in keys if r.get(k) is not None})
     for r in d.get("runs", []):
         c = r["curve"]

@@ -17,8 +17,10 @@ For every (model, input size, phase) it times:
   separate TensorFlow venv after the PyTorch measurements, its rows merged in (TFLOP/s from the same FLOP count).
 Achieved TFLOP/s come from ``torch.utils.flop_counter`` (training = forward + 2 × the trained part's forward); on
 a GPU the bf16 matmul peak is measured in the same run and each row gets its fraction of it.
+``input`` is our input pipeline alone (gather from the uint8 split, augment, normalise, over as many batches, timed
+right after the step) as a share of the training step's time.
 Writes ``benchmarks/results/throughput.json``: rows with system, model, input_size, phase, batch, device, img_s,
-tflops, peak_fraction.
+tflops, peak_fraction, input_fraction.
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def bf16_peak(device: torch.device) -> float:
 
 
 def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
-              compile_: bool, amp: str = "auto", compile_mode: str = "default") -> float:
+              compile_: bool, amp: str = "auto", compile_mode: str = "default") -> tuple[float, float | None]:
+    """(images/s of the step, share of the step's time that the input pipeline alone takes; None for inference)."""
     model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
     cl = True  # as the engine's channels_last="auto": faster on CUDA and with oneDNN on the CPU
     model.to(device)
@@ -114,7 +117,7 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
         t = time.perf_counter()
         res = engine.evaluate(net, loader, device=device, amp=amp)
         _sync(device)
-        return res["n"] / (time.perf_counter() - t)
+        return res["n"] / (time.perf_counter() - t), None
     pc = PhaseConfig(train="head" if phase == "frozen" else "all", lr_policy="constant", lr_max=1e-4,
                      batch_size=batch)
     set_trainable(model, pc.train)
@@ -128,7 +131,14 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
     t = time.perf_counter()
     res = engine.train_one_epoch(net, loader, opt, pc, state, device=device, max_steps=steps, amp=amp)
     _sync(device)
-    return res["n"] / (time.perf_counter() - t)
+    step_s = time.perf_counter() - t
+    # the input pipeline alone over as many batches: gather from the uint8 split, augment, normalise
+    t = time.perf_counter()
+    for i, (x, _) in enumerate(loader):
+        if i + 1 == steps:
+            break
+    _sync(device)
+    return res["n"] / step_s, (time.perf_counter() - t) / step_s
 
 
 def write_jpegs(root: Path, split: Split, classes: int = 10) -> Path:
@@ -289,6 +299,7 @@ def main() -> None:
     rows = []
     header = f"{'system':<22} {'model':<18} {'size':>4} {'phase':<10} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8}"
     header += f" {'of peak':>7}" if peak else ""
+    header += f" {'input':>6}"  # the input pipeline alone, as a share of the training step's time
     print(header)
     print("-" * len(header))
     jobs = []  # (system, amp, model, size, phase, batch, FLOPs an image)
@@ -319,13 +330,13 @@ def main() -> None:
         try:
             if amp is None or amp == "bf16":
                 engine.retain_host_memory()
-                r = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
-                              amp="bf16" if amp == "bf16" else "auto", compile_mode=a.compile_mode)
+                r, input_frac = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
+                                          amp="bf16" if amp == "bf16" else "auto", compile_mode=a.compile_mode)
             else:
                 if jpeg_dir is None:
                     jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
                     write_jpegs(jpeg_dir, synthetic_split(max(2048, batch * 8), 64))
-                r = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir)
+                r, input_frac = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir), None
         except Exception as e:  # one failing configuration must not lose the others
             print(f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} failed: {e}")
             continue
@@ -333,10 +344,12 @@ def main() -> None:
         row = {"system": system, "model": name, "input_size": size, "phase": phase, "batch": batch,
                "device": dev_name, "img_s": round(r, 2), "tflops": round(tflops, 4),
                "gflop_per_img": round(per_img / 1e9, 3),
-               "peak_fraction": round(tflops / peak, 4) if peak else None}
+               "peak_fraction": round(tflops / peak, 4) if peak else None,
+               "input_fraction": round(input_frac, 4) if input_frac is not None else None}
         rows.append(row)
         line = f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} {r:>9.1f} {tflops:>8.3f}"
         line += f" {100 * tflops / peak:>6.1f}%" if peak else ""
+        line += f" {100 * input_frac:>5.1f}%" if input_frac is not None else f" {'-':>6}"
         print(line, flush=True)
     keras_meta = None
     if a.keras_python and "vgg16" in a.models.split(",") and 64 in map(int, a.sizes.split(",")):

@@ -27,6 +27,8 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     for phase in ("frozen", "unfrozen", "inference"):
         assert ("tinytransfer", phase) in systems and ("plain-pytorch", phase) in systems
     assert all(r["img_s"] > 0 for r in tp["rows"])
+    ours_train = [r for r in tp["rows"] if r["system"] == "tinytransfer" and r["phase"] != "inference"]
+    assert ours_train and all(0 < r["input_fraction"] < 1 for r in ours_train)
     tta = json.loads((tmp_path / "out" / "tta.json").read_text())
     (run,) = tta["runs"]
     assert run["label"] == "random init" and not run["stopped_by_budget"]
