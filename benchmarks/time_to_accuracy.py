@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 RESULTS = Path(__file__).resolve().parent / "results" / "time_to_accuracy.json"
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -55,7 +57,9 @@ def run(label: str, recipe: str, data: str, out: Path, budget: float, sets: list
                       "val_acc": float(r["val_acc"]) if r["val_acc"] else None,
                       "train_acc": float(r["train_acc"]), "img_s": float(r["img_s"])})
     best = max((c["val_acc"] for c in curve if c["val_acc"] is not None), default=None)
+    cfg = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else {}
     return {"label": label, "recipe": recipe, "sets": sets, "wall_s": round(wall, 1), "stopped_by_budget": stopped,
+            "backbone": cfg.get("model", {}).get("backbone"), "input_size": cfg.get("model", {}).get("input_size"),
             "best_val_acc": best, "curve": curve}
 
 
@@ -100,7 +104,8 @@ def main() -> None:
             va = f"{100 * c['val_acc']:8.2f}%" if c["val_acc"] is not None else "       -"
             print(f"  {c['epoch']:>5} {c['phase']:>5} {c['seconds']:>8.1f} {va} {100 * c['train_acc']:6.2f}% "
                   f"{c['img_s']:7.1f}")
-    rows = [{"system": "tinytransfer", "model": a.recipe, "input_size": None, "phase": r["label"],
+    rows = [{"system": "tinytransfer", "model": f"{a.recipe} ({r['backbone']})", "input_size": r["input_size"],
+             "phase": r["label"],
              "device": device, "img_s": (sum(c["img_s"] for c in r["curve"]) / len(r["curve"])) if r["curve"] else None,
              "best_val_acc": r["best_val_acc"], "wall_s": r["wall_s"]} for r in runs]
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,8 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     (run,) = tta["runs"]
     assert run["label"] == "random init" and not run["stopped_by_budget"]
     assert [c["phase"] for c in run["curve"]] == [1, 2, 3]  # all three phases of vgg16-paper, one epoch each
+    (row,) = tta["rows"]
+    assert row["model"] == "vgg16-paper (vgg16)" and row["input_size"] == 64
     pipe = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert len(pipe["rows"]) >= 2
     assert "== summary" in proc.stdout and "tta.json random init 3 epochs" in proc.stdout
