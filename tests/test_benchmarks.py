@@ -20,7 +20,7 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for step in ("throughput", "throughput_big", "tta", "pipeline"):
+    for step in ("throughput", "throughput_big", "compile", "tta", "pipeline"):
         assert f"== {step}: exit 0" in proc.stdout, proc.stdout[-3000:]
     tp = json.loads((tmp_path / "out" / "throughput.json").read_text())
     systems = {(r["system"], r["phase"]) for r in tp["rows"]}
@@ -35,6 +35,8 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     assert [c["phase"] for c in run["curve"]] == [1, 2, 3]  # all three phases of vgg16-paper, one epoch each
     (row,) = tta["rows"]
     assert row["model"] == "vgg16-paper (vgg16)" and row["input_size"] == 64
+    (cg,) = json.loads((tmp_path / "out" / "compile.json").read_text())["rows"]
+    assert cg["system"] == "tinytransfer+compile(reduce-overhead)" and cg["img_s"] > 0
     pipe = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert len(pipe["rows"]) >= 2
     assert "== summary" in proc.stdout and "tta.json random init 3 epochs" in proc.stdout
