@@ -227,6 +227,8 @@ def test_compile_mode_reaches_torch_compile_and_marks_cuda_graph_steps(tree, tmp
     run(tree, tmp_path / "r", raw)
     assert modes == ["reduce-overhead"]
     assert len(marks) == 2 * (3 + 1)
+    engine._step_marker(torch.nn.Linear(2, 2))()  # an eager model: no CUDA-graph marks
+    assert len(marks) == 8
 
 
 def test_each_phase_uses_its_own_batch_size(tree, tmp_path):

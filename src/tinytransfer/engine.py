@@ -170,8 +170,11 @@ def _check_finite(first_bad: torch.Tensor, phase: PhaseConfig, state: TrainState
 def _step_marker(model: nn.Module) -> Callable[[], None]:
     """For a compiled model, ``torch.compiler.cudagraph_mark_step_begin``: CUDA graphs (compile modes reduce-overhead
     and max-autotune) reuse their output buffers, and the mark says the previous step's outputs are done with."""
-    if model is unwrap_model(model):
-        return lambda: None
+    while not hasattr(model, "_orig_mod"):  # look through DDP-style wrappers for a compiled module
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            return lambda: None
+        model = inner
     return torch.compiler.cudagraph_mark_step_begin
 
 
