@@ -16,7 +16,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
-    env = dict(os.environ, MINI="1", OUT=str(tmp_path / "out"), PY=sys.executable, TOTAL="300")
+    # COMPILE_MIN_SPEEDUP=0: the 55-epoch step takes its compiled branch (CUDA graphs; dynamo is off in MINI)
+    env = dict(os.environ, MINI="1", OUT=str(tmp_path / "out"), PY=sys.executable, TOTAL="300", COMPILE_MIN_SPEEDUP="0")
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -32,6 +33,7 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     tta = json.loads((tmp_path / "out" / "tta.json").read_text())
     (run,) = tta["runs"]
     assert run["label"] == "random init" and not run["stopped_by_budget"]
+    assert "== tta with compile: 1" in proc.stdout and "compile_mode=reduce-overhead" in run["sets"]
     assert [c["phase"] for c in run["curve"]] == [1, 2, 3]  # all three phases of vgg16-paper, one epoch each
     (row,) = tta["rows"]
     assert row["model"] == "vgg16-paper (vgg16)" and row["input_size"] == 64
