@@ -42,3 +42,33 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     pipe = json.loads((tmp_path / "out" / "pipeline.json").read_text())
     assert len(pipe["rows"]) >= 2
     assert "== summary" in proc.stdout and "tta.json random init 3 epochs" in proc.stdout
+
+
+def _row(system, phase, batch, img_s, **kw):
+    return {"system": system, "model": "vgg16", "input_size": 64, "phase": phase, "batch": batch, "img_s": img_s, **kw}
+
+
+def test_gpu_summary_judges_each_target(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import gpu_summary
+
+    rows = [_row("tinytransfer", "frozen", 64, 45_000, input_fraction=0.02),
+            _row("tinytransfer", "unfrozen", 64, 15_000, input_fraction=0.06, peak_fraction=0.2),
+            _row("plain-pytorch", "unfrozen", 64, 1_000), _row("plain-pytorch+amp", "unfrozen", 64, 2_500),
+            _row("tinytransfer", "unfrozen", 512, 30_000, peak_fraction=0.45),
+            {**_row("tinytransfer", "unfrozen", 64, 99_999), "model": "resnet50"}]  # another model: ignored
+    (tmp_path / "throughput.json").write_text(json.dumps({"rows": rows}))
+    (tmp_path / "compile.json").write_text(json.dumps({"rows": [_row("tinytransfer+compile", "unfrozen", 64,
+                                                                      24_000, peak_fraction=0.3)]}))
+    curve = [{"seconds": 5.0 * (i + 1)} for i in range(40)]  # cut by the budget after 40 epochs of 5 s
+    (tmp_path / "tta.json").write_text(json.dumps({"runs": [{"curve": curve, "stopped_by_budget": True,
+                                                             "wall_s": 230.0}]}))
+    got = {what.split(" ")[1] if what.startswith(">=") else what.split(" ")[0]: (text, met)
+           for what, text, met in gpu_summary.targets(gpu_summary.load(tmp_path))}
+    assert got["20,000"] == ("24,000 img/s", True)  # the compiled step counts
+    assert got["40"][1] is True and "batch 512" in got["40"][0]
+    assert got["frozen-base"] == ("3.00x (45,000 / 15,000)", True)  # eager rates of the same run
+    assert got["vgg16-paper,"] == ("40 epochs in 200 s of training; 55 would take ~275 s", True)
+    assert got["input"] == ("6.0 %", False)
+    assert got["5x"][1] is True and got["5x"][0].startswith("6.0x")  # 15k eager over the better plain variant
+    assert gpu_summary.compile_speedup(gpu_summary.load(tmp_path)) == pytest.approx(24_000 / 15_000)
