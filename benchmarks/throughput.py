@@ -108,7 +108,7 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
     loader = DeviceLoader(split, batch, device=device, shuffle=phase != "inference",
                           generator=torch.Generator().manual_seed(0), transform=tf, aug_generator=gen,
                           channels_last=cl)
-    net = torch.compile(model, mode=None if compile_mode == "default" else compile_mode) if compile_ else model
+    net = torch.compile(model, mode=compile_mode) if compile_ else model
     if phase == "inference":
         model.eval()
         ev = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, transform=tf, channels_last=cl)

@@ -76,8 +76,8 @@ def retain_host_memory() -> bool:
     first block writes 67 MB at batch 64 and 64 px (64 x 64 ch x 64 x 64 px x 4 B), and faulting it in costs about as
     much as the convolution that fills it (VGG16 frozen-base step 150 -> 182 img/s on 2 cores, all layers 51 -> 56,
     peak memory +2-4 %: ``benchmarks/host_memory.py``). With mmap off and no trimming the heap grows to the peak once
-    and is reused. Process-wide and lasting, so the CLI calls it once at
-    start; a library user decides for their own process. A no-op (False) where the C library is not glibc.
+    and is reused. Process-wide and lasting, so the CLI calls it once at start; a library user decides for their own
+    process. A no-op (False) where the C library is not glibc.
     """
     import ctypes
     import platform
@@ -168,13 +168,11 @@ def _check_finite(first_bad: torch.Tensor, phase: PhaseConfig, state: TrainState
 
 
 def _step_marker(model: nn.Module) -> Callable[[], None]:
-    """For a compiled model, ``torch.compiler.cudagraph_mark_step_begin``: CUDA graphs (compile modes reduce-overhead
-    and max-autotune) reuse their output buffers, and the mark says the previous step's outputs are done with."""
-    while not hasattr(model, "_orig_mod"):  # look through DDP-style wrappers for a compiled module
-        inner = getattr(model, "module", None)
-        if not isinstance(inner, nn.Module):
-            return lambda: None
-        model = inner
+    """For a wrapped (compiled) model, ``torch.compiler.cudagraph_mark_step_begin``: CUDA graphs (compile modes
+    reduce-overhead and max-autotune) reuse their output buffers, and the mark says the previous step's outputs are
+    done with. (Under a wrapper that is not compiled the mark is a harmless counter step.)"""
+    if model is unwrap_model(model):
+        return lambda: None
     return torch.compiler.cudagraph_mark_step_begin
 
 
@@ -371,7 +369,7 @@ def fit(
         # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
         dynamo.config.suppress_errors = True
         try:
-            net = torch.compile(model, mode=None if cfg.compile_mode == "default" else cfg.compile_mode)
+            net = torch.compile(model, mode=cfg.compile_mode)
         except Exception as e:  # pragma: no cover - depends on the platform
             log.warning("torch.compile failed (%s); running eager", e)
     val_loader = None
