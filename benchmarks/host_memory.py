@@ -23,26 +23,25 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results" / "host_memory.json"
 SRC = Path(__file__).resolve().parents[1] / "src"
+BENCH = Path(__file__).resolve().parent
 
 CHILD = r"""
 import json, resource, sys, time
-import numpy as np, torch
-sys.path.insert(0, SRC)
+import torch
+sys.path[:0] = [SRC, BENCH]
 from tinytransfer import engine
 from tinytransfer.augment import make_transform
 from tinytransfer.config import PhaseConfig
-from tinytransfer.data import DeviceLoader, Split
+from tinytransfer.data import DeviceLoader
 from tinytransfer.models import create_model, set_trainable
+from throughput import HEADS, synthetic_split
 
 if SETTING == "retain":
     assert engine.retain_host_memory(), "mallopt did not take (not glibc?)"
 torch.manual_seed(0)
-model = create_model(MODEL, 200, pretrained=False, head="paper" if MODEL.startswith("vgg") else "pool", input_size=64)
+model = create_model(MODEL, 200, pretrained=False, head=HEADS.get(MODEL, "pool"), input_size=64)
 model.to(memory_format=torch.channels_last)
-rng = np.random.default_rng(0)
-n = 64 * (WARMUP + STEPS)
-imgs = np.repeat(np.repeat(rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8), 8, axis=1), 8, axis=2)
-split = Split(images=np.ascontiguousarray(imgs), labels=rng.integers(0, 200, n), files=[str(i) for i in range(n)])
+split = synthetic_split(64 * (WARMUP + STEPS))  # throughput.py's blocky 64x64 images
 tf = make_transform("keras", tuple(model.mean), tuple(model.std))
 pc = PhaseConfig(train="head" if PHASE == "frozen" else "all", lr_policy="constant", lr_max=1e-4, batch_size=64)
 set_trainable(model, pc.train)
@@ -85,7 +84,7 @@ def main() -> None:
     print(f"{'setting':<9} {'phase':<9} {'img/s':>7} {'RSS MB':>7} {'peak MB':>8}")
     for phase in a.phases.split(","):
         for setting in ("default", "retain"):
-            code = (f"SRC={str(SRC)!r}; SETTING={setting!r}; MODEL={a.model!r}; PHASE={phase!r}; "
+            code = (f"SRC={str(SRC)!r}; BENCH={str(BENCH)!r}; SETTING={setting!r}; MODEL={a.model!r}; PHASE={phase!r}; "
                     f"STEPS={a.steps}; WARMUP={a.warmup}\n" + CHILD)
             proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
             if proc.returncode != 0:
