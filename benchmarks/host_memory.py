@@ -32,7 +32,7 @@ sys.path[:0] = [SRC, BENCH]
 from tinytransfer import engine
 from tinytransfer.augment import make_transform
 from tinytransfer.config import PhaseConfig
-from tinytransfer.data import DeviceLoader
+from tinytransfer.loader import DeviceLoader
 from tinytransfer.models import create_model, set_trainable
 from throughput import HEADS, synthetic_split
 

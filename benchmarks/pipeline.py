@@ -39,7 +39,8 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
 
-from tinytransfer.data import DeviceLoader, load_dataset  # noqa: E402
+from tinytransfer.data import load_dataset  # noqa: E402
+from tinytransfer.loader import DeviceLoader  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, [0, 1] units, on both sides

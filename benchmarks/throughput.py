@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from tinytransfer import engine  # noqa: E402
 from tinytransfer.augment import make_transform  # noqa: E402
 from tinytransfer.config import PhaseConfig  # noqa: E402
-from tinytransfer.data import DeviceLoader, Split  # noqa: E402
+from tinytransfer.data import Split  # noqa: E402
+from tinytransfer.loader import DeviceLoader  # noqa: E402
 from tinytransfer.models import create_model, set_trainable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"

@@ -19,7 +19,8 @@ import torch
 from PIL import Image
 
 from tinytransfer import data, sources
-from tinytransfer.data import DataError, DeviceLoader, Split, load_dataset
+from tinytransfer.data import DataError, Split, load_dataset
+from tinytransfer.loader import DeviceLoader
 
 CACHE = ".tinytransfer-cache"
 

@@ -177,7 +177,7 @@ def test_lr_range_test_runs_and_suggests(tree):
     model = create_model(TINY, 3, pretrained=False, head="pool", input_size=32)
     from tinytransfer.augment import make_transform
     from tinytransfer.config import PhaseConfig
-    from tinytransfer.data import DeviceLoader
+    from tinytransfer.loader import DeviceLoader
 
     loader = DeviceLoader(data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0),
                           transform=make_transform("none", (0.5,) * 3, (0.5,) * 3, input_size=32))

@@ -307,7 +307,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
     from .augment import make_transform
     from .config import apply_overrides, from_dict, load_recipe
-    from .data import DeviceLoader
+    from .loader import DeviceLoader
     from .engine import input_norm, lr_range_test, resolve_device
     from .models import create_model
 

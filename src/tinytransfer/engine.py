@@ -26,7 +26,8 @@ from torch import nn
 from .augment import make_transform
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from .config import PhaseConfig, RunConfig, to_dict
-from .data import Dataset, DeviceLoader, Split
+from .data import Dataset, Split
+from .loader import DeviceLoader
 from .metrics import MetricsWriter, topk_correct
 from .models import param_groups, set_trainable, train_mode
 from .schedule import lr_at

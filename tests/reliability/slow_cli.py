@@ -11,10 +11,10 @@ import os
 import sys
 import time
 
-from tinytransfer import cli, data
+from tinytransfer import cli, loader
 
 _PAUSE = float(os.environ.get("TINYTRANSFER_STEP_SLEEP", "0.05"))
-_iter = data.DeviceLoader.__iter__
+_iter = loader.DeviceLoader.__iter__
 
 
 def _slow_iter(self):  # type: ignore[no-untyped-def]
@@ -24,7 +24,7 @@ def _slow_iter(self):  # type: ignore[no-untyped-def]
             time.sleep(_PAUSE)  # the step on this batch has run; a signal now arrives between steps
 
 
-data.DeviceLoader.__iter__ = _slow_iter
+loader.DeviceLoader.__iter__ = _slow_iter
 
 if __name__ == "__main__":
     sys.exit(cli.main())
