@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .data import pid_alive
+from .models import unwrap_model  # re-exported: unwrap before saving
 
 __all__ = [
     "FORMAT",
@@ -40,17 +41,6 @@ FORMAT = "tinytransfer/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint or run folder that cannot be used; the message names the file."""
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The plain module under ``torch.compile`` and DDP wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
-            model = model.module
-        else:
-            return model
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

@@ -44,6 +44,7 @@ __all__ = [
     "param_groups",
     "set_trainable",
     "train_mode",
+    "unwrap_model",
 ]
 
 log = logging.getLogger(__name__)
@@ -569,16 +570,23 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _unwrap(model: nn.Module) -> nn.Module:
-    """The TransferModel inside DDP (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers."""
-    while not isinstance(model, TransferModel):
-        inner = getattr(model, "_orig_mod", None)
-        if inner is None:
-            inner = getattr(model, "module", None)
-        if inner is None:
-            raise TypeError(f"expected a TransferModel, got {type(model).__name__}")
-        model = inner
-    return model
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The plain module under ``torch.compile`` (``._orig_mod``) and DDP (``.module``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif hasattr(model, "module") and isinstance(model.module, nn.Module):
+            model = model.module
+        else:
+            return model
+
+
+def _unwrap(model: nn.Module) -> TransferModel:
+    """The TransferModel under any wrappers; TypeError for anything else."""
+    inner = unwrap_model(model)
+    if not isinstance(inner, TransferModel):
+        raise TypeError(f"expected a TransferModel, got {type(inner).__name__}")
+    return inner
 
 
 def _set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
