@@ -78,10 +78,9 @@ TABLE1_COLUMNS = (
     "phase", "name", "train", "lr_policy", "base_lr", "max_lr", "step_size",
     "start_epoch", "end_epoch", "planned_epochs", "max_val_acc", "best_epoch",
 )
-# Phase fields used when config.yaml lacks them (config.PhaseConfig's defaults).
+# Phase fields used when config.yaml lacks them: config.PhaseConfig's defaults.
 _PHASE_DEFAULTS: dict[str, Any] = {
-    "name": "phase", "epochs": 1, "train": "head", "lr_policy": "triangular",
-    "lr_min": 1e-4, "lr_max": 6e-4, "step_size": 0,
+    k: getattr(PhaseConfig(), k) for k in ("name", "epochs", "train", "lr_policy", "lr_min", "lr_max", "step_size")
 }
 
 LrFn = Callable[[int, dict], float]
@@ -214,11 +213,6 @@ def phase_spans(rows: Sequence[dict], config: Mapping) -> list[PhaseSpan]:
     return spans
 
 
-def _resolved_step_size(phase: Mapping) -> int:
-    """CLR half cycle in iterations; 0 in a recipe means two epochs' worth (``schedule.step_size_of``)."""
-    return step_size_of(_phase_config(phase), int(phase.get("steps_per_epoch", 1)))
-
-
 def _phase_config(phase: Mapping) -> PhaseConfig:
     """A config.yaml phase entry (plus extra keys such as ``steps_per_epoch``) as a PhaseConfig."""
     fields = {k: v for k, v in phase.items() if k in PhaseConfig.__dataclass_fields__}
@@ -244,7 +238,6 @@ def lr_curve(spans: Sequence[PhaseSpan], lr_fn: LrFn | None = None,
     the epoch-end ``lr`` values logged in metrics.csv. Runs longer than ``max_points`` iterations are sampled with a
     stride (the line is piecewise linear, so little is lost).
     """
-    fn = lr_fn or default_lr
     total = sum(s.steps for s in spans)
     stride = max(1, math.ceil(total / max_points))
     xs: list[np.ndarray] = []
@@ -255,7 +248,11 @@ def lr_curve(spans: Sequence[PhaseSpan], lr_fn: LrFn | None = None,
         if s.steps > 0 and steps[-1] != s.steps - 1:
             steps = np.append(steps, s.steps - 1)  # keep the phase's last iteration
         try:
-            lrs = np.array([fn(int(k), phase) for k in steps], dtype=np.float64)
+            if lr_fn is None:  # default_lr, with the PhaseConfig built once a phase instead of once an iteration
+                cfg = _phase_config(phase)
+                lrs = np.array([lr_at(int(k), cfg, s.steps_per_epoch) for k in steps], dtype=np.float64)
+            else:
+                lrs = np.array([lr_fn(int(k), phase) for k in steps], dtype=np.float64)
         except (ValueError, KeyError, TypeError) as exc:
             log.warning("phase %d: cannot rebuild the LR per iteration (%s); plotting the logged epoch-end LR",
                         s.index, exc)
@@ -281,8 +278,8 @@ def table1_rows(rows: Sequence[dict], config: Mapping) -> list[dict]:
         policy = str(c.get("lr_policy"))
         lr_max = float(c.get("lr_max"))
         lr_min = lr_max if policy == "constant" else float(c.get("lr_min"))
-        step_size = (_resolved_step_size({**c, "steps_per_epoch": s.steps_per_epoch})
-                     if policy == "triangular" else None)
+        # the CLR half cycle in iterations; 0 in a recipe means two epochs' worth (schedule.step_size_of)
+        step_size = step_size_of(_phase_config(c), s.steps_per_epoch) if policy == "triangular" else None
         vals = [(r["val_acc"], r["epoch"]) for r in s.rows if not math.isnan(r["val_acc"])]
         best_acc, best_epoch = max(vals, key=lambda t: t[0]) if vals else (None, None)
         out.append({

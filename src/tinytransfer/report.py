@@ -103,13 +103,14 @@ def analysis_from_confusion(confusion: torch.Tensor | np.ndarray, classes: Seque
     diag = cm.diagonal()
     off = cm.clone()
     off.fill_diagonal_(0)
-    flat = off.flatten()
-    order = sorted(range(k * k), key=lambda i: (-int(flat[i]), i))
+    flat = off.flatten().tolist()  # Python ints: indexing a tensor element by element costs K² tensor ops
+    order = sorted(range(k * k), key=lambda i: (-flat[i], i))
     pairs = [{"true": str(names[i // k]), "pred": str(names[i % k]), "true_class": str(classes[i // k]),
               "pred_class": str(classes[i % k]), "count": int(flat[i])}
-             for i in order[:top_pairs] if int(flat[i]) > 0]
+             for i in order[:top_pairs] if flat[i] > 0]
+    diag_n, row_n = diag.tolist(), per_row.tolist()
     per_class = [{"class": str(classes[c]), "name": str(names[c]),
-                  "acc": (int(diag[c]) / int(per_row[c])) if int(per_row[c]) else 0.0, "n": int(per_row[c])}
+                  "acc": (int(diag_n[c]) / int(row_n[c])) if int(row_n[c]) else 0.0, "n": int(row_n[c])}
                  for c in range(k)]
     return {"split": split, "top1": int(diag.sum()) / total if total else 0.0, "top5": top5, "n": total,
             "confused_pairs": pairs, "per_class": per_class}
@@ -214,7 +215,7 @@ def _config_section(cfg: dict) -> str:
 def _summary_section(table: list[dict] | None) -> str:
     if not table:
         return _missing("Table 1 (needs metrics.csv)")
-    rows = [[t["phase"], t["name"], {"head": "frozen", "all": "unfrozen"}.get(t["train"], t["train"]), t["lr_policy"],
+    rows = [[t["phase"], t["name"], plots._base_word(t["train"]), t["lr_policy"],
              plots._fmt_lr(t["base_lr"]), plots._fmt_lr(t["max_lr"]),
              "–" if t["step_size"] is None else t["step_size"], t["start_epoch"], t["end_epoch"],
              t["planned_epochs"], _pct(t["max_val_acc"])] for t in table]
