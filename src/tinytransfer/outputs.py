@@ -19,7 +19,7 @@ from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .checkpoint import load_model
 from .config import from_dict
 from .data import Dataset, Split, load_configured
-from .metrics import confusion_matrix
+from .metrics import confusion_matrix, topk_correct
 from .plots import mistakes_gallery, plot_curves, plot_feature_maps, plot_gradcam, table1
 from .predict import predict_arrays, top_k_rows, write_predictions
 from .report import analysis_from_confusion, confident_mistakes, write_analysis, write_report
@@ -41,8 +41,7 @@ def predict_split(model: nn.Module, ckpt: dict, split: Split, out: str | os.Path
 def analyse(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], names: list[str], *,
             top_pairs: int = 20) -> dict:
     """analysis.json: top-1/top-5, the most-confused (true, predicted) pairs, per-class accuracy, confident mistakes."""
-    k = min(5, len(classes))
-    top5 = float(probs.topk(k, dim=1).indices.eq(labels[:, None]).any(dim=1).float().mean()) if len(labels) else 0.0
+    top5 = float(topk_correct(probs, labels, (5,))[0]) / len(labels) if len(labels) else 0.0
     cm = confusion_matrix(probs.argmax(dim=1), labels, len(classes))  # (C, C) rows true, columns predicted
     res = analysis_from_confusion(cm, classes, names, top5=top5, top_pairs=top_pairs)
     conf, pred = probs.max(dim=1)
