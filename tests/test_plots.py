@@ -189,7 +189,7 @@ def test_plot_curves_writes_three_pngs(tmp_path: Path) -> None:
     assert [Path(p).name for p in paths] == [plots.ACCURACY_PNG, plots.LOSS_PNG, plots.LR_PNG]
     for p in paths:
         assert_png(p)
-    assert not list(run.glob("*.tmp"))
+    assert not list(run.glob("*.tmp*"))
     # A run without config.yaml still gets its curves; a run with no epochs gets none.
     bare = write_run(tmp_path / "bare", config=None)
     assert len(plots.plot_curves(bare)) == 3

@@ -19,14 +19,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from .data import pid_alive
+from .fsutil import atomic_write_bytes, clean_stale_temps, pid_alive
 from .models import unwrap_model  # re-exported: unwrap before saving
 
 __all__ = [
     "FORMAT",
     "CheckpointError",
     "RunLock",
-    "atomic_write_bytes",
     "find_checkpoint",
     "load_checkpoint",
     "load_model",
@@ -41,35 +40,6 @@ FORMAT = "tinytransfer/1"
 
 class CheckpointError(RuntimeError):
     """A checkpoint or run folder that cannot be used; the message names the file."""
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a temp file in the same folder, fsync it, rename over ``path``, fsync the folder.
-
-    A crash or a full disk at any point leaves either the old file or the new one, never a mix.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
-    except OSError:  # some filesystems do not fsync folders
-        pass
 
 
 def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
@@ -139,11 +109,6 @@ def load_model(run: str | os.PathLike, which: str = "best", device: str | torch.
     return model, ckpt
 
 
-# temp files that training writes in a run folder: atomic_write_bytes's ".<name>.<8 random>.tmp" for the
-# checkpoints and config.yaml, and MetricsWriter.truncate_after's metrics.csv.tmp
-_RUN_TEMP = re.compile(r"^\.(best\.pt|last\.pt|config\.yaml)\.[a-z0-9_]{8}\.tmp$|^metrics\.csv\.tmp$")
-
-
 class RunLock:
     """``run_dir/.lock`` holding the owner's pid (and its start time, where /proc has it); a second live run is
     refused, a dead owner's lock is taken over (a pid reused by another process counts as dead). Taking the lock
@@ -180,18 +145,9 @@ class RunLock:
         raise CheckpointError(f"{self.path}: could not take the run lock")
 
     def _clean_temps(self) -> None:
-        """Half-written temp files of a killed owner: nobody else writes here while we hold the lock."""
-        try:
-            entries = list(os.scandir(self.path.parent))
-        except OSError:
-            return
-        for e in entries:
-            if _RUN_TEMP.match(e.name):
-                log.info("removing %s (left by an interrupted save)", e.path)
-                try:
-                    os.unlink(e.path)
-                except OSError:
-                    pass
+        """Half-written temp files of a killed owner (its pid is dead): nobody else writes here while we hold it."""
+        for p in clean_stale_temps(self.path.parent):
+            log.info("removing %s (left by an interrupted save)", p)
 
     def release(self) -> None:
         if self.held:

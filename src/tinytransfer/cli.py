@@ -45,7 +45,7 @@ def _seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def _write_yaml(path: Path, obj: dict) -> None:
-    from .checkpoint import atomic_write_bytes
+    from .fsutil import atomic_write_bytes
 
     atomic_write_bytes(path, yaml.safe_dump(obj, sort_keys=False).encode())
 

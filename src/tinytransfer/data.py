@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image
 
 from .config import DataConfig
+from .fsutil import TMP_MARK, atomic_write_bytes, clean_stale_temps, fsync_dir, remove_quietly, temp_name
 
 __all__ = [
     "CACHE_FORMAT",
@@ -54,7 +55,6 @@ CACHE_FORMAT = 1  # bump when the cache's files or their meaning change; part of
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm")
 _JUNK_FILES = {"thumbs.db", "desktop.ini"}  # OS droppings ignored in image folders (as are dot files)
 _MANIFEST = "manifest.json"
-_TMP_MARK = ".tmp-"  # temporary names: <final>.tmp-<host>-<pid>-<token>
 _LISTED = 5  # bad files named in the one DataError that stops a load (the first ones in file order)
 
 
@@ -472,72 +472,9 @@ def _run_chunks(fn: Callable, tasks: list[tuple], workers: int, what: str, total
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def _tmp_name(path: str) -> str:
-    """A temporary name beside ``path``, unique per host, process and call."""
-    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
-    return f"{path}{_TMP_MARK}{host}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover - some file systems refuse fsync on folders
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: str, data: bytes) -> None:
-    """Write to a unique temp file, fsync it, os.replace it onto ``path``, fsync the folder."""
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    _fsync_path(os.path.dirname(path) or ".")
-
-
 def _write_manifest(path: str, manifest: dict) -> None:
     """The manifest is the cache's commit record: written last, atomically."""
-    _atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this pid exists on this host (one we may not signal counts as alive)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _clean_stale_temps(folder: str) -> None:
-    """Remove temp files of builds that died: this host's dead processes, or anyone's older than a day."""
-    host = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:24] or "host"
-    try:
-        entries = list(os.scandir(folder))
-    except OSError:
-        return
-    for e in entries:
-        if _TMP_MARK not in e.name:
-            continue
-        tail = e.name.rsplit(_TMP_MARK, 1)[1].split("-")
-        try:
-            stale = time.time() - e.stat().st_mtime > 86400
-            if len(tail) == 3 and tail[0] == host and tail[1].isdigit():
-                stale = stale or not pid_alive(int(tail[1]))
-            if stale:
-                os.unlink(e.path)
-        except OSError:
-            pass
+    atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
 
 
 def _writable_dir(path: str) -> bool:
@@ -621,18 +558,11 @@ def _try_load(folder: str, key: str) -> tuple[dict, dict[str, Split]] | None:
     return manifest, splits
 
 
-def _remove_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
 def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int, workers: int,
                  skip: bool) -> tuple[dict, dict[str, Split]]:
     """Decode every image of the plan once into ``folder``; the manifest is written last."""
     os.makedirs(folder, exist_ok=True)
-    _clean_stale_temps(folder)
+    clean_stale_temps(folder)
     t0 = time.perf_counter()
     order = [n for n in ("train", "val", "test") if n in plan.splits]
     bad: dict[str, dict[int, str]] = {n: {} for n in order}  # split → {index: message}
@@ -683,7 +613,7 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
             logger.info("decoding %d %s images to %dx%d with %d worker(s) into %s", n, name, size, size,
                         workers, folder)
             img_final = os.path.join(folder, f"{name}-{tag}.images.npy")
-            img_tmp = _tmp_name(img_final)
+            img_tmp = temp_name(img_final)
             written.append(img_tmp)
             arr = np.lib.format.open_memmap(img_tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
             del arr  # workers open it themselves; the header is on disk
@@ -696,14 +626,14 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
             keep = [i for i in range(n) if i not in bad[name]]
             if len(keep) < n:  # compact: drop the rows of skipped images
                 src = np.load(img_tmp, mmap_mode="r")
-                img_tmp2 = _tmp_name(img_final)
+                img_tmp2 = temp_name(img_final)
                 written.append(img_tmp2)
                 dst = np.lib.format.open_memmap(img_tmp2, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
                 for a in range(0, len(keep), 4096):
                     dst[a:a + 4096] = src[keep[a:a + 4096]]
                 dst.flush()
                 del src, dst
-                _remove_quietly(img_tmp)
+                remove_quietly(img_tmp)
                 img_tmp = img_tmp2
             with open(img_tmp, "rb+") as f:
                 os.fsync(f.fileno())
@@ -711,12 +641,12 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
             kept_files = [files[i] for i in keep]
             lab_final = os.path.join(folder, f"{name}-{tag}.labels.npy")
             files_final = os.path.join(folder, f"{name}-{tag}.files.json")
-            _atomic_write_bytes(lab_final, _npy_bytes(lab))
-            _atomic_write_bytes(files_final, json.dumps(kept_files).encode())
+            atomic_write_bytes(lab_final, _npy_bytes(lab))
+            atomic_write_bytes(files_final, json.dumps(kept_files).encode())
             os.replace(img_tmp, img_final)
             finals[name] = {"images": os.path.basename(img_final), "labels": os.path.basename(lab_final),
                             "files": os.path.basename(files_final), "count": len(keep)}
-        _fsync_path(folder)
+        fsync_dir(folder)
         skipped = [bad[n][i] for n in order for i in sorted(bad[n])]
         manifest = {"format": CACHE_FORMAT, "key": key, "layout": plan.layout, "image_size": size,
                     "classes": plan.classes, "splits": finals, "skipped": skipped,
@@ -724,8 +654,8 @@ def _build_cache(plan: _Plan, root: str, folder: str, key: str, image_size: int,
         _write_manifest(os.path.join(folder, _MANIFEST), manifest)
     finally:
         for p in written:
-            if _TMP_MARK in os.path.basename(p):
-                _remove_quietly(p)
+            if TMP_MARK in os.path.basename(p):
+                remove_quietly(p)
     _remove_other_keys(folder, tag)
     logger.info("cache built in %.1f s: %s", time.perf_counter() - t0, folder)
     loaded = _try_load(folder, key)
@@ -754,7 +684,7 @@ def _remove_other_keys(folder: str, tag: str) -> None:
     for e in os.scandir(folder):
         m = re.match(r"^(train|val|test)-([0-9a-f]{16})\.(images\.npy|labels\.npy|files\.json)$", e.name)
         if m and m.group(2) != tag:
-            _remove_quietly(e.path)
+            remove_quietly(e.path)
 
 
 # ---------------------------------------------------------------------------------------------------------------

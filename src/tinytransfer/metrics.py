@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from .fsutil import atomic_write
+
 __all__ = ["METRIC_COLUMNS", "MetricsWriter", "confusion_matrix", "topk_correct"]
 
 # One row an epoch; plots read only this file. Accuracies are fractions in [0, 1].
@@ -48,14 +50,13 @@ class MetricsWriter:
             return
         with open(self.path, newline="") as f:
             rows = [r for r in csv.DictReader(f) if _complete(r) and int(r["epoch"]) <= epoch]
-        tmp = self.path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            w.writeheader()
-            w.writerows(rows)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.path, write)
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
 from .config import PhaseConfig
+from .fsutil import atomic_write, atomic_write_text
 from .metrics import METRIC_COLUMNS
 from .schedule import lr_at, step_size_of
 
@@ -50,7 +51,6 @@ __all__ = [
     "lr_curve",
     "mistakes_gallery",
     "plot_lr_find",
-    "write_text_atomic",
     "phase_spans",
     "plot_confusion_pairs",
     "plot_curves",
@@ -327,12 +327,12 @@ def table1(run_dir: str | os.PathLike) -> list[dict]:
     """Compute Table 1 from ``metrics.csv`` + ``config.yaml`` and write ``table1.md`` and ``table1.csv``."""
     run_dir = Path(run_dir)
     table = table1_rows(read_metrics(run_dir / "metrics.csv"), read_config(run_dir))
-    write_text_atomic(run_dir / "table1.md", table1_markdown(table))
+    atomic_write_text(run_dir / "table1.md", table1_markdown(table))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE1_COLUMNS, lineterminator="\n")
     w.writeheader()
     w.writerows({k: ("" if t[k] is None else t[k]) for k in TABLE1_COLUMNS} for t in table)
-    write_text_atomic(run_dir / "table1.csv", buf.getvalue())
+    atomic_write_text(run_dir / "table1.csv", buf.getvalue())
     log.info("Table 1 (%d phases) written to %s", len(table), run_dir / "table1.md")
     return table
 
@@ -586,17 +586,7 @@ def _np(x: Any) -> np.ndarray:
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> str:
-    """Write the figure as PNG atomically (a temporary file, then rename) and return the path."""
+    """Write the figure as PNG atomically and return the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return str(path)
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, then rename it over ``path``."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -77,7 +77,7 @@ def top_k_rows(files: list[str], probs: torch.Tensor, classes: list[str], names:
 
 def write_predictions(rows: list[dict], path: str | os.PathLike) -> None:
     """``predictions.csv`` written atomically: file, wnid, name, prob, top5."""
-    from .checkpoint import atomic_write_bytes
+    from .fsutil import atomic_write_bytes
     import io
 
     buf = io.StringIO()

@@ -35,6 +35,7 @@ import torch
 import yaml
 
 from . import plots
+from .fsutil import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +132,7 @@ def write_analysis(run_dir: str | os.PathLike, analysis: Mapping, *, top: int = 
     """Write ``analysis.json`` and draw ``confusion_pairs.png`` and ``per_class.png``; returns the paths."""
     run_dir = Path(run_dir)
     path = run_dir / ANALYSIS_JSON
-    plots.write_text_atomic(path, json.dumps(analysis, indent=1))
+    atomic_write_text(path, json.dumps(analysis, indent=1))
     paths = [str(path)]
     if analysis.get("confused_pairs") is not None:
         paths.append(plots.plot_confusion_pairs(analysis["confused_pairs"], run_dir / plots.CONFUSION_PNG, top=top))
@@ -374,6 +375,6 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
             f"<title>{_e(name)} · tinytransfer report</title><style>{_CSS}</style></head>"
             f"<body>{body}</body></html>\n")
     path = run_dir / REPORT_HTML
-    plots.write_text_atomic(path, page)
+    atomic_write_text(path, page)
     log.info("report written to %s", path)
     return str(path)

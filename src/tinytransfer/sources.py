@@ -21,7 +21,8 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from .data import TINY_IMAGENET_URL, DataError, _atomic_write_bytes, _remove_quietly, _tmp_name
+from .data import TINY_IMAGENET_URL, DataError
+from .fsutil import atomic_write_bytes, remove_quietly, temp_name
 
 __all__ = ["TINY_IMAGENET_URL", "build_demo_dataset", "download_tiny_imagenet", "safe_extract"]
 
@@ -78,7 +79,7 @@ def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0) -> str:
     test = [test[i] for i in rng.permutation(len(test))]
 
     os.makedirs(out, exist_ok=True)
-    _remove_quietly(marker)
+    remove_quietly(marker)
     for c, w in enumerate(wnids):
         folder = os.path.join(out, "train", w, "images")
         os.makedirs(folder, exist_ok=True)
@@ -105,7 +106,7 @@ def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0) -> str:
         f.writelines(f"{w}\n" for w in wnids)
     with open(os.path.join(out, "words.txt"), "w") as f:
         f.writelines(f"{w}\t{n}, digit {k}\n" for k, (w, n) in enumerate(zip(wnids, _DIGIT_NAMES)))
-    _atomic_write_bytes(marker, json.dumps({"seed": seed, "source": "sklearn.datasets.load_digits",
+    atomic_write_bytes(marker, json.dumps({"seed": seed, "source": "sklearn.datasets.load_digits",
                                             "train": len(train), "val": len(val), "test": len(test)}).encode())
     logger.info("demo dataset: %d train, %d val, %d test images in %s", len(train), len(val), len(test), out)
     return out
@@ -235,7 +236,7 @@ def download_tiny_imagenet(
             raise DataError(f"{zpath}: downloaded file has {problem}; kept aside as {zpath}.bad")
         os.replace(part, zpath)
     root = safe_extract(zpath, dest)
-    _atomic_write_bytes(marker, json.dumps({"root": root, "zip": zpath, "url": url,
+    atomic_write_bytes(marker, json.dumps({"root": root, "zip": zpath, "url": url,
                                             "sha256": sha256.lower() if sha256 else None}).encode())
     return root
 
@@ -307,7 +308,7 @@ def safe_extract(zip_path: str | os.PathLike, dest: str | os.PathLike) -> str:
         if tops and all(os.path.exists(os.path.join(dest, t)) for t in tops):
             logger.info("%s: already extracted in %s", zip_path, dest)
             return result
-        tmp = _tmp_name(os.path.join(dest, ".extract"))
+        tmp = temp_name(os.path.join(dest, ".extract"))
         os.makedirs(tmp)
         real_tmp = os.path.realpath(tmp)
         try:

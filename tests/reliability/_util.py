@@ -134,4 +134,4 @@ def assert_same_run(run: Path, ref: Path) -> None:
     for name in ("best.pt", "last.pt"):
         assert differences(load_checkpoint(run / name), load_checkpoint(ref / name)) == [], name
     assert not (run / ".lock").exists()
-    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")], "temp files left behind"
+    assert not [p.name for p in run.iterdir() if ".tmp" in p.name], "temp files left behind"

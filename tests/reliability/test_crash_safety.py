@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tinytransfer import checkpoint, data
+from tinytransfer import checkpoint, data, fsutil
 from tinytransfer.checkpoint import FORMAT, CheckpointError, RunLock, load_checkpoint, save_checkpoint
 from tinytransfer.cli import main
 
@@ -110,8 +110,11 @@ def test_taking_the_lock_clears_what_a_killed_save_left(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
     save_checkpoint(_ckpt(1, 10), run / "last.pt")
-    left = [".last.pt.k2j4_x9a.tmp", ".best.pt.abcdefgh.tmp", ".config.yaml.0a1b2c3d.tmp", "metrics.csv.tmp"]
-    kept = ["notes.tmp", ".predictions.csv.abcdefgh.tmp", "last.pt"]  # not the trainer's, or not a temp
+    host = fsutil.temp_name("x").split(fsutil.TMP_MARK)[1].split("-")[0]
+    dead = 999_999_999  # no such pid: the killed owner
+    left = [f"{n}{fsutil.TMP_MARK}{host}-{dead}-0a1b2c3d" for n in ("last.pt", "best.pt", "config.yaml",
+                                                                     "metrics.csv", "accuracy.png")]
+    kept = ["notes.tmp", f"predictions.csv{fsutil.TMP_MARK}{host}-{os.getpid()}-abcdefgh", "last.pt"]  # live
     for name in left + kept[:2]:
         (run / name).write_bytes(b"half")
     (run / ".lock").write_text("999999999\n")  # the killed owner (no such pid)
@@ -162,7 +165,7 @@ def test_cli_full_disk_while_saving_is_one_line_and_keeps_last(run_tree: Path, t
     assert len(err) == 1 and "last.pt: could not save the checkpoint (File too large)" in err[0], err
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the previous last.pt, whole
     assert len(rows(out)) == 2  # epoch 2's row is there; a resume drops it and runs epoch 2 again
-    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not [p.name for p in out.iterdir() if fsutil.TMP_MARK in p.name]
     monkeypatch.undo()
     assert main(["train", "--resume", str(out), "--quiet", "--no-finish"]) == 0
     assert [r["epoch"] for r in rows(out)] == ["1", "2", "3"]
