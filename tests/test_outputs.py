@@ -19,7 +19,7 @@ from PIL import Image
 
 from conftest import write_tiny_tree
 from tinytransfer import outputs
-from tinytransfer.checkpoint import load_model
+from tinytransfer.runfolder import load_model
 from tinytransfer.cli import main
 from tinytransfer.data import _decode_file
 from tinytransfer.outputs import analyse
@@ -53,7 +53,7 @@ def run(tmp_path_factory):
     held = {p.name: p.stat().st_size for p in out.iterdir()}
     model, ckpt = load_model(out)
     return SimpleNamespace(dir=out, tree=tree, base=base, held=held, model=model, ckpt=ckpt,
-                           classes=list(ckpt["classes"]))
+                           classes=list(ckpt.classes))
 
 
 def test_train_leaves_every_output(run):
@@ -81,7 +81,7 @@ def test_predict_test_split(run, capsys):
         rows = list(reader)
     assert reader.fieldnames == ["file", "wnid", "name", "prob", "top5"]
     assert sorted(Path(r["file"]).name for r in rows) == [f"test_{i}.JPEG" for i in range(5)]
-    names = dict(zip(run.classes, run.ckpt["names"]))
+    names = dict(zip(run.classes, run.ckpt.names))
     for r in rows:
         assert 0 < float(r["prob"]) <= 1
         top5 = r["top5"].split()
@@ -96,13 +96,13 @@ def test_predict_arrays_probabilities(run):
     assert probs.shape == (7, 3) and probs.dtype == torch.float32
     assert torch.allclose(probs.sum(dim=1), torch.ones(7), atol=1e-5) and (probs >= 0).all()
     # normalised as in training: (x / 255 - mean) / std, no augmentation
-    mean = torch.tensor(run.ckpt["mean"]).view(1, 3, 1, 1)
-    std = torch.tensor(run.ckpt["std"]).view(1, 3, 1, 1)
+    mean = torch.tensor(run.ckpt.mean).view(1, 3, 1, 1)
+    std = torch.tensor(run.ckpt.std).view(1, 3, 1, 1)
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
         assert torch.allclose(probs, run.model.eval()(x).softmax(dim=1), atol=1e-5)
     assert torch.allclose(predict_arrays(run.model, images, run.ckpt, batch_size=2), probs, atol=1e-6)
-    rows = top_k_rows([f"img{i}" for i in range(7)], probs, run.classes, list(run.ckpt["names"]))
+    rows = top_k_rows([f"img{i}" for i in range(7)], probs, run.classes, list(run.ckpt.names))
     for row, p in zip(rows, probs):
         assert row["wnid"] == run.classes[int(p.argmax())] == row["top5"].split()[0]
         assert float(row["prob"]) == pytest.approx(float(p.max()), abs=1e-6)
@@ -262,7 +262,7 @@ def _random_input() -> torch.Tensor:
 def _check_sidecar(run, path: Path) -> None:
     meta = yaml.safe_load(path.with_name(path.name + ".yaml").read_text())
     assert meta["classes"] == run.classes and meta["input_size"] == 32
-    assert meta["mean"] == list(run.ckpt["mean"]) and meta["std"] == list(run.ckpt["std"])
+    assert meta["mean"] == list(run.ckpt.mean) and meta["std"] == list(run.ckpt.std)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")

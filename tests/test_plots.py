@@ -13,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-from tinytransfer import plots
+from tinytransfer import plots, runfolder
 
 HEADER = "phase,epoch,step,lr,train_loss,train_acc,train_top5,val_loss,val_acc,val_top5,seconds,img_s\n"
 # 4 iterations an epoch; lr = the LR of each epoch's last iteration. Phase 1: epochs 1-4 (of 4).
@@ -67,7 +67,7 @@ def assert_png(path: str | Path) -> None:
 
 def test_read_metrics_types_and_order(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run")
-    rows = plots.read_metrics(run / "metrics.csv")
+    rows = runfolder.read_metrics(run / "metrics.csv")
     assert [r["epoch"] for r in rows] == list(range(1, 10))
     r = rows[5]
     assert (r["phase"], r["epoch"], r["step"]) == (2, 6, 8)
@@ -77,7 +77,7 @@ def test_read_metrics_types_and_order(tmp_path: Path) -> None:
     lines = METRICS.splitlines()
     lines[1] = "1,1,4,0.0004,3.2,0.10,0.30,,,,10.5,60.1"
     (run / "metrics.csv").write_text("\n".join(lines) + "\n")
-    assert math.isnan(plots.read_metrics(run / "metrics.csv")[0]["val_acc"])
+    assert math.isnan(runfolder.read_metrics(run / "metrics.csv")[0]["val_acc"])
 
 
 @pytest.mark.parametrize("text,match", [
@@ -92,7 +92,7 @@ def test_read_metrics_types_and_order(tmp_path: Path) -> None:
 def test_malformed_metrics_name_the_file_and_line(tmp_path: Path, text: str, match: str) -> None:
     (tmp_path / "metrics.csv").write_text(text)
     with pytest.raises(ValueError, match=match):
-        plots.read_metrics(tmp_path / "metrics.csv")
+        runfolder.read_metrics(tmp_path / "metrics.csv")
 
 
 # ---- Table 1 -------------------------------------------------------------------------------------------------------
@@ -100,7 +100,7 @@ def test_malformed_metrics_name_the_file_and_line(tmp_path: Path, text: str, mat
 
 def test_table1_values(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run")
-    table = plots.table1(run)
+    table = runfolder.table1(run)
     assert [(t["phase"], t["name"], t["train"]) for t in table] == [
         (1, "frozen base", "head"), (2, "fine-tune all", "all"), (3, "low LR", "all")]
     assert [(t["start_epoch"], t["end_epoch"], t["planned_epochs"]) for t in table] == [(0, 4, 4), (4, 7, 5), (7, 9, 2)]
@@ -117,7 +117,7 @@ def test_table1_values(tmp_path: Path) -> None:
 
     with open(run / "table1.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == list(plots.TABLE1_COLUMNS)
+    assert list(rows[0]) == list(runfolder.TABLE1_COLUMNS)
     assert [(r["start_epoch"], r["end_epoch"], r["step_size"]) for r in rows] == [
         ("0", "4", "6"), ("4", "7", "8"), ("7", "9", "")]
     assert [float(r["max_val_acc"]) for r in rows] == pytest.approx([0.30, 0.55, 0.58])
@@ -128,7 +128,7 @@ def test_table1_without_validation_or_config_phase(tmp_path: Path) -> None:
     metrics = HEADER + "1,1,10,0.001,2.0,0.5,0.8,,,,5.0,100\n2,2,10,0.001,1.0,0.6,0.9,,,,5.0,100\n"
     run = write_run(tmp_path / "run", metrics, {"name": "x", "phases": [{"name": "only", "epochs": 1,
                                                                             "lr_policy": "constant", "lr_max": 1e-3}]})
-    table = plots.table1(run)
+    table = runfolder.table1(run)
     assert [t["max_val_acc"] for t in table] == [None, None]
     assert table[1]["name"] == "phase 2" and (table[1]["start_epoch"], table[1]["end_epoch"]) == (1, 2)
     assert "| 1 | only |" in (run / "table1.md").read_text()
@@ -139,7 +139,7 @@ def test_table1_without_validation_or_config_phase(tmp_path: Path) -> None:
 
 def test_lr_curve_rebuilds_every_iteration(tmp_path: Path) -> None:
     run = write_run(tmp_path / "run")
-    spans = plots.phase_spans(plots.read_metrics(run / "metrics.csv"), CONFIG)
+    spans = runfolder.phase_spans(runfolder.read_metrics(run / "metrics.csv"), CONFIG)
     assert [(s.iter_offset, s.steps, s.steps_per_epoch) for s in spans] == [(0, 16, 4), (16, 12, 4), (28, 8, 4)]
     xs, ys = plots.lr_curve(spans)
     assert xs.tolist() == list(range(36))

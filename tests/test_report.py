@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from tinytransfer import plots, report
+from tinytransfer import plots, report, runfolder
 
 METRICS = """\
 phase,epoch,step,lr,train_loss,train_acc,train_top5,val_loss,val_acc,val_top5,seconds,img_s
@@ -47,7 +47,7 @@ def build_full_run(run_dir: Path) -> Path:
     (run_dir / "metrics.csv").write_text(METRICS)
     (run_dir / "config.yaml").write_text(yaml.safe_dump(CONFIG, sort_keys=False))
     plots.plot_curves(run_dir)
-    plots.table1(run_dir)
+    runfolder.table1(run_dir)
     cm = torch.tensor([[40, 8, 1, 1], [12, 36, 2, 0], [0, 1, 45, 4], [0, 0, 9, 41]])
     report.write_analysis(run_dir, report.analysis_from_confusion(cm, CLASSES, NAMES, top5=0.93))
     g = np.random.default_rng(0)

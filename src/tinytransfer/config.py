@@ -12,7 +12,7 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -246,22 +246,30 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"model.input_size: must be >= 8, got {cfg.model.input_size}")
 
 
-def apply_overrides(raw: dict, overrides: list[str]) -> dict:
-    """Apply ``key=value`` strings to a raw recipe dict: ``model.backbone=vgg16``, ``phases.0.epochs=3``.
+def apply_overrides(raw: dict, overrides: list[str] | Mapping[str, Any]) -> dict:
+    """Apply overrides to a raw recipe dict: ``key=value`` strings (the CLI's ``--set``) or a ``{key: value}``
+    mapping (the Python API), e.g. ``model.backbone=vgg16``, ``phases.0.epochs=3``.
 
-    Values are parsed as YAML scalars (never evaluated as code) and type-checked when the config is built.
-    ``phases.*.epochs=2`` sets the field in every phase.
+    String values are parsed as YAML scalars (never evaluated as code); every value is type-checked when the config
+    is built. ``phases.*.epochs=2`` sets the field in every phase.
     """
     out = to_dict(from_dict(raw))  # fill defaults so every key exists
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected key=value")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError:
-            value = text
+    items: list[tuple[str, Any, str]] = []  # (key, value, how the user wrote it)
+    if isinstance(overrides, Mapping):
+        items = [(str(k).strip(), v, repr(v)) for k, v in overrides.items()]
+    else:
+        for item in overrides:
+            if "=" not in item:
+                raise ConfigError(f"--set {item!r}: expected key=value")
+            key, text = item.split("=", 1)
+            try:
+                value = yaml.safe_load(text) if text.strip() else ""
+            except yaml.YAMLError:
+                value = text
+            items.append((key.strip(), value, text))
+    for key, value, text in items:
+        if isinstance(value, tuple):
+            value = list(value)
         if isinstance(value, (dict, list)) and not key.endswith("betas"):
             raise ConfigError(f"--set {key}: expected a single value, got {text!r}")
         parts = key.split(".")

@@ -12,7 +12,6 @@ import re
 import socket
 import time
 import uuid
-from pathlib import Path
 from typing import Callable
 
 __all__ = [

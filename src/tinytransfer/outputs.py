@@ -16,12 +16,11 @@ from torch import nn
 
 from .augment import make_transform
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
-from .checkpoint import load_model
-from .config import from_dict
 from .data import Dataset, Split, load_configured
 from .metrics import confusion_matrix, topk_correct
-from .plots import mistakes_gallery, plot_curves, plot_feature_maps, plot_gradcam, table1
+from .plots import mistakes_gallery, plot_curves, plot_feature_maps, plot_gradcam
 from .predict import predict_arrays, top_k_rows, write_predictions
+from .runfolder import CheckpointView, load_model, table1
 from .report import analysis_from_confusion, confident_mistakes, write_analysis, write_report
 
 __all__ = ["analyse", "finish_run", "predict_split", "visualize"]
@@ -29,11 +28,11 @@ __all__ = ["analyse", "finish_run", "predict_split", "visualize"]
 log = logging.getLogger(__name__)
 
 
-def predict_split(model: nn.Module, ckpt: dict, split: Split, out: str | os.PathLike, *,
+def predict_split(model: nn.Module, ckpt: CheckpointView, split: Split, out: str | os.PathLike, *,
                   device: torch.device | str = "cpu") -> list[dict]:
     """Top-5 predictions for every image of ``split`` → ``predictions.csv``."""
     probs = predict_arrays(model, split.images, ckpt, device=device)
-    rows = top_k_rows(list(split.files), probs, list(ckpt["classes"]), list(ckpt["names"]))
+    rows = top_k_rows(list(split.files), probs, list(ckpt.classes), list(ckpt.names))
     write_predictions(rows, out)
     return rows
 
@@ -50,7 +49,7 @@ def analyse(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], names
     return res
 
 
-def visualize(model: nn.Module, ckpt: dict, image: np.ndarray, out_dir: str | os.PathLike, *, tag: str = "0",
+def visualize(model: nn.Module, ckpt: CheckpointView, image: np.ndarray, out_dir: str | os.PathLike, *, tag: str = "0",
               layers: list[str] | None = None, true_label: int | None = None, cam_layer: str | None = None,
               device: torch.device | str = "cpu") -> list[str]:
     """Feature maps of ``layers`` and Grad-CAM overlays (top prediction, and the true class if given) for one image.
@@ -58,8 +57,8 @@ def visualize(model: nn.Module, ckpt: dict, image: np.ndarray, out_dir: str | os
     ``image`` is (H, W, 3) uint8. Default layers: the first conv layer, one in the middle and the Grad-CAM layer.
     """
     out_dir = Path(out_dir)
-    size = int(ckpt["config"]["model"]["input_size"])
-    tf = make_transform("none", tuple(ckpt["mean"]), tuple(ckpt["std"]), input_size=size)
+    size = ckpt.input_size
+    tf = make_transform("none", ckpt.mean, ckpt.std, input_size=size)
     x = tf(torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float(), None)
     convs = list(conv_layers(model))
     layer = cam_layer or default_cam_layer(model, x)
@@ -70,7 +69,7 @@ def visualize(model: nn.Module, ckpt: dict, image: np.ndarray, out_dir: str | os
     with torch.no_grad():
         probs = model.eval()(x).float().softmax(1)[0]
     top = int(probs.argmax())
-    names = ckpt["names"]
+    names = ckpt.names
     cams = {f"top-1: {names[top]} ({probs[top]:.2f})": grad_cam(model, x, layer, top)}
     if true_label is not None and true_label >= 0 and true_label != top:
         cams[f"true: {names[true_label]} ({probs[true_label]:.2f})"] = grad_cam(model, x, layer, true_label)
@@ -93,14 +92,14 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
     plot_curves(run_dir)
     table1(run_dir)
     if data is None:
-        data = load_configured(from_dict(ckpt["config"]).data)
+        data = load_configured(ckpt.config.data)
     if data.test is not None and len(data.test):
         predict_split(model, ckpt, data.test, run_dir / "predictions.csv", device=dev)
         log.info("predictions for %d test images: %s", len(data.test), run_dir / "predictions.csv")
     if data.val is not None and len(data.val):
         probs = predict_arrays(model, data.val.images, ckpt, device=dev)
         labels = torch.from_numpy(np.asarray(data.val.labels, dtype=np.int64))
-        res = analyse(probs, labels, list(ckpt["classes"]), list(ckpt["names"]))
+        res = analyse(probs, labels, list(ckpt.classes), list(ckpt.names))
         write_analysis(run_dir, res)
         ms = res["mistakes"]
         if ms:
@@ -119,7 +118,7 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
                 picks.append(i)
             if len(picks) == n_visual:
                 break
-        size = int(ckpt["config"]["model"]["input_size"])
+        size = ckpt.input_size
         cam_layer = default_cam_layer(model, torch.zeros(1, 3, size, size, device=dev))  # depends on size only
         for j, i in enumerate(picks):
             visualize(model, ckpt, np.asarray(data.val.images[i]), run_dir, tag=str(j),

@@ -14,27 +14,22 @@ Matplotlib is used through its object API (``Figure`` + the Agg canvas): no pypl
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 
-from .config import PhaseConfig
-from .fsutil import atomic_write, atomic_write_text
-from .metrics import METRIC_COLUMNS
-from .schedule import lr_at, step_size_of
+from .fsutil import atomic_write
+from .runfolder import PhaseSpan, phase_config, phase_spans, read_config, read_metrics
+from .schedule import lr_at
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +40,15 @@ __all__ = [
     "LR_PNG",
     "MISTAKES_PNG",
     "PER_CLASS_PNG",
-    "TABLE1_COLUMNS",
-    "PhaseSpan",
     "default_lr",
     "lr_curve",
     "mistakes_gallery",
     "plot_lr_find",
-    "phase_spans",
     "plot_confusion_pairs",
     "plot_curves",
     "plot_feature_maps",
     "plot_gradcam",
     "plot_per_class",
-    "read_config",
-    "read_metrics",
-    "table1",
-    "table1_markdown",
-    "table1_rows",
 ]
 
 # File names inside a run folder (report.py embeds them by these names).
@@ -72,153 +59,7 @@ CONFUSION_PNG = "confusion_pairs.png"
 PER_CLASS_PNG = "per_class.png"
 MISTAKES_PNG = "mistakes.png"
 
-_INT_COLUMNS = ("phase", "epoch", "step")
-# Table 1 as CSV: one row a phase that ran. Accuracies are fractions; LRs as floats; step_size in iterations.
-TABLE1_COLUMNS = (
-    "phase", "name", "train", "lr_policy", "base_lr", "max_lr", "step_size",
-    "start_epoch", "end_epoch", "planned_epochs", "max_val_acc", "best_epoch",
-)
-# Phase fields used when config.yaml lacks them: config.PhaseConfig's defaults.
-_PHASE_DEFAULTS: dict[str, Any] = {
-    k: getattr(PhaseConfig(), k) for k in ("name", "epochs", "train", "lr_policy", "lr_min", "lr_max", "step_size")
-}
-
 LrFn = Callable[[int, dict], float]
-
-
-# ---- reading the run folder ---------------------------------------------------------------------------------------
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """Rows of ``metrics.csv`` with typed values, sorted by epoch.
-
-    ``phase``, ``epoch``, ``step`` are ints; the other columns floats (an empty cell, e.g. no validation split, is
-    NaN). Extra columns are kept as strings. A malformed file raises ``ValueError("<path>: line N: ...")``. When a
-    resumed run wrote an epoch twice, the later row wins.
-    """
-    path = Path(path)
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{path}: empty file; expected the header {','.join(METRIC_COLUMNS)}")
-        header = [h.strip() for h in header]
-        missing = [c for c in METRIC_COLUMNS if c not in header]
-        if missing:
-            raise ValueError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
-        by_epoch: dict[int, dict] = {}
-        for values in reader:
-            line = reader.line_num
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(values)}")
-            raw = dict(zip(header, (v.strip() for v in values)))
-            row: dict[str, Any] = {}
-            for col, text in raw.items():
-                if col in _INT_COLUMNS:
-                    row[col] = _parse_int(text, path, line, col)
-                elif col in METRIC_COLUMNS:
-                    row[col] = _parse_float(text, path, line, col)
-                else:
-                    row[col] = text
-            if row["phase"] < 1 or row["epoch"] < 1 or row["step"] < 0:
-                raise ValueError(f"{path}: line {line}: phase and epoch must be >= 1 and step >= 0, got "
-                                 f"phase={row['phase']} epoch={row['epoch']} step={row['step']}")
-            if row["epoch"] in by_epoch:
-                log.warning("%s: line %d: epoch %d appears again; keeping this row", path, line, row["epoch"])
-            by_epoch[row["epoch"]] = row
-    return [by_epoch[e] for e in sorted(by_epoch)]
-
-
-def _parse_int(text: str, path: Path, line: int, col: str) -> int:
-    try:
-        v = float(text)
-    except ValueError:
-        raise ValueError(f"{path}: line {line}: column {col}: expected an integer, got {text!r}") from None
-    if not v.is_integer():
-        raise ValueError(f"{path}: line {line}: column {col}: expected an integer, got {text!r}")
-    return int(v)
-
-
-def _parse_float(text: str, path: Path, line: int, col: str) -> float:
-    if text == "":
-        return math.nan
-    try:
-        return float(text)
-    except ValueError:
-        raise ValueError(f"{path}: line {line}: column {col}: expected a number, got {text!r}") from None
-
-
-def read_config(run_dir: str | os.PathLike) -> dict:
-    """``config.yaml`` of a run folder as a plain dict; ``{}`` if the file is absent."""
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        return {}
-    with open(path) as f:
-        cfg = yaml.safe_load(f)
-    if cfg is None:
-        return {}
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
-    return cfg
-
-
-# ---- phases, learning rate, Table 1 -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class PhaseSpan:
-    """One phase as it ran, from metrics.csv rows and its config.yaml entry."""
-
-    index: int  # 1-based, as in metrics.csv
-    config: dict  # the phase's config.yaml entry with _PHASE_DEFAULTS filled in
-    start_epoch: int  # the previous phase's last epoch (0 for the first): the report's "0–25", "25–40"
-    end_epoch: int  # last epoch run in this phase (earlier than planned if early stopping ended it)
-    epochs_run: int  # epochs of this phase in metrics.csv
-    steps: int  # iterations run in the phase (step of its last row)
-    steps_per_epoch: int  # iterations an epoch, steps / epochs_run
-    iter_offset: int  # iterations of all earlier phases: where this phase starts on the LR plot's x axis
-    rows: list[dict] = field(default_factory=list, repr=False)  # its metrics.csv rows
-
-    @property
-    def name(self) -> str:
-        return str(self.config.get("name", f"phase {self.index}"))
-
-    @property
-    def planned_epochs(self) -> int:
-        return int(self.config.get("epochs", self.epochs_run))
-
-
-def phase_spans(rows: Sequence[dict], config: Mapping) -> list[PhaseSpan]:
-    """Group metrics rows by phase (in phase order) and join each group with its config.yaml phase entry."""
-    phases_cfg = list(config.get("phases") or [])
-    groups: dict[int, list[dict]] = {}
-    for r in rows:
-        groups.setdefault(int(r["phase"]), []).append(r)
-    spans: list[PhaseSpan] = []
-    offset = 0
-    for idx in sorted(groups):
-        grp = sorted(groups[idx], key=lambda r: r["epoch"])
-        if idx - 1 < len(phases_cfg) and isinstance(phases_cfg[idx - 1], Mapping):
-            cfg = {**_PHASE_DEFAULTS, **phases_cfg[idx - 1]}
-        else:
-            log.warning("config.yaml has no entry for phase %d; using default phase fields", idx)
-            cfg = {**_PHASE_DEFAULTS, "name": f"phase {idx}", "epochs": len(grp)}
-        steps = int(grp[-1]["step"])
-        spe = max(1, round(steps / len(grp)))
-        spans.append(PhaseSpan(index=idx, config=cfg, start_epoch=grp[0]["epoch"] - 1, end_epoch=grp[-1]["epoch"],
-                               epochs_run=len(grp), steps=steps, steps_per_epoch=spe, iter_offset=offset, rows=grp))
-        offset += steps
-    return spans
-
-
-def _phase_config(phase: Mapping) -> PhaseConfig:
-    """A config.yaml phase entry (plus extra keys such as ``steps_per_epoch``) as a PhaseConfig."""
-    fields = {k: v for k, v in phase.items() if k in PhaseConfig.__dataclass_fields__}
-    if "betas" in fields:
-        fields["betas"] = tuple(fields["betas"])
-    return PhaseConfig(**fields)
 
 
 def default_lr(step: int, phase: Mapping) -> float:
@@ -226,7 +67,7 @@ def default_lr(step: int, phase: Mapping) -> float:
 
     ``phase`` is the entry plus ``steps_per_epoch``, so plots need nothing but the run folder's files.
     """
-    return lr_at(step, _phase_config(phase), int(phase.get("steps_per_epoch", 1)))
+    return lr_at(step, phase_config(phase), int(phase.get("steps_per_epoch", 1)))
 
 
 def lr_curve(spans: Sequence[PhaseSpan], lr_fn: LrFn | None = None,
@@ -249,7 +90,7 @@ def lr_curve(spans: Sequence[PhaseSpan], lr_fn: LrFn | None = None,
             steps = np.append(steps, s.steps - 1)  # keep the phase's last iteration
         try:
             if lr_fn is None:  # default_lr, with the PhaseConfig built once a phase instead of once an iteration
-                cfg = _phase_config(phase)
+                cfg = phase_config(phase)
                 lrs = np.array([lr_at(int(k), cfg, s.steps_per_epoch) for k in steps], dtype=np.float64)
             else:
                 lrs = np.array([lr_fn(int(k), phase) for k in steps], dtype=np.float64)
@@ -263,78 +104,6 @@ def lr_curve(spans: Sequence[PhaseSpan], lr_fn: LrFn | None = None,
     if not xs:
         return np.zeros(0, dtype=np.int64), np.zeros(0)
     return np.concatenate(xs), np.concatenate(ys)
-
-
-def table1_rows(rows: Sequence[dict], config: Mapping) -> list[dict]:
-    """The report's Table 1, one dict a phase that ran (keys: :data:`TABLE1_COLUMNS`).
-
-    ``base_lr``/``max_lr``: the policy's low and high LR (a constant policy has both at ``lr_max``); ``step_size``:
-    the CLR half cycle in iterations (resolved when the recipe left it 0), None for other policies; ``start_epoch``
-    = the previous phase's end; ``end_epoch`` = its last epoch run; ``max_val_acc`` a fraction (None without val).
-    """
-    out = []
-    for s in phase_spans(rows, config):
-        c = s.config
-        policy = str(c.get("lr_policy"))
-        lr_max = float(c.get("lr_max"))
-        lr_min = lr_max if policy == "constant" else float(c.get("lr_min"))
-        # the CLR half cycle in iterations; 0 in a recipe means two epochs' worth (schedule.step_size_of)
-        step_size = step_size_of(_phase_config(c), s.steps_per_epoch) if policy == "triangular" else None
-        vals = [(r["val_acc"], r["epoch"]) for r in s.rows if not math.isnan(r["val_acc"])]
-        best_acc, best_epoch = max(vals, key=lambda t: t[0]) if vals else (None, None)
-        out.append({
-            "phase": s.index, "name": s.name, "train": str(c.get("train")), "lr_policy": policy,
-            "base_lr": lr_min, "max_lr": lr_max, "step_size": step_size,
-            "start_epoch": s.start_epoch, "end_epoch": s.end_epoch, "planned_epochs": s.planned_epochs,
-            "max_val_acc": best_acc, "best_epoch": best_epoch,
-        })
-    return out
-
-
-def _fmt_lr(v: float) -> str:
-    """1e-4 → "1e-4", 2.5e-5 → "2.5e-5" (the report's style)."""
-    mant, exp = f"{v:.3e}".split("e")
-    mant = mant.rstrip("0").rstrip(".")
-    return f"{mant}e{int(exp)}"
-
-
-def _base_word(train: str) -> str:
-    return {"head": "frozen", "all": "unfrozen"}.get(train, train)
-
-
-def table1_markdown(table: Sequence[dict]) -> str:
-    """Table 1 as Markdown, with a note under it for phases that ran fewer epochs than planned."""
-    lines = [
-        "| phase | name | base | LR policy | base LR | max LR | step size (iterations) | start epoch | end epoch "
-        "| max val accuracy |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
-    notes = []
-    for i, t in enumerate(table):
-        acc = "–" if t["max_val_acc"] is None else f"{100 * t['max_val_acc']:.2f} %"
-        step = "–" if t["step_size"] is None else str(t["step_size"])
-        name = str(t["name"]).replace("|", "\\|")
-        lines.append(f"| {t['phase']} | {name} | {_base_word(t['train'])} | {t['lr_policy']} | {_fmt_lr(t['base_lr'])} "
-                     f"| {_fmt_lr(t['max_lr'])} | {step} | {t['start_epoch']} | {t['end_epoch']} | {acc} |")
-        run = t["end_epoch"] - t["start_epoch"]
-        if run < t["planned_epochs"]:
-            why = "early stopping" if i < len(table) - 1 else "early stopping, or the run is unfinished"
-            notes.append(f"Phase {t['phase']} ran {run} of {t['planned_epochs']} planned epochs ({why}).")
-    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
-
-
-def table1(run_dir: str | os.PathLike) -> list[dict]:
-    """Compute Table 1 from ``metrics.csv`` + ``config.yaml`` and write ``table1.md`` and ``table1.csv``."""
-    run_dir = Path(run_dir)
-    table = table1_rows(read_metrics(run_dir / "metrics.csv"), read_config(run_dir))
-    atomic_write_text(run_dir / "table1.md", table1_markdown(table))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=TABLE1_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows({k: ("" if t[k] is None else t[k]) for k in TABLE1_COLUMNS} for t in table)
-    atomic_write_text(run_dir / "table1.csv", buf.getvalue())
-    log.info("Table 1 (%d phases) written to %s", len(table), run_dir / "table1.md")
-    return table
 
 
 # ---- curves -------------------------------------------------------------------------------------------------------

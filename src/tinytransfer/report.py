@@ -36,6 +36,7 @@ import yaml
 
 from . import plots
 from .fsutil import atomic_write_text
+from .runfolder import base_word, fmt_lr, read_config, read_metrics, table1_rows
 
 log = logging.getLogger(__name__)
 
@@ -216,8 +217,8 @@ def _config_section(cfg: dict) -> str:
 def _summary_section(table: list[dict] | None) -> str:
     if not table:
         return _missing("Table 1 (needs metrics.csv)")
-    rows = [[t["phase"], t["name"], plots._base_word(t["train"]), t["lr_policy"],
-             plots._fmt_lr(t["base_lr"]), plots._fmt_lr(t["max_lr"]),
+    rows = [[t["phase"], t["name"], base_word(t["train"]), t["lr_policy"],
+             fmt_lr(t["base_lr"]), fmt_lr(t["max_lr"]),
              "–" if t["step_size"] is None else t["step_size"], t["start_epoch"], t["end_epoch"],
              t["planned_epochs"], _pct(t["max_val_acc"])] for t in table]
     return _table(("phase", "name", "base", "LR policy", "base LR", "max LR", "step size (iterations)",
@@ -322,7 +323,7 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
     """
     run_dir = Path(run_dir)
     try:
-        cfg = plots.read_config(run_dir)
+        cfg = read_config(run_dir)
     except (ValueError, yaml.YAMLError) as exc:
         log.warning("report: %s", exc)
         cfg = {}
@@ -330,8 +331,8 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
     table: list[dict] | None = None
     if (run_dir / "metrics.csv").is_file():
         try:
-            rows = plots.read_metrics(run_dir / "metrics.csv")
-            table = plots.table1_rows(rows, cfg)
+            rows = read_metrics(run_dir / "metrics.csv")
+            table = table1_rows(rows, cfg)
             if rows and not all((run_dir / n).is_file() for n in (plots.ACCURACY_PNG, plots.LOSS_PNG, plots.LR_PNG)):
                 plots.plot_curves(run_dir)
         except ValueError as exc:

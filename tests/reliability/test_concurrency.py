@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from tinytransfer import data
-from tinytransfer.checkpoint import CheckpointError, RunLock, _start_time
+from tinytransfer.checkpoint import CheckpointError
+from tinytransfer.runfolder import RunLock, _start_time
 
 
 @pytest.fixture

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from tinytransfer import checkpoint, data, fsutil
-from tinytransfer.checkpoint import FORMAT, CheckpointError, RunLock, load_checkpoint, save_checkpoint
+from tinytransfer.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from tinytransfer.runfolder import RunLock
 from tinytransfer.cli import main
 
 from ._util import differences, rows, sets
@@ -183,7 +184,7 @@ def test_cli_full_disk_while_building_the_cache_is_one_line(make_tiny_tree, tmp_
 @pytest.mark.parametrize("partial", ["1,", "1", "2,1"], ids=["empty-epoch", "no-epoch", "truncated-row"])
 def test_resume_survives_a_metrics_row_cut_by_a_kill(tmp_path: Path, partial: str) -> None:
     """kill -9 inside MetricsWriter.append (epoch 2's row) leaves part of a line; last.pt is still at epoch 1."""
-    from tinytransfer.metrics import MetricsWriter
+    from tinytransfer.runfolder import MetricsWriter
 
     w = MetricsWriter(tmp_path / "metrics.csv")
     w.append({"phase": 1, "epoch": 1, "step": 6, "lr": 0.1, "train_loss": 1.0})

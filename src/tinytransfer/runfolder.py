@@ -1,0 +1,522 @@
+"""The run folder's one owner: its file names, ``config.yaml``, ``metrics.csv``, Table 1, the lock, and a typed view
+of its checkpoints.
+
+Whatever writes one of these files also reads it, here. Every write is atomic (:mod:`tinytransfer.fsutil`). Figures
+(:mod:`tinytransfer.plots`) and the HTML page (:mod:`tinytransfer.report`) read the folder through this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from .config import PhaseConfig, RunConfig, from_dict, to_dict
+from .fsutil import atomic_write, atomic_write_text, clean_stale_temps, pid_alive
+from .metrics import METRIC_COLUMNS
+from .schedule import step_size_of
+
+__all__ = [
+    "BEST_PT",
+    "CONFIG_YAML",
+    "LAST_PT",
+    "METRICS_CSV",
+    "TABLE1_COLUMNS",
+    "CheckpointView",
+    "MetricsWriter",
+    "PhaseSpan",
+    "RunLock",
+    "base_word",
+    "checkpoint_view",
+    "fmt_lr",
+    "load_model",
+    "phase_config",
+    "phase_spans",
+    "read_config",
+    "read_metrics",
+    "run_dir_of",
+    "table1",
+    "table1_markdown",
+    "table1_rows",
+    "write_config",
+    "write_lr_find",
+]
+
+log = logging.getLogger(__name__)
+
+# ---- file names ---------------------------------------------------------------------------------------------------
+CONFIG_YAML = "config.yaml"  # the resolved RunConfig (to_dict), written by fit before the first epoch
+METRICS_CSV = "metrics.csv"  # one row an epoch: METRIC_COLUMNS
+BEST_PT = "best.pt"  # checkpoint of the best validation accuracy
+LAST_PT = "last.pt"  # checkpoint at the start of the next epoch (resume point)
+LOCK = ".lock"  # the owner's pid while a run writes the folder
+TABLE1_MD = "table1.md"
+TABLE1_CSV = "table1.csv"
+PREDICTIONS_CSV = "predictions.csv"
+ANALYSIS_JSON = "analysis.json"
+REPORT_HTML = "report.html"
+
+_INT_COLUMNS = ("phase", "epoch", "step")
+# Table 1 as CSV: one row a phase that ran. Accuracies are fractions; LRs as floats; step_size in iterations.
+TABLE1_COLUMNS = (
+    "phase", "name", "train", "lr_policy", "base_lr", "max_lr", "step_size",
+    "start_epoch", "end_epoch", "planned_epochs", "max_val_acc", "best_epoch",
+)
+# Phase fields used when config.yaml lacks them: config.PhaseConfig's defaults.
+_PHASE_DEFAULTS: dict[str, Any] = {
+    k: getattr(PhaseConfig(), k) for k in ("name", "epochs", "train", "lr_policy", "lr_min", "lr_max", "step_size")
+}
+
+
+def run_dir_of(run: str | os.PathLike) -> Path:
+    """The run folder of ``run``, which names the folder itself or a checkpoint file in it."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
+# ---- config.yaml --------------------------------------------------------------------------------------------------
+
+
+def write_config(run_dir: str | os.PathLike, cfg: RunConfig) -> Path:
+    """``config.yaml``: the resolved configuration, atomically."""
+    path = Path(run_dir) / CONFIG_YAML
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+# ---- reading the run folder ---------------------------------------------------------------------------------------
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """Rows of ``metrics.csv`` with typed values, sorted by epoch.
+
+    ``phase``, ``epoch``, ``step`` are ints; the other columns floats (an empty cell, e.g. no validation split, is
+    NaN). Extra columns are kept as strings. A malformed file raises ``ValueError("<path>: line N: ...")``. When a
+    resumed run wrote an epoch twice, the later row wins.
+    """
+    path = Path(path)
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{path}: empty file; expected the header {','.join(METRIC_COLUMNS)}")
+        header = [h.strip() for h in header]
+        missing = [c for c in METRIC_COLUMNS if c not in header]
+        if missing:
+            raise ValueError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
+        by_epoch: dict[int, dict] = {}
+        for values in reader:
+            line = reader.line_num
+            if not values or all(not v.strip() for v in values):
+                continue
+            if len(values) != len(header):
+                raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(values)}")
+            raw = dict(zip(header, (v.strip() for v in values)))
+            row: dict[str, Any] = {}
+            for col, text in raw.items():
+                if col in _INT_COLUMNS:
+                    row[col] = _parse_int(text, path, line, col)
+                elif col in METRIC_COLUMNS:
+                    row[col] = _parse_float(text, path, line, col)
+                else:
+                    row[col] = text
+            if row["phase"] < 1 or row["epoch"] < 1 or row["step"] < 0:
+                raise ValueError(f"{path}: line {line}: phase and epoch must be >= 1 and step >= 0, got "
+                                 f"phase={row['phase']} epoch={row['epoch']} step={row['step']}")
+            if row["epoch"] in by_epoch:
+                log.warning("%s: line %d: epoch %d appears again; keeping this row", path, line, row["epoch"])
+            by_epoch[row["epoch"]] = row
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _parse_int(text: str, path: Path, line: int, col: str) -> int:
+    try:
+        v = float(text)
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: column {col}: expected an integer, got {text!r}") from None
+    if not v.is_integer():
+        raise ValueError(f"{path}: line {line}: column {col}: expected an integer, got {text!r}")
+    return int(v)
+
+
+def _parse_float(text: str, path: Path, line: int, col: str) -> float:
+    if text == "":
+        return math.nan
+    try:
+        return float(text)
+    except ValueError:
+        raise ValueError(f"{path}: line {line}: column {col}: expected a number, got {text!r}") from None
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """``config.yaml`` of a run folder as a plain dict; ``{}`` if the file is absent."""
+    path = Path(run_dir) / CONFIG_YAML
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
+    return cfg
+
+
+@dataclass(frozen=True)
+class PhaseSpan:
+    """One phase as it ran, from metrics.csv rows and its config.yaml entry."""
+
+    index: int  # 1-based, as in metrics.csv
+    config: dict  # the phase's config.yaml entry with _PHASE_DEFAULTS filled in
+    start_epoch: int  # the previous phase's last epoch (0 for the first): the report's "0–25", "25–40"
+    end_epoch: int  # last epoch run in this phase (earlier than planned if early stopping ended it)
+    epochs_run: int  # epochs of this phase in metrics.csv
+    steps: int  # iterations run in the phase (step of its last row)
+    steps_per_epoch: int  # iterations an epoch, steps / epochs_run
+    iter_offset: int  # iterations of all earlier phases: where this phase starts on the LR plot's x axis
+    rows: list[dict] = field(default_factory=list, repr=False)  # its metrics.csv rows
+
+    @property
+    def name(self) -> str:
+        return str(self.config.get("name", f"phase {self.index}"))
+
+    @property
+    def planned_epochs(self) -> int:
+        return int(self.config.get("epochs", self.epochs_run))
+
+
+def phase_spans(rows: Sequence[dict], config: Mapping) -> list[PhaseSpan]:
+    """Group metrics rows by phase (in phase order) and join each group with its config.yaml phase entry."""
+    phases_cfg = list(config.get("phases") or [])
+    groups: dict[int, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(int(r["phase"]), []).append(r)
+    spans: list[PhaseSpan] = []
+    offset = 0
+    for idx in sorted(groups):
+        grp = sorted(groups[idx], key=lambda r: r["epoch"])
+        if idx - 1 < len(phases_cfg) and isinstance(phases_cfg[idx - 1], Mapping):
+            cfg = {**_PHASE_DEFAULTS, **phases_cfg[idx - 1]}
+        else:
+            log.warning("config.yaml has no entry for phase %d; using default phase fields", idx)
+            cfg = {**_PHASE_DEFAULTS, "name": f"phase {idx}", "epochs": len(grp)}
+        steps = int(grp[-1]["step"])
+        spe = max(1, round(steps / len(grp)))
+        spans.append(PhaseSpan(index=idx, config=cfg, start_epoch=grp[0]["epoch"] - 1, end_epoch=grp[-1]["epoch"],
+                               epochs_run=len(grp), steps=steps, steps_per_epoch=spe, iter_offset=offset, rows=grp))
+        offset += steps
+    return spans
+
+
+def phase_config(phase: Mapping) -> PhaseConfig:
+    """A config.yaml phase entry (plus extra keys such as ``steps_per_epoch``) as a PhaseConfig."""
+    fields = {k: v for k, v in phase.items() if k in PhaseConfig.__dataclass_fields__}
+    if "betas" in fields:
+        fields["betas"] = tuple(fields["betas"])
+    return PhaseConfig(**fields)
+
+
+# ---- metrics.csv --------------------------------------------------------------------------------------------------
+
+
+class MetricsWriter:
+    """Appends rows to ``metrics.csv``; each row is flushed and fsynced so a crash loses at most the current epoch."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def truncate_after(self, epoch: int) -> None:
+        """Drop rows of epochs after ``epoch`` (a resumed run rewrites what the checkpoint does not cover)."""
+        if not self.path.exists():
+            return
+        with open(self.path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if _complete(r) and int(r["epoch"]) <= epoch]
+        def write(tmp: str) -> None:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                w.writeheader()
+                w.writerows(rows)
+
+        atomic_write(self.path, write)
+
+    def append(self, row: dict) -> None:
+        new = not self.path.exists()
+        with open(self.path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def _complete(row: dict) -> bool:
+    """A row fully written (a kill during an append can leave half a line)."""
+    if None in row or any(row.get(k) is None for k in METRIC_COLUMNS):
+        return False
+    try:
+        int(row["epoch"]), int(row["phase"]), float(row["train_loss"])
+    except ValueError:
+        return False
+    return True
+
+
+def _fmt(v: object) -> object:
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return "" if v is None else v
+
+
+# ---- Table 1 ------------------------------------------------------------------------------------------------------
+
+
+def table1_rows(rows: Sequence[dict], config: Mapping) -> list[dict]:
+    """The report's Table 1, one dict a phase that ran (keys: :data:`TABLE1_COLUMNS`).
+
+    ``base_lr``/``max_lr``: the policy's low and high LR (a constant policy has both at ``lr_max``); ``step_size``:
+    the CLR half cycle in iterations (resolved when the recipe left it 0), None for other policies; ``start_epoch``
+    = the previous phase's end; ``end_epoch`` = its last epoch run; ``max_val_acc`` a fraction (None without val).
+    """
+    out = []
+    for s in phase_spans(rows, config):
+        c = s.config
+        policy = str(c.get("lr_policy"))
+        lr_max = float(c.get("lr_max"))
+        lr_min = lr_max if policy == "constant" else float(c.get("lr_min"))
+        # the CLR half cycle in iterations; 0 in a recipe means two epochs' worth (schedule.step_size_of)
+        step_size = step_size_of(phase_config(c), s.steps_per_epoch) if policy == "triangular" else None
+        vals = [(r["val_acc"], r["epoch"]) for r in s.rows if not math.isnan(r["val_acc"])]
+        best_acc, best_epoch = max(vals, key=lambda t: t[0]) if vals else (None, None)
+        out.append({
+            "phase": s.index, "name": s.name, "train": str(c.get("train")), "lr_policy": policy,
+            "base_lr": lr_min, "max_lr": lr_max, "step_size": step_size,
+            "start_epoch": s.start_epoch, "end_epoch": s.end_epoch, "planned_epochs": s.planned_epochs,
+            "max_val_acc": best_acc, "best_epoch": best_epoch,
+        })
+    return out
+
+
+def fmt_lr(v: float) -> str:
+    """1e-4 → "1e-4", 2.5e-5 → "2.5e-5" (the report's style)."""
+    mant, exp = f"{v:.3e}".split("e")
+    mant = mant.rstrip("0").rstrip(".")
+    return f"{mant}e{int(exp)}"
+
+
+def base_word(train: str) -> str:
+    return {"head": "frozen", "all": "unfrozen"}.get(train, train)
+
+
+def table1_markdown(table: Sequence[dict]) -> str:
+    """Table 1 as Markdown, with a note under it for phases that ran fewer epochs than planned."""
+    lines = [
+        "| phase | name | base | LR policy | base LR | max LR | step size (iterations) | start epoch | end epoch "
+        "| max val accuracy |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    notes = []
+    for i, t in enumerate(table):
+        acc = "–" if t["max_val_acc"] is None else f"{100 * t['max_val_acc']:.2f} %"
+        step = "–" if t["step_size"] is None else str(t["step_size"])
+        name = str(t["name"]).replace("|", "\\|")
+        lines.append(f"| {t['phase']} | {name} | {base_word(t['train'])} | {t['lr_policy']} | {fmt_lr(t['base_lr'])} "
+                     f"| {fmt_lr(t['max_lr'])} | {step} | {t['start_epoch']} | {t['end_epoch']} | {acc} |")
+        run = t["end_epoch"] - t["start_epoch"]
+        if run < t["planned_epochs"]:
+            why = "early stopping" if i < len(table) - 1 else "early stopping, or the run is unfinished"
+            notes.append(f"Phase {t['phase']} ran {run} of {t['planned_epochs']} planned epochs ({why}).")
+    return "\n".join(lines) + "\n" + ("\n" + "\n".join(notes) + "\n" if notes else "")
+
+
+def table1(run_dir: str | os.PathLike) -> list[dict]:
+    """Compute Table 1 from ``metrics.csv`` + ``config.yaml`` and write ``table1.md`` and ``table1.csv``."""
+    run_dir = Path(run_dir)
+    table = table1_rows(read_metrics(run_dir / METRICS_CSV), read_config(run_dir))
+    atomic_write_text(run_dir / TABLE1_MD, table1_markdown(table))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TABLE1_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if t[k] is None else t[k]) for k in TABLE1_COLUMNS} for t in table)
+    atomic_write_text(run_dir / TABLE1_CSV, buf.getvalue())
+    log.info("Table 1 (%d phases) written to %s", len(table), run_dir / TABLE1_MD)
+    return table
+
+
+# ---- the lock -----------------------------------------------------------------------------------------------------
+
+
+class RunLock:
+    """``run_dir/.lock`` holding the owner's pid (and its start time, where /proc has it); a second live run is
+    refused, a dead owner's lock is taken over (a pid reused by another process counts as dead). Taking the lock
+    also removes the temp files that a killed owner left half-written in the folder."""
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.path = Path(run_dir) / LOCK
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid, start = _read_owner(self.path)
+                if pid is not None and pid != os.getpid() and pid_alive(pid) and _same_process(pid, start):
+                    raise CheckpointError(
+                        f"{self.path.parent}: another run (pid {pid}) is writing to this folder"
+                    ) from None
+                if pid is None and _age(self.path) < 10.0:  # created this instant; its owner is writing the pid
+                    raise CheckpointError(f"{self.path.parent}: another run is starting in this folder") from None
+                log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                start = _start_time(os.getpid())
+                f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
+            self.held = True
+            self._clean_temps()
+            return self
+        raise CheckpointError(f"{self.path}: could not take the run lock")
+
+    def _clean_temps(self) -> None:
+        """Half-written temp files of a killed owner (its pid is dead): nobody else writes here while we hold it."""
+        for p in clean_stale_temps(self.path.parent):
+            log.info("removing %s (left by an interrupted save)", p)
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if _read_pid(self.path) == os.getpid():
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_owner(path: Path) -> tuple[int | None, str | None]:
+    """(pid, start time) from a lock file; the start time is absent in locks written without /proc."""
+    try:
+        fields = path.read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified (infinite if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _read_pid(path: Path) -> int | None:
+    return _read_owner(path)[0]
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+    except (OSError, IndexError):
+        return None
+
+
+def _same_process(pid: int, start: str | None) -> bool:
+    """Whether the live ``pid`` is still the process that wrote the lock (unknown start times: assume so)."""
+    if start is None:
+        return True
+    now = _start_time(pid)
+    return now is None or now == start
+
+
+def write_lr_find(folder: str | os.PathLike, result: Mapping) -> Path:
+    """``lr_find.csv`` (lr, loss, smoothed) of an LR range test."""
+    path = Path(folder) / "lr_find.csv"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["lr", "loss", "smoothed"])
+    w.writerows(zip(result["lr"], result["loss"], result["smoothed"]))
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+# ---- a typed view of a checkpoint ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointView:
+    """What callers need of a checkpoint, typed: no ``ckpt["config"]["model"]["input_size"]`` paths elsewhere."""
+
+    path: Path  # the checkpoint file
+    raw: dict = field(repr=False)  # the plain dict as saved (weights, optimizer, counters)
+    config: RunConfig  # the run's resolved configuration
+    classes: tuple[str, ...]  # wnids / folder names, in model output order
+    names: tuple[str, ...]  # human-readable class names
+    mean: tuple[float, float, float]  # input normalisation, [0, 1] units
+    std: tuple[float, float, float]
+    image_size: int  # side the images were decoded at for training (pixels)
+    epoch: int  # global epochs completed when it was written
+    best_acc: float  # best validation top-1 so far (fraction; -1 when unknown)
+
+    @property
+    def input_size(self) -> int:
+        """The model's input side in pixels (batches are resized on the device to it)."""
+        return int(self.config.model.input_size)
+
+    @property
+    def state_dict(self) -> dict:
+        return self.raw["model"]
+
+    @classmethod
+    def from_dict(cls, ckpt: Mapping, path: str | os.PathLike = "") -> "CheckpointView":
+        cfg = from_dict(dict(ckpt["config"]))
+        return cls(path=Path(path), raw=dict(ckpt), config=cfg, classes=tuple(ckpt["classes"]),
+                   names=tuple(ckpt.get("names") or ckpt["classes"]), mean=tuple(ckpt["mean"]),
+                   std=tuple(ckpt["std"]), image_size=int(ckpt.get("image_size") or cfg.model.input_size),
+                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)))
+
+
+def checkpoint_view(run: str | os.PathLike, which: str = "best") -> CheckpointView:
+    """Load ``best.pt``/``last.pt`` of a run folder (or a checkpoint file) as a :class:`CheckpointView`."""
+    path = find_checkpoint(run, which)
+    ckpt = load_checkpoint(path)
+    try:
+        return CheckpointView.from_dict(ckpt, path)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_model(run: str | os.PathLike, which: str = "best",
+               device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointView]:
+    """Rebuild the model from a checkpoint's config (nothing downloaded), load its weights, eval mode, on ``device``."""
+    from .models import create_model
+
+    view = checkpoint_view(run, which)
+    m = view.config.model
+    model = create_model(m.backbone, len(view.classes), pretrained=False, head=m.head, dropout=m.dropout,
+                         hidden=m.hidden, input_size=m.input_size)
+    model.load_state_dict(view.state_dict)
+    model.to(device).eval()
+    return model, view
