@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinytransfer import engine
+from tinytransfer import engine, lrfind
 from tinytransfer.checkpoint import load_checkpoint
 from tinytransfer.config import from_dict
 from tinytransfer.data import load_dataset
@@ -181,7 +181,7 @@ def test_lr_range_test_runs_and_suggests(tree):
 
     loader = DeviceLoader(data.train, 16, shuffle=True, generator=torch.Generator().manual_seed(0),
                           transform=make_transform("none", (0.5,) * 3, (0.5,) * 3, input_size=32))
-    res = engine.lr_range_test(model, loader, PhaseConfig(train="all"), device=torch.device("cpu"), num_steps=30,
+    res = lrfind.lr_range_test(model, loader, PhaseConfig(train="all"), device=torch.device("cpu"), num_steps=30,
                                lr_start=1e-6, lr_end=10.0)
     assert len(res["lr"]) >= 10
     assert all(b > a for a, b in zip(res["lr"], res["lr"][1:]))

@@ -419,7 +419,8 @@ def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", dat
     """Smith's LR range test on a phase of ``recipe``: ``lr_find.csv`` and ``lr_find.png`` in ``out``; returns
     ``{"lr", "loss", "smoothed", "suggested"}``."""
     from .augment import make_transform
-    from .engine import input_norm, lr_range_test
+    from .engine import input_norm
+    from .lrfind import lr_range_test
     from .loader import DeviceLoader
     from .plots import plot_lr_find
     from .runfolder import write_lr_find

@@ -38,9 +38,11 @@ __all__ = [
     "NonFiniteLoss",
     "Interrupted",
     "TrainState",
+    "autocast",
     "evaluate",
     "fit",
     "make_optimizer",
+    "phase_train_mode",
     "resolve_device",
     "retain_host_memory",
     "train_one_epoch",
@@ -119,14 +121,14 @@ def make_optimizer(model: nn.Module, phase: PhaseConfig, fused: bool = False) ->
     raise ValueError(f"unknown optimizer {phase.optimizer!r}")
 
 
-def _autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
+def autocast(device: torch.device, amp: str) -> contextlib.AbstractContextManager:
     use = amp == "bf16" or (amp == "auto" and device.type == "cuda")
     if use:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
-def _train_mode(model: nn.Module, phase: PhaseConfig) -> None:
+def phase_train_mode(model: nn.Module, phase: PhaseConfig) -> None:
     """Training mode, with BatchNorm layers kept in inference mode where the phase says so."""
     train_mode(model, phase.bn_frozen_eval)
     if phase.body_bn_eval:  # Keras guide: fine-tune with the base's BatchNorm in inference mode
@@ -194,7 +196,7 @@ def train_one_epoch(
 ) -> dict:
     """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts."""
     base = unwrap_model(model)
-    _train_mode(base, phase)
+    phase_train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
@@ -211,7 +213,7 @@ def train_one_epoch(
         lr = lr_at(state.step, phase, steps_per_epoch)
         for g in optimizer.param_groups:
             g["lr"] = lr
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=phase.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
@@ -255,7 +257,7 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, am
     correct = torch.zeros(2, device=device, dtype=torch.long)
     seen = 0
     step_begin = _step_marker(model)
-    with _autocast(device, amp):
+    with autocast(device, amp):
         for x, y in loader:
             step_begin()
             logits = model(x).float()
@@ -514,62 +516,3 @@ def split_loader(split: Split, cfg: RunConfig, model: nn.Module, device: torch.d
     mean, std = input_norm(cfg, model)
     tf = make_transform("none", mean, std, input_size=cfg.model.input_size)
     return DeviceLoader(split, cfg.eval_batch_size, device=device, transform=tf)
-
-
-def lr_range_test(
-    model: nn.Module,
-    loader: DeviceLoader,
-    phase: PhaseConfig,
-    *,
-    device: torch.device,
-    num_steps: int = 100,
-    lr_start: float = 1e-7,
-    lr_end: float = 1.0,
-    amp: str = "auto",
-) -> dict:
-    """Smith's LR range test: the LR grows exponentially each step; stops when the loss explodes.
-
-    Returns ``{"lr": [...], "loss": [...], "smoothed": [...], "suggested": float}``; the suggestion is the LR of
-    the steepest fall of the smoothed loss. The model's weights are changed: use a copy or reload after.
-    """
-    from .schedule import range_test_lr
-
-    base = unwrap_model(model)
-    set_trainable(base, phase.train)
-    optimizer = make_optimizer(base, phase)
-    _train_mode(base, phase)
-    lrs, losses, smooth = [], [], []
-    avg, best = 0.0, math.inf
-    it = iter(loader)
-    for step in range(num_steps):
-        try:
-            x, y = next(it)
-        except StopIteration:
-            it = iter(loader)
-            x, y = next(it)
-        lr = range_test_lr(step, num_steps, lr_start, lr_end)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
-        with _autocast(device, amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            break
-        avg = 0.9 * avg + 0.1 * value
-        s = avg / (1 - 0.9 ** (step + 1))  # bias-corrected moving average
-        lrs.append(lr)
-        losses.append(value)
-        smooth.append(s)
-        best = min(best, s)
-        if s > 4 * best and step > 10:
-            break
-    suggested = lrs[0] if lrs else lr_start
-    if len(smooth) > 3:
-        import numpy as np
-
-        grads = np.gradient(np.array(smooth), np.log10(np.array(lrs)))
-        suggested = float(lrs[int(np.argmin(grads[: max(1, len(grads) - 1)]))])
-    return {"lr": lrs, "loss": losses, "smoothed": smooth, "suggested": suggested}

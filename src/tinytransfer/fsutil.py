@@ -7,14 +7,21 @@ left behind (:func:`clean_stale_temps`).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import socket
 import time
 import uuid
+from pathlib import Path
+from typing import Any
 from typing import Callable
 
+_log = logging.getLogger(__name__)
+
 __all__ = [
+    "LockError",
+    "PidLock",
     "TMP_MARK",
     "atomic_write",
     "atomic_write_bytes",
@@ -22,6 +29,7 @@ __all__ = [
     "clean_stale_temps",
     "fsync_dir",
     "pid_alive",
+    "process_start_time",
     "remove_quietly",
     "temp_name",
 ]
@@ -132,3 +140,105 @@ def clean_stale_temps(folder: str | os.PathLike, *, max_age_s: float = 86400.0) 
         except OSError:
             pass
     return removed
+
+
+class LockError(RuntimeError):
+    """A lock that a live process holds; the message names the folder and the pid."""
+
+
+class PidLock:
+    """A lock file holding the owner's pid (and its start time, where /proc has it); a second live owner is
+    refused, a dead owner's lock is taken over (a pid reused by another process counts as dead). Taking the lock
+    also removes the temp files that a killed owner left half-written in the lock's folder."""
+
+    error: type[Exception] = LockError  # raised when the lock is held (subclasses raise their module's error)
+    what = "process"  # the owner, in messages: "another run (pid N) is writing to this folder"
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self.held = False
+
+    def acquire(self) -> "PidLock":
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                pid, start = _read_owner(self.path)
+                if pid is not None and pid != os.getpid() and pid_alive(pid) and _same_process(pid, start):
+                    raise self.error(
+                        f"{self.path.parent}: another {self.what} (pid {pid}) is writing to this folder"
+                    ) from None
+                if pid is None and _age(self.path) < 10.0:  # created this instant; its owner is writing the pid
+                    raise self.error(f"{self.path.parent}: another {self.what} is starting in this folder") from None
+                _log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
+                try:
+                    os.unlink(self.path)
+                except FileNotFoundError:
+                    pass
+                continue
+            with os.fdopen(fd, "w") as f:
+                start = process_start_time(os.getpid())
+                f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
+            self.held = True
+            self._clean_temps()
+            return self
+        raise self.error(f"{self.path}: could not take the lock")
+
+    def _clean_temps(self) -> None:
+        """Half-written temp files of a killed owner (its pid is dead): nobody else writes here while we hold it."""
+        for p in clean_stale_temps(self.path.parent):
+            _log.info("removing %s (left by an interrupted save)", p)
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                if _read_pid(self.path) == os.getpid():
+                    os.unlink(self.path)
+            except FileNotFoundError:
+                pass
+            self.held = False
+
+    def __enter__(self) -> "PidLock":
+        return self.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
+
+
+def _read_owner(path: Path) -> tuple[int | None, str | None]:
+    """(pid, start time) from a lock file; the start time is absent in locks written without /proc."""
+    try:
+        fields = path.read_text().split()
+        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+    except (OSError, ValueError, IndexError):
+        return None, None
+
+
+def _age(path: Path) -> float:
+    """Seconds since ``path`` was last modified (infinite if it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return float("inf")
+
+
+def _read_pid(path: Path) -> int | None:
+    return _read_owner(path)[0]
+
+
+def process_start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid; None elsewhere."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
+    except (OSError, IndexError):
+        return None
+
+
+def _same_process(pid: int, start: str | None) -> bool:
+    """Whether the live ``pid`` is still the process that wrote the lock (unknown start times: assume so)."""
+    if start is None:
+        return True
+    now = process_start_time(pid)
+    return now is None or now == start

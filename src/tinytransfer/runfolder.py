@@ -12,7 +12,6 @@ import io
 import logging
 import math
 import os
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from .config import PhaseConfig, RunConfig, from_dict, to_dict
-from .fsutil import atomic_write, atomic_write_text, clean_stale_temps, pid_alive
+from .fsutil import PidLock, atomic_write, atomic_write_text
 from .metrics import METRIC_COLUMNS
 from .schedule import step_size_of
 
@@ -356,99 +355,14 @@ def table1(run_dir: str | os.PathLike) -> list[dict]:
 # ---- the lock -----------------------------------------------------------------------------------------------------
 
 
-class RunLock:
-    """``run_dir/.lock`` holding the owner's pid (and its start time, where /proc has it); a second live run is
-    refused, a dead owner's lock is taken over (a pid reused by another process counts as dead). Taking the lock
-    also removes the temp files that a killed owner left half-written in the folder."""
+class RunLock(PidLock):
+    """``run_dir/.lock``: one live run writes a run folder (see :class:`fsutil.PidLock`)."""
+
+    error = CheckpointError
+    what = "run"
 
     def __init__(self, run_dir: str | os.PathLike) -> None:
-        self.path = Path(run_dir) / LOCK
-        self.held = False
-
-    def acquire(self) -> "RunLock":
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                pid, start = _read_owner(self.path)
-                if pid is not None and pid != os.getpid() and pid_alive(pid) and _same_process(pid, start):
-                    raise CheckpointError(
-                        f"{self.path.parent}: another run (pid {pid}) is writing to this folder"
-                    ) from None
-                if pid is None and _age(self.path) < 10.0:  # created this instant; its owner is writing the pid
-                    raise CheckpointError(f"{self.path.parent}: another run is starting in this folder") from None
-                log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
-                continue
-            with os.fdopen(fd, "w") as f:
-                start = _start_time(os.getpid())
-                f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
-            self.held = True
-            self._clean_temps()
-            return self
-        raise CheckpointError(f"{self.path}: could not take the run lock")
-
-    def _clean_temps(self) -> None:
-        """Half-written temp files of a killed owner (its pid is dead): nobody else writes here while we hold it."""
-        for p in clean_stale_temps(self.path.parent):
-            log.info("removing %s (left by an interrupted save)", p)
-
-    def release(self) -> None:
-        if self.held:
-            try:
-                if _read_pid(self.path) == os.getpid():
-                    os.unlink(self.path)
-            except FileNotFoundError:
-                pass
-            self.held = False
-
-    def __enter__(self) -> "RunLock":
-        return self.acquire()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release()
-
-
-def _read_owner(path: Path) -> tuple[int | None, str | None]:
-    """(pid, start time) from a lock file; the start time is absent in locks written without /proc."""
-    try:
-        fields = path.read_text().split()
-        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
-    except (OSError, ValueError, IndexError):
-        return None, None
-
-
-def _age(path: Path) -> float:
-    """Seconds since ``path`` was last modified (infinite if it is gone)."""
-    try:
-        return time.time() - path.stat().st_mtime
-    except OSError:
-        return float("inf")
-
-
-def _read_pid(path: Path) -> int | None:
-    return _read_owner(path)[0]
-
-
-def _start_time(pid: int) -> str | None:
-    """The process's start time in clock ticks since boot (Linux /proc), to tell a reused pid; None elsewhere."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            stat = f.read()
-        return stat.rsplit(")", 1)[1].split()[19]  # field 22, counted after the "(comm)" field
-    except (OSError, IndexError):
-        return None
-
-
-def _same_process(pid: int, start: str | None) -> bool:
-    """Whether the live ``pid`` is still the process that wrote the lock (unknown start times: assume so)."""
-    if start is None:
-        return True
-    now = _start_time(pid)
-    return now is None or now == start
+        super().__init__(Path(run_dir) / LOCK)
 
 
 def write_lr_find(folder: str | os.PathLike, result: Mapping) -> Path:

@@ -12,7 +12,8 @@ import pytest
 
 from tinytransfer import data
 from tinytransfer.checkpoint import CheckpointError
-from tinytransfer.runfolder import RunLock, _start_time
+from tinytransfer.fsutil import process_start_time
+from tinytransfer.runfolder import RunLock
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def other_process():
 
 def test_live_owner_is_refused_by_pid(tmp_path: Path, other_process: subprocess.Popen) -> None:
     pid = other_process.pid
-    for content in (f"{pid}\n{_start_time(pid)}\n", f"{pid}\n"):  # with its start time; an older lock without
+    for content in (f"{pid}\n{process_start_time(pid)}\n", f"{pid}\n"):  # with its start time; an older lock without
         (tmp_path / ".lock").write_text(content)
         with pytest.raises(CheckpointError, match=rf"another run \(pid {pid}\) is writing to this folder"):
             RunLock(tmp_path).acquire()
@@ -37,7 +38,7 @@ def test_stale_locks_are_taken_over(tmp_path: Path, other_process: subprocess.Po
                                     caplog: pytest.LogCaptureFixture) -> None:
     dead = subprocess.Popen(["true"])
     dead.wait()
-    reused = f"{other_process.pid}\n{int(_start_time(other_process.pid)) - 1}\n"  # same pid, another process
+    reused = f"{other_process.pid}\n{int(process_start_time(other_process.pid)) - 1}\n"  # same pid, another process
     for content in (f"{dead.pid}\n", reused):
         (tmp_path / ".lock").write_text(content)
         with RunLock(tmp_path) as lock:
