@@ -7,6 +7,7 @@ and then predicted, visualised, plotted, reported and exported; error analysis i
 from __future__ import annotations
 
 import csv
+import json
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -70,6 +71,11 @@ def test_train_leaves_every_output(run):
     assert 'src="http' not in page and "src='http" not in page  # self-contained
     table = read_csv(run.dir / "table1.csv")
     assert [int(r["phase"]) for r in table] == [1, 2, 3]
+    # 3 classes (<= 30): the whole confusion matrix is drawn and kept; its rows count the val images of each class
+    analysis = json.loads((run.dir / "analysis.json").read_text())
+    assert run.held.get("confusion_matrix.png", 0) > 0
+    assert [sum(r) for r in analysis["confusion"]] == [2, 2, 2]
+    assert page.index('id="headline"') < page.index('id="config"') and "30 train, 6 val, 5 test" in page
 
 
 def test_predict_test_split(run, capsys):

@@ -152,10 +152,22 @@ def test_confident_mistakes() -> None:
     assert report.confident_mistakes(probs, labels, k=2).tolist() == [3, 1]
 
 
-def test_output_modules_import_no_later_stage() -> None:
-    """plots, cam and report come before engine, checkpoint and cli in the dependency order."""
-    code = ("import sys, tinytransfer.plots, tinytransfer.cam, tinytransfer.report; "
-            "print(sorted(m for m in sys.modules if m.startswith('tinytransfer.')))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    loaded = set(ast.literal_eval(out))
-    assert not loaded & {"tinytransfer.engine", "tinytransfer.checkpoint", "tinytransfer.cli", "tinytransfer.predict"}
+def test_headline_comes_first_with_the_run_in_one_glance(full_run: Path) -> None:
+    page = Path(report.write_report(full_run, splits={"train": 90000, "val": 10000, "test": 10000})).read_text()
+    assert page.index('<section id="headline">') < page.index('<section id="config">')
+    head = sections(page)["headline"]
+    assert "55.00 %" in head or "55.00%" in head  # the best val top-1 (epoch 4)
+    assert "at epoch" in head and ">4 of 5" in head and "80.00" in head  # its epoch and top-5
+    assert "vgg16 + paper head" in head and "/data/tiny-imagenet-200" in head
+    assert "90,000 train, 10,000 val, 10,000 test" in head
+    assert "1.3 min" in head  # 80.5 s of epochs
+
+
+def test_confusion_matrix_drawn_for_few_classes_only(full_run: Path) -> None:
+    cm = [[3, 1, 0], [0, 4, 0], [1, 0, 3]]
+    path = plots.plot_confusion_matrix(cm, ["a", "b", "c"], full_run / plots.CONFUSION_MATRIX_PNG)
+    assert Path(path).stat().st_size > 0
+    page = Path(report.write_report(full_run)).read_text()
+    assert "Confusion matrix" in sections(page)["errors"]
+    (full_run / plots.CONFUSION_MATRIX_PNG).unlink()
+    assert "Confusion matrix" not in sections(Path(report.write_report(full_run)).read_text())["errors"]

@@ -18,7 +18,8 @@ from .augment import make_transform
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .data import Dataset, Split, load_configured
 from .metrics import confusion_matrix, topk_correct
-from .plots import mistakes_gallery, plot_curves, plot_feature_maps, plot_gradcam
+from .plots import (CONFUSION_MATRIX_PNG, mistakes_gallery, plot_confusion_matrix, plot_curves, plot_feature_maps,
+                    plot_gradcam)
 from .predict import predict_arrays, top_k_rows, write_predictions
 from .runfolder import CheckpointView, load_model, table1
 from .report import analysis_from_confusion, confident_mistakes, write_analysis, write_report
@@ -26,6 +27,8 @@ from .report import analysis_from_confusion, confident_mistakes, write_analysis,
 __all__ = ["analyse", "finish_run", "predict_split", "visualize"]
 
 log = logging.getLogger(__name__)
+
+MAX_MATRIX_CLASSES = 30  # up to this many classes the report shows the whole confusion matrix, above it the pairs
 
 
 def predict_split(model: nn.Module, ckpt: CheckpointView, split: Split, out: str | os.PathLike, *,
@@ -43,6 +46,8 @@ def analyse(probs: torch.Tensor, labels: torch.Tensor, classes: list[str], names
     top5 = float(topk_correct(probs, labels, (5,))[0]) / len(labels) if len(labels) else 0.0
     cm = confusion_matrix(probs.argmax(dim=1), labels, len(classes))  # (C, C) rows true, columns predicted
     res = analysis_from_confusion(cm, classes, names, top5=top5, top_pairs=top_pairs)
+    if len(classes) <= MAX_MATRIX_CLASSES:  # few enough classes to show the whole matrix
+        res["confusion"] = cm.tolist()
     conf, pred = probs.max(dim=1)
     res["mistakes"] = [{"index": int(i), "true": names[int(labels[i])], "pred": names[int(pred[i])],
                         "prob": float(conf[i])} for i in confident_mistakes(probs, labels, k=16)]
@@ -101,6 +106,8 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
         labels = torch.from_numpy(np.asarray(data.val.labels, dtype=np.int64))
         res = analyse(probs, labels, list(ckpt.classes), list(ckpt.names))
         write_analysis(run_dir, res)
+        if "confusion" in res:
+            plot_confusion_matrix(res["confusion"], list(ckpt.names), run_dir / CONFUSION_MATRIX_PNG)
         ms = res["mistakes"]
         if ms:
             idx = np.array([m["index"] for m in ms])
@@ -123,6 +130,8 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
         for j, i in enumerate(picks):
             visualize(model, ckpt, np.asarray(data.val.images[i]), run_dir, tag=str(j),
                       true_label=int(data.val.labels[i]), cam_layer=cam_layer, device=dev)
-    path = write_report(run_dir)
+    splits = {name: len(part) for name, part in (("train", data.train), ("val", data.val), ("test", data.test))
+              if part is not None}
+    path = write_report(run_dir, splits=splits)
     log.info("report: %s", path)
     return path

@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "ACCURACY_PNG",
+    "CONFUSION_MATRIX_PNG",
     "CONFUSION_PNG",
     "LOSS_PNG",
     "LR_PNG",
@@ -44,6 +45,7 @@ __all__ = [
     "lr_curve",
     "mistakes_gallery",
     "plot_lr_find",
+    "plot_confusion_matrix",
     "plot_confusion_pairs",
     "plot_curves",
     "plot_feature_maps",
@@ -56,6 +58,7 @@ ACCURACY_PNG = "accuracy.png"
 LOSS_PNG = "loss.png"
 LR_PNG = "lr.png"
 CONFUSION_PNG = "confusion_pairs.png"
+CONFUSION_MATRIX_PNG = "confusion_matrix.png"  # drawn where the classes are few enough to read (<= 30)
 PER_CLASS_PNG = "per_class.png"
 MISTAKES_PNG = "mistakes.png"
 
@@ -208,6 +211,33 @@ def plot_confusion_pairs(pairs: Sequence[Mapping], path: str | os.PathLike, *, t
     if not pairs:
         ax.text(0.5, 0.5, "no confusions", transform=ax.transAxes, ha="center")
 
+    return _save(fig, path)
+
+
+def plot_confusion_matrix(confusion: Sequence[Sequence[int]] | np.ndarray, names: Sequence[str],
+                          path: str | os.PathLike) -> str:
+    """Heatmap of the (C, C) confusion matrix, rows true classes, columns predictions, each row as fractions of its
+    images (the count written in every non-empty cell)."""
+    cm = np.asarray(confusion, dtype=np.float64)  # (C, C) counts
+    frac = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+    c = len(names)
+    side = min(14.0, 2.5 + 0.42 * c)
+    fig = Figure(figsize=(side, side * 0.9), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    im = ax.imshow(frac, cmap="Blues", vmin=0, vmax=1)
+    labels = [_short(n, 18) for n in names]
+    ax.set_xticks(range(c), labels, rotation=90, fontsize=7 if c > 12 else 9)
+    ax.set_yticks(range(c), labels, fontsize=7 if c > 12 else 9)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title("Confusion matrix (validation; rows sum to 1)")
+    if c <= 30:
+        for i in range(c):
+            for j in range(c):
+                if cm[i, j]:
+                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=6 if c > 15 else 8,
+                            color="white" if frac[i, j] > 0.5 else "black")
+    fig.colorbar(im, ax=ax, shrink=0.8, label="fraction of the true class")
     return _save(fig, path)
 
 

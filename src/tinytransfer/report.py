@@ -53,7 +53,7 @@ __all__ = [
 
 REPORT_HTML = "report.html"
 ANALYSIS_JSON = "analysis.json"
-SECTION_IDS = ("run", "config", "summary", "curves", "final", "errors", "inside", "predictions")
+SECTION_IDS = ("run", "headline", "config", "summary", "curves", "final", "errors", "inside", "predictions")
 NOT_PRODUCED = "not produced for this run"
 _PREDICTION_ROWS = 20  # rows of predictions.csv shown
 
@@ -82,6 +82,7 @@ figcaption { font-size: 0.82rem; color: #5a6470; }
 pre { background: #f3f4f6; padding: 0.6rem; overflow-x: auto; font-size: 0.8rem; }
 .scroll { overflow-x: auto; max-width: 100%; }
 .big { font-size: 1.4rem; font-weight: 600; }
+.label { font-size: 0.78rem; color: #5a6470; text-transform: uppercase; letter-spacing: 0.03em; }
 """
 
 
@@ -256,10 +257,43 @@ def _final_section(rows: list[dict] | None, analysis: dict | None, extra: Mappin
     return _table(("metric", "value"), items)
 
 
+def _headline_section(rows: list[dict] | None, cfg: Mapping, splits: Mapping[str, int] | None) -> str:
+    """The run in one glance: best val top-1/top-5 and its epoch, wall time, images/s, backbone, data, split sizes."""
+    items: list[tuple[str, str]] = []
+    val = [r for r in rows or [] if not math.isnan(r["val_acc"])]
+    if val:
+        best = max(val, key=lambda r: r["val_acc"])
+        items.append(("best val top-1", f'<span class="big">{_pct(best["val_acc"])}</span>'))
+        items.append(("its top-5", _pct(best["val_top5"])))
+        items.append(("at epoch", f'{best["epoch"]} of {len(rows or [])} (phase {best["phase"]})'))
+    if rows:
+        secs = sum(r["seconds"] for r in rows if not math.isnan(r["seconds"]))
+        items.append(("wall time (training)", f"{secs / 60:.1f} min"))
+        ips = [r["img_s"] for r in rows if not math.isnan(r["img_s"])]
+        if ips:
+            items.append(("training images/s", f"{np.median(ips):.0f} (median over epochs)"))
+    model = cfg.get("model") if isinstance(cfg.get("model"), Mapping) else {}
+    data = cfg.get("data") if isinstance(cfg.get("data"), Mapping) else {}
+    if model:
+        items.append(("backbone", f'{_e(model.get("backbone"))} + {_e(model.get("head"))} head at '
+                                  f'{_e(model.get("input_size"))} px'))
+    if data.get("root"):
+        items.append(("data", _e(data["root"])))
+    if splits:
+        items.append(("images", ", ".join(f"{n:,} {k}" for k, n in splits.items())))
+    if not items:
+        return _missing("headline (needs metrics.csv)")
+    return '<div class="cols">' + "".join(f'<div><div class="label">{_e(k)}</div><div>{v}</div></div>'
+                                          for k, v in items) + "</div>"
+
+
 def _errors_section(run_dir: Path, analysis: dict | None) -> str:
     if not analysis:
         return _missing("error analysis (analysis.json)")
     parts = []
+    if (run_dir / plots.CONFUSION_MATRIX_PNG).is_file():
+        parts.append("<h3>Confusion matrix</h3>")
+        parts.append(_img(run_dir / plots.CONFUSION_MATRIX_PNG, "rows: true class; columns: predicted class"))
     pairs = analysis.get("confused_pairs") or []
     parts.append("<h3>Most-confused pairs</h3>")
     parts.append(_table(("true class", "predicted as", "images"),
@@ -314,11 +348,12 @@ def _predictions_section(run_dir: Path) -> str:
 # ---- the page -----------------------------------------------------------------------------------------------------
 
 
-def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None = None) -> str:
+def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None = None,
+                 splits: Mapping[str, int] | None = None) -> str:
     """Write ``run_dir/report.html`` from whatever the run folder holds and return its path.
 
     ``extra``: more ``{label: value}`` lines for the Final metrics table (e.g. the demo's wall time). Curve PNGs
-    are drawn from metrics.csv if they are missing. Every piece that is absent or unreadable is shown as "not
+    are drawn from metrics.csv if they are missing. ``splits``: images per split, for the headline. Every piece that is absent or unreadable is shown as "not
     produced for this run" (and logged), so the page always gets written.
     """
     run_dir = Path(run_dir)
@@ -352,7 +387,7 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
     subtitle = " · ".join(str(s) for s in (model.get("backbone"), model.get("head") and f"{model['head']} head",
                                            run_dir.resolve()) if s)
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in (
-        ("config", "Configuration"), ("summary", "Training summary"), ("curves", "Curves"),
+        ("headline", "Result"), ("config", "Configuration"), ("summary", "Training summary"), ("curves", "Curves"),
         ("final", "Final metrics"), ("errors", "Error analysis"), ("inside", "Inside the network"),
         ("predictions", "Predictions")))
     curves = "".join(_img_or_missing(run_dir, n, cap) for n, cap in (
@@ -362,6 +397,7 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
     body = "".join((
         f'<header id="run"><h1>tinytransfer run: {_e(name)}</h1><p>{_e(subtitle)}</p><nav>{nav}</nav></header>',
         "<main>",
+        _section("headline", "Result", _headline_section(rows, cfg, splits)),
         _section("config", "Configuration", _config_section(cfg)),
         _section("summary", "Training summary (Table 1)", _summary_section(table)),
         _section("curves", "Curves", curves),

@@ -1,0 +1,51 @@
+"""The code's shape: imports flow one way through the stages, and no module imports another's private name."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import tinytransfer
+
+PKG = Path(tinytransfer.__file__).parent
+
+# Each module may import only modules of its own stage or an earlier one (docs/CONTRACTS.md).
+STAGES = [
+    {"config", "fsutil"},
+    {"decode", "cache", "data", "sources", "augment", "loader"},
+    {"weights", "keras_weights", "models"},
+    {"schedule", "metrics", "optim"},
+    {"checkpoint", "runfolder"},
+    {"engine", "lrfind"},
+    {"predict", "cam", "plots", "report", "export", "outputs"},
+    {"api"},
+    {"cli", "__main__", "__init__"},
+]
+STAGE = {m: i for i, group in enumerate(STAGES) for m in group}
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, names, line) of every relative import in ``path``, lazy ones inside functions included."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                out.append((node.module.split(".")[0], [a.name for a in node.names], node.lineno))
+            else:  # from . import x
+                out += [(a.name, [], node.lineno) for a in node.names]
+    return out
+
+
+def test_every_module_has_a_stage() -> None:
+    modules = {p.stem for p in PKG.glob("*.py")}
+    assert modules - set(STAGE) == set(), "add new modules to STAGES (and docs/CONTRACTS.md)"
+
+
+def test_imports_flow_one_way() -> None:
+    bad = []
+    for path in sorted(PKG.glob("*.py")):
+        me = STAGE[path.stem]
+        for mod, _, line in _imports(path):
+            if mod in STAGE and STAGE[mod] > me:
+                bad.append(f"{path.name}:{line} imports the later stage {mod}")
+    assert bad == []
