@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinytransfer import data, sources
+from tinytransfer import cache, data, sources
 from tinytransfer.data import DataError, Split, load_dataset
 from tinytransfer.loader import DeviceLoader
 
@@ -30,15 +30,15 @@ def _manifests(root: Path) -> list[Path]:
 
 
 def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Wrap data._decode_file so that a test can count the decodes (workers=1 runs in-process)."""
+    """Wrap cache.decode_image so that a test can count the decodes (workers=1 runs in-process)."""
     calls: list[str] = []
-    real = data._decode_file
+    real = cache.decode_image
 
     def counting(path: str, size: int) -> np.ndarray:
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(data, "_decode_file", counting)
+    monkeypatch.setattr(cache, "decode_image", counting)
     return calls
 
 
@@ -180,8 +180,8 @@ def test_cache_is_reused_without_decoding(tiny_tree: Path, monkeypatch: pytest.M
     def boom(path: str, size: int) -> np.ndarray:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_file", boom)
-    monkeypatch.setattr(data, "_probe_file", boom)
+    monkeypatch.setattr(cache, "decode_image", boom)
+    monkeypatch.setattr(cache, "probe_image", boom)
     again = load_dataset(tiny_tree, workers=1)
     assert isinstance(again.train.images, np.memmap) and again.train.images.mode == "r"
     assert np.array_equal(first.train.images, again.train.images) and again.train.files == first.train.files
@@ -208,7 +208,7 @@ def test_cache_invalidated_by_mtime_and_new_file(tiny_tree: Path, monkeypatch: p
 
 
 def test_interrupted_build_leaves_no_valid_cache(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = data._decode_file
+    real = cache.decode_image
     calls = []
 
     def dies_midway(path: str, size: int) -> np.ndarray:
@@ -217,19 +217,19 @@ def test_interrupted_build_leaves_no_valid_cache(tiny_tree: Path, monkeypatch: p
             raise KeyboardInterrupt
         return real(path, size)
 
-    monkeypatch.setattr(data, "_decode_file", dies_midway)
+    monkeypatch.setattr(cache, "decode_image", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         load_dataset(tiny_tree, workers=1)
     assert _manifests(tiny_tree) == []
     leftovers = [p.name for p in (tiny_tree / CACHE).rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     # the writer of the manifest dying is no better
-    monkeypatch.setattr(data, "_decode_file", real)
+    monkeypatch.setattr(cache, "decode_image", real)
 
     def no_manifest(path: str, manifest: dict) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_write_manifest", no_manifest)
+    monkeypatch.setattr(cache, "_write_manifest", no_manifest)
     with pytest.raises(OSError):
         load_dataset(tiny_tree, workers=1)
     assert _manifests(tiny_tree) == []
@@ -258,13 +258,13 @@ def test_damaged_cache_is_rebuilt(tiny_tree: Path, monkeypatch: pytest.MonkeyPat
 def test_two_builders_at_once_end_with_one_valid_cache(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results: list[object] = []
     both_decoded = threading.Barrier(2, timeout=10)
-    real_write = data._write_manifest
+    real_write = cache._write_manifest
 
     def write_after_the_other(path: str, manifest: dict) -> None:
         both_decoded.wait()  # both builders have written (and replaced) their data files before either commits
         real_write(path, manifest)
 
-    monkeypatch.setattr(data, "_write_manifest", write_after_the_other)
+    monkeypatch.setattr(cache, "_write_manifest", write_after_the_other)
 
     def build() -> None:
         try:
