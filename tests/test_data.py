@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinytransfer import cache, data, sources
+from tinytransfer import cache, data, decode, sources
 from tinytransfer.data import DataError, Split, load_dataset
 from tinytransfer.loader import DeviceLoader
 
@@ -30,15 +30,15 @@ def _manifests(root: Path) -> list[Path]:
 
 
 def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Wrap cache.decode_image so that a test can count the decodes (workers=1 runs in-process)."""
+    """Wrap decode.decode_image so that a test can count the decodes (workers=1 runs in-process)."""
     calls: list[str] = []
-    real = cache.decode_image
+    real = decode.decode_image
 
     def counting(path: str, size: int) -> np.ndarray:
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(cache, "decode_image", counting)
+    monkeypatch.setattr(decode, "decode_image", counting)
     return calls
 
 
@@ -180,8 +180,8 @@ def test_cache_is_reused_without_decoding(tiny_tree: Path, monkeypatch: pytest.M
     def boom(path: str, size: int) -> np.ndarray:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(cache, "decode_image", boom)
-    monkeypatch.setattr(cache, "probe_image", boom)
+    monkeypatch.setattr(decode, "decode_image", boom)
+    monkeypatch.setattr(decode, "probe_image", boom)
     again = load_dataset(tiny_tree, workers=1)
     assert isinstance(again.train.images, np.memmap) and again.train.images.mode == "r"
     assert np.array_equal(first.train.images, again.train.images) and again.train.files == first.train.files
@@ -208,7 +208,7 @@ def test_cache_invalidated_by_mtime_and_new_file(tiny_tree: Path, monkeypatch: p
 
 
 def test_interrupted_build_leaves_no_valid_cache(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = cache.decode_image
+    real = decode.decode_image
     calls = []
 
     def dies_midway(path: str, size: int) -> np.ndarray:
@@ -217,14 +217,14 @@ def test_interrupted_build_leaves_no_valid_cache(tiny_tree: Path, monkeypatch: p
             raise KeyboardInterrupt
         return real(path, size)
 
-    monkeypatch.setattr(cache, "decode_image", dies_midway)
+    monkeypatch.setattr(decode, "decode_image", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         load_dataset(tiny_tree, workers=1)
     assert _manifests(tiny_tree) == []
     leftovers = [p.name for p in (tiny_tree / CACHE).rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     # the writer of the manifest dying is no better
-    monkeypatch.setattr(cache, "decode_image", real)
+    monkeypatch.setattr(decode, "decode_image", real)
 
     def no_manifest(path: str, manifest: dict) -> None:
         raise OSError("disk full")
@@ -253,6 +253,86 @@ def test_damaged_cache_is_rebuilt(tiny_tree: Path, monkeypatch: pytest.MonkeyPat
     calls = _count_decodes(monkeypatch)
     ds = load_dataset(tiny_tree, workers=1)
     assert len(calls) == 61 and ds.train.images.shape == (48, 64, 64, 3)
+
+
+def test_cache_overwritten_in_place_at_same_size_and_mtime_is_rebuilt(
+        tiny_tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    first = load_dataset(tiny_tree, workers=1)
+    right = np.array(first.train.images)
+    del first
+    npy = next(_manifests(tiny_tree)[0].parent.glob("train-*.images.npy"))
+    st = npy.stat()
+    with open(npy, "r+b") as f:  # same size, header intact: pixels of some images zeroed
+        f.seek(st.st_size // 2)
+        f.write(bytes(4096))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert npy.stat().st_size == st.st_size and npy.stat().st_mtime_ns == st.st_mtime_ns
+    calls = _count_decodes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tinytransfer.cache"):
+        ds = load_dataset(tiny_tree, workers=1)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("damaged" in m and npy.name in m and "checksum" in m for m in warned), warned
+    assert len(calls) == 61 and np.array_equal(ds.train.images, right)
+    calls.clear()
+    assert np.array_equal(load_dataset(tiny_tree, workers=1).train.images, right) and calls == []
+
+
+def test_damaged_labels_or_file_list_are_caught(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_dataset(tiny_tree, workers=1)
+    folder = _manifests(tiny_tree)[0].parent
+    labels = next(folder.glob("val-*.labels.npy"))
+    b = bytearray(labels.read_bytes())
+    b[-8] ^= 1  # one label changed, same size
+    labels.write_bytes(bytes(b))
+    calls = _count_decodes(monkeypatch)
+    ds = load_dataset(tiny_tree, workers=1)
+    assert len(calls) == 61 and ds.val.labels.tolist() == [i % 4 for i in range(8)]
+
+
+def test_large_cache_checks_a_sample_and_verify_cache_checks_all(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(cache, "_CHUNK_BYTES", 4096)  # 48×64×64×3 bytes + the .npy header → 145 chunks
+    monkeypatch.setattr(cache, "FULL_CHECK_BYTES", 0)  # every load samples
+    monkeypatch.setattr(cache, "_SAMPLED_CHUNKS", 2)
+    load_dataset(tiny_tree, workers=1)
+    from tinytransfer.cli import main
+
+    assert main(["verify-cache", str(tiny_tree)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(" ok " in line for line in out) and out[0].startswith("train")
+    assert "145 chunks checked" in out[0]
+    folder = _manifests(tiny_tree)[0].parent
+    npy = next(folder.glob("train-*.images.npy"))
+    size = npy.stat().st_size
+    with open(npy, "r+b") as f:
+        f.seek(4096 * 70 + 10)  # a middle chunk: a sampled load may miss it, verify-cache may not
+        f.write(b"\xff" * 8)
+    checks = cache.verify_cache(folder)  # the cache folder itself works too
+    assert [c.ok for c in checks] == [False, True, True]
+    assert "DAMAGED" in checks[0].line and npy.name in checks[0].line and "(chunk 71)" in checks[0].line
+    assert main(["verify-cache", str(tiny_tree / CACHE)]) == 1
+    capsys.readouterr()
+    with open(npy, "r+b") as f:  # the last chunk of each split is always checked
+        f.seek(size - 5)
+        f.write(b"\xff" * 5)
+    calls = _count_decodes(monkeypatch)
+    load_dataset(tiny_tree, workers=1)
+    assert len(calls) == 61
+    assert main(["verify-cache", str(tiny_tree)]) == 0
+    assert main(["verify-cache", str(tiny_tree / "train")]) == 2  # no cache there: a one-line error
+    assert "no image cache found" in capsys.readouterr().err
+
+
+def test_build_progress_is_log_lines_away_from_a_terminal(make_tiny_tree, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tiny_tree(n_classes=2, train_per_class=3, n_val=2, n_test=0, size=16)
+    monkeypatch.setattr(decode, "_LOG_EVERY_S", 0.0)  # a line at every update
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    with caplog.at_level(logging.INFO, logger="tinytransfer"):
+        load_dataset(root, workers=1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "decode train: 6/6 img (100 %" in " ".join(lines) and "checksum train: 1/1 chunk" in " ".join(lines)
+    assert not any("\r" in line for line in lines)
 
 
 def test_two_builders_at_once_end_with_one_valid_cache(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:

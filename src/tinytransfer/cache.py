@@ -6,6 +6,11 @@ labels and file names beside it; later loads memory-map those files. The cache i
 modification times, the image size and the split settings, and its manifest is written last and atomically, so an
 interrupted build never looks complete.
 
+The manifest also holds a checksum of every 64 MiB chunk of each images file (and one of each labels and files
+file). A load checks every chunk where the cache is at most ``FULL_CHECK_BYTES``, and a random sample of chunks
+(plus each split's last) above that; a mismatch logs a warning naming the file and rebuilds. :func:`verify_cache`
+checks every chunk (``tinytransfer verify-cache DIR``).
+
 Layout: ``<cache root>/<settings>/manifest.json`` plus ``<split>-<key[:16]>.{images.npy,labels.npy,files.json}``;
 the cache root is ``<dataset>/.tinytransfer-cache`` (or ``~/.cache/tinytransfer/<hash>`` if that is read-only, or
 the ``cache_dir`` asked for).
@@ -17,41 +22,34 @@ import hashlib
 import io
 import json
 import logging
-import math
-import multiprocessing
+import mmap
 import os
+import random
 import re
 import stat
 import tempfile
 import time
-import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 
-from .decode import DataError, decode_image, probe_image
+from .decode import LISTED, DataError, Progress, bad_images_message, decode_files, probe_files
 from .fsutil import TMP_MARK, atomic_write_bytes, clean_stale_temps, fsync_dir, remove_quietly, temp_name
 
-__all__ = ["CACHE_FORMAT", "CachedSplit", "bad_images_message", "load_or_build"]
+__all__ = ["CACHE_FORMAT", "FULL_CHECK_BYTES", "CacheCheck", "CachedSplit", "load_or_build", "verify_cache"]
 
 logger = logging.getLogger(__name__)
 
-CACHE_FORMAT = 1  # bump when the cache's files or their meaning change; part of every cache key
+CACHE_FORMAT = 2  # bump when the cache's files or their meaning change; part of every cache key (2: checksums)
+FULL_CHECK_BYTES = 4 << 30  # caches whose images files total at most this are checked in full at every load
+_SAMPLED_CHUNKS = 8  # larger caches: random chunks checked at every load (plus each split's last chunk)
+_HASH = "sha256"  # hashlib algorithm of the checksums (recorded in the manifest; SHA-NI makes it the fastest here)
+_CHUNK_BYTES = 64 << 20  # bytes of an images file that one checksum covers
 _MANIFEST = "manifest.json"
-_LISTED = 5  # bad files named in the one DataError that stops a load (the first ones in file order)
 
 CachedSplit = tuple[np.ndarray, np.ndarray, list[str]]  # images (N, H, W, 3) uint8 memmap, labels (N,) int64, files
-
-
-def bad_images_message(problems: list[str]) -> str:
-    """One line for the DataError that stops a load: the first problems by file, and how to skip them."""
-    hint = "set data.skip_bad_images=true to skip bad images"
-    if len(problems) == 1:
-        return f"{problems[0]} ({hint})"
-    more = f"; ... ({len(problems) - _LISTED} more)" if len(problems) > _LISTED else ""
-    return f"bad images: {'; '.join(problems[:_LISTED])}{more} ({hint})"
 
 
 def load_or_build(
@@ -77,7 +75,7 @@ def load_or_build(
         json.dumps(params, sort_keys=True).encode()).hexdigest()[:8]
     candidates = _cache_candidates(root, cache_dir)
     for c in candidates:
-        loaded = _try_load(os.path.join(c, sub), key)
+        loaded = _try_load(os.path.join(c, sub), key, threads=max(1, workers))
         if loaded is not None:
             logger.info("loaded cache %s in %.2f s", os.path.join(c, sub), time.perf_counter() - t0)
             return loaded
@@ -148,88 +146,6 @@ def _stat_files(root: str, files: list[str]) -> list[tuple[int, int]]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Decoding in worker processes (module-level functions, so that they pickle)
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def _probe_chunk(args: tuple[str, list[str], int, bool]) -> tuple[list[tuple[int, int] | None], list[tuple[int, str]]]:
-    """Header sizes of a chunk of files; (sizes with None for bad files, [(index, message)])."""
-    root, rels, start, skip = args
-    sizes: list[tuple[int, int] | None] = []
-    errors: list[tuple[int, str]] = []
-    for i, rel in enumerate(rels):
-        try:
-            sizes.append(probe_image(os.path.join(root, rel)))
-        except DataError as e:
-            sizes.append(None)
-            errors.append((start + i, str(e)))
-            if not skip and len(errors) >= _LISTED:
-                break
-    return sizes, errors
-
-
-def _decode_chunk(args: tuple[str, list[str], int, int, str, bool, list[int]]) -> list[tuple[int, str]]:
-    """Decode files rels[i] into rows start+i of the .npy at out_path (opened r+); returns [(index, message)]."""
-    root, rels, start, size, out_path, skip, bad = args
-    out = np.load(out_path, mmap_mode="r+")  # (N, size, size, 3) uint8
-    errors: list[tuple[int, str]] = []
-    known_bad = set(bad)
-    try:
-        for i, rel in enumerate(rels):
-            if start + i in known_bad:
-                continue  # already found bad by the header probe
-            try:
-                out[start + i] = decode_image(os.path.join(root, rel), size)
-            except DataError as e:
-                errors.append((start + i, str(e)))
-                if not skip and len(errors) >= _LISTED:
-                    break
-        out.flush()
-    finally:
-        del out
-    return errors
-
-
-def _chunks(n: int, workers: int) -> list[tuple[int, int]]:
-    """[start, stop) ranges: ~16 chunks a worker for balance, 64..2048 files each."""
-    size = int(min(2048, max(64, math.ceil(n / max(1, workers * 16)))))
-    return [(s, min(n, s + size)) for s in range(0, n, size)]
-
-
-def _pool_context() -> Any:
-    # fork is what DataLoader uses on Linux and starts in milliseconds; the children only run PIL and numpy.
-    methods = multiprocessing.get_all_start_methods()
-    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
-
-
-def _run_chunks(fn: Callable, tasks: list[tuple], workers: int, what: str, total: int) -> Iterator[Any]:
-    """fn over tasks, in-process (workers <= 1 or few files) or in a pool; yields results as they finish."""
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=total, desc=what, unit="img", disable=None, leave=False)
-    try:
-        if workers <= 1 or total < 256 or len(tasks) == 1:
-            for t in tasks:
-                r = fn(t)
-                bar.update(len(t[1]))
-                yield r
-            return
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)  # Python ≥ 3.12: fork() in a threaded process
-            pool = _pool_context().Pool(min(workers, len(tasks)))
-        try:
-            for t, r in zip(tasks, pool.imap(fn, tasks)):
-                bar.update(len(t[1]))
-                yield r
-            pool.close()
-        finally:
-            pool.terminate()
-            pool.join()
-    finally:
-        bar.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # Manifest, load, build, cleanup
 # ---------------------------------------------------------------------------------------------------------------
 
@@ -239,8 +155,81 @@ def _write_manifest(path: str, manifest: dict) -> None:
     atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
 
 
-def _try_load(folder: str, key: str) -> tuple[dict, dict[str, CachedSplit]] | None:
-    """The cached splits if folder's manifest has this key and its files look right; else None."""
+def _digest(data: bytes) -> str:
+    return hashlib.new(_HASH, data).hexdigest()
+
+
+def _chunk_digest(path: str, index: int, algo: str, chunk_bytes: int) -> str:
+    """Checksum of bytes [index·chunk_bytes, (index+1)·chunk_bytes) of a file, hashed straight from a memory map
+    (no copy; hashlib releases the GIL, so threads hash chunks in parallel)."""
+    with open(path, "rb") as f:
+        if os.fstat(f.fileno()).st_size <= index * chunk_bytes:
+            return hashlib.new(algo).hexdigest()  # past the end (a truncated file)
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
+            return hashlib.new(algo, view[index * chunk_bytes:(index + 1) * chunk_bytes]).hexdigest()
+
+
+def _file_digests(path: str, threads: int, what: str) -> list[str]:
+    """Checksums of every chunk of a file, ``threads`` chunks at a time, with progress."""
+    n = max(1, -(-os.path.getsize(path) // _CHUNK_BYTES))
+    out: list[str] = []
+    with Progress(n, what, unit="chunk") as bar, ThreadPoolExecutor(max(1, threads)) as ex:
+        for d in ex.map(lambda i: _chunk_digest(path, i, _HASH, _CHUNK_BYTES), range(n)):
+            out.append(d)
+            bar.update(1)
+    return out
+
+
+def _mismatches(tasks: list[tuple[str, int, str]], algo: str, chunk_bytes: int, threads: int) -> list[str]:
+    """One message for each (path, chunk index, expected checksum) whose bytes no longer hash to it."""
+    def check(t: tuple[str, int, str]) -> str | None:
+        path, i, want = t
+        if _chunk_digest(path, i, algo, chunk_bytes) == want:
+            return None
+        return (f"{path}: bytes {i * chunk_bytes}-{min((i + 1) * chunk_bytes, os.path.getsize(path)) - 1} "
+                f"(chunk {i + 1}) do not match the manifest's checksum")
+
+    with ThreadPoolExecutor(max(1, threads)) as ex:
+        return [m for m in ex.map(check, tasks) if m is not None]
+
+
+def _read_split(folder: str, name: str, info: dict, manifest: dict) -> CachedSplit:
+    """A split's files, checked against the manifest (shapes, sizes; labels' and files' checksums); the images
+    are memory-mapped, their chunks not checked here. ValueError naming the file on any mismatch."""
+    s = int(manifest["image_size"])
+    n = int(info["count"])
+    sums = info["checksums"]
+    img_path = os.path.join(folder, info["images"])
+    images = np.load(img_path, mmap_mode="r")
+    if images.dtype != np.uint8 or images.shape != (n, s, s, 3):
+        raise ValueError(f"{img_path}: shape {images.shape} {images.dtype}, the manifest says ({n}, {s}, {s}, 3)")
+    if os.path.getsize(img_path) != int(sums["images_bytes"]):
+        raise ValueError(f"{img_path}: {os.path.getsize(img_path)} bytes, the manifest says {sums['images_bytes']}")
+    parsed = []
+    for kind, parse in (("labels", lambda b: np.load(io.BytesIO(b))), ("files", lambda b: json.loads(b))):
+        path = os.path.join(folder, info[kind])
+        with open(path, "rb") as f:
+            raw = f.read()
+        if hashlib.new(manifest["hash"], raw).hexdigest() != sums[kind]:
+            raise ValueError(f"{path}: does not match the manifest's checksum")
+        parsed.append(parse(raw))
+    labels, files = parsed
+    if labels.shape != (n,) or len(files) != n:
+        raise ValueError(f"split {name} does not match the manifest")
+    return images, labels.astype(np.int64, copy=False), list(files)
+
+
+def _chunk_tasks(folder: str, info: dict) -> list[tuple[str, int, str]]:
+    path = os.path.join(folder, info["images"])
+    return [(path, i, d) for i, d in enumerate(info["checksums"]["images"])]
+
+
+def _try_load(folder: str, key: str, *, verify: bool = True, threads: int = 1
+              ) -> tuple[dict, dict[str, CachedSplit]] | None:
+    """The cached splits if folder's manifest has this key and its files match it; else None.
+
+    verify: check the images' chunk checksums (all of them up to ``FULL_CHECK_BYTES``, else a random sample);
+    labels and file lists are always checked in full."""
     mpath = os.path.join(folder, _MANIFEST)
     try:
         with open(mpath, encoding="utf-8") as f:
@@ -252,21 +241,86 @@ def _try_load(folder: str, key: str) -> tuple[dict, dict[str, CachedSplit]] | No
         return None
     splits: dict[str, CachedSplit] = {}
     try:
-        s = int(manifest["image_size"])
         for name, info in manifest["splits"].items():
-            images = np.load(os.path.join(folder, info["images"]), mmap_mode="r")
-            labels = np.load(os.path.join(folder, info["labels"]))
-            with open(os.path.join(folder, info["files"]), encoding="utf-8") as f:
-                files = json.load(f)
-            n = int(info["count"])
-            if (images.dtype != np.uint8 or images.shape != (n, s, s, 3) or labels.shape != (n,)
-                    or len(files) != n):
-                raise ValueError(f"split {name} does not match the manifest")
-            splits[name] = (images, labels.astype(np.int64, copy=False), list(files))
+            splits[name] = _read_split(folder, name, info, manifest)
+        if verify:
+            per_split = [_chunk_tasks(folder, info) for info in manifest["splits"].values()]
+            tasks = [t for ts in per_split for t in ts]
+            total = sum(int(info["checksums"]["images_bytes"]) for info in manifest["splits"].values())
+            if total > FULL_CHECK_BYTES:  # a random sample, different at every load, and every split's tail
+                tails = {ts[-1] for ts in per_split if ts}
+                sample = random.SystemRandom().sample(tasks, min(_SAMPLED_CHUNKS, len(tasks)))  # not the seeded RNG
+                tasks = sorted(tails | set(sample))
+            bad = _mismatches(tasks, manifest["hash"], int(manifest["chunk_bytes"]), threads)
+            if bad:
+                raise ValueError(bad[0])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        logger.warning("%s: cache is damaged (%s); rebuilding", folder, e)
+        logger.warning("cache is damaged, rebuilding: %s (in %s)", e, folder)
         return None
     return manifest, splits
+
+
+class CacheCheck(NamedTuple):
+    """One split of one cache, checked: ``line`` for people, ``ok`` for exit codes."""
+
+    line: str
+    ok: bool
+
+
+def _manifest_folders(path: str) -> list[str]:
+    """Cache folders (holding manifest.json) at ``path``: a cache folder, a cache root, or a dataset folder."""
+    if os.path.isfile(os.path.join(path, _MANIFEST)):
+        return [path]
+    roots = [path] + _cache_candidates(path, "")
+    found: list[str] = []
+    for r in roots:
+        try:
+            entries = sorted(os.scandir(r), key=lambda e: e.name)
+        except OSError:
+            continue
+        found += [e.path for e in entries if os.path.isfile(os.path.join(e.path, _MANIFEST))]
+        if found:
+            return found
+    return found
+
+
+def verify_cache(path: str | os.PathLike, *, threads: int = 2) -> list[CacheCheck]:
+    """Check every chunk of every split of the caches at ``path`` (a dataset folder, its cache root, or one cache
+    folder): one :class:`CacheCheck` a split. Staleness (changed source files) is not checked here; a load is."""
+    path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        raise DataError(f"{path}: folder not found")
+    folders = _manifest_folders(path)
+    if not folders:
+        raise DataError(f"{path}: no image cache found (give the dataset folder or its .tinytransfer-cache)")
+    out: list[CacheCheck] = []
+    for folder in folders:
+        try:
+            with open(os.path.join(folder, _MANIFEST), encoding="utf-8") as f:
+                manifest = json.load(f)
+            items = list(manifest["splits"].items())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            out.append(CacheCheck(f"{folder}: manifest unreadable ({e})", False))
+            continue
+        if manifest.get("format") != CACHE_FORMAT:
+            out.append(CacheCheck(f"{folder}: cache format {manifest.get('format')}, not {CACHE_FORMAT} "
+                                  f"(no checksums to check; the next load rebuilds it)", False))
+            continue
+        for name, info in items:
+            try:
+                images, _, _ = _read_split(folder, name, info, manifest)
+                bad = _mismatches(_chunk_tasks(folder, info), manifest["hash"], int(manifest["chunk_bytes"]),
+                                  threads)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                bad = [str(e)]
+            if bad:
+                more = f" (and {len(bad) - 1} more chunks)" if len(bad) > 1 else ""
+                out.append(CacheCheck(f"{name:5s}  DAMAGED  {bad[0]}{more}", False))
+            else:
+                k = len(info["checksums"]["images"])
+                out.append(CacheCheck(f"{name:5s}  ok       {len(images)} images, {images.nbytes / 1e6:.1f} MB, "
+                                      f"{k} chunk{'s' * (k != 1)} checked  {folder}", True))
+    return out
 
 
 def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, tuple[list[str], list[int]]],
@@ -278,12 +332,12 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
     t0 = time.perf_counter()
     order = [n for n in ("train", "val", "test") if n in splits]
     bad: dict[str, dict[int, str]] = {n: {} for n in order}  # split → {index: message}
-    found: list[str] = []  # without skip: problems seen so far, raised together (up to _LISTED of them)
+    found: list[str] = []  # without skip: problems seen so far, raised together (up to LISTED of them)
 
     def fail_or_skip(name: str, errors: list[tuple[int, str]]) -> None:
         if errors and not skip:
             found.extend(m for _, m in sorted(errors))
-            if len(found) >= _LISTED:
+            if len(found) >= LISTED:
                 raise DataError(bad_images_message(found))
             return
         for i, msg in errors:
@@ -299,8 +353,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
         counts: Counter = Counter()
         for name in order:
             files = splits[name][0]
-            tasks = [(root, files[a:b], a, skip) for a, b in _chunks(len(files), workers)]
-            for sizes, errors in _run_chunks(_probe_chunk, tasks, workers, f"probe {name}", len(files)):
+            for sizes, errors in probe_files(root, files, workers=workers, skip=skip, what=f"probe {name}"):
                 fail_or_skip(name, errors)
                 counts.update(s for s in sizes if s is not None)
         stop_if_found()  # headers are cheap: every split's are read before stopping, to list more problems
@@ -329,10 +382,8 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
             written.append(img_tmp)
             arr = np.lib.format.open_memmap(img_tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
             del arr  # workers open it themselves; the header is on disk
-            known_bad = sorted(bad[name])
-            tasks = [(root, files[a:b], a, size, img_tmp, skip, [i for i in known_bad if a <= i < b])
-                     for a, b in _chunks(n, workers)]
-            for errors in _run_chunks(_decode_chunk, tasks, workers, f"decode {name}", n):
+            for errors in decode_files(root, files, img_tmp, size, workers=workers, skip=skip, known_bad=bad[name],
+                                       what=f"decode {name}"):
                 fail_or_skip(name, errors)
                 stop_if_found()  # decoding is not cheap: stop at the first chunk with problems
             keep = [i for i in range(n) if i not in bad[name]]
@@ -349,19 +400,22 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
                 img_tmp = img_tmp2
             with open(img_tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            lab = np.asarray([labels[i] for i in keep], dtype=np.int64)
-            kept_files = [files[i] for i in keep]
+            sums = {"images": _file_digests(img_tmp, workers, f"checksum {name}"),
+                    "images_bytes": os.path.getsize(img_tmp)}
+            lab_bytes = _npy_bytes(np.asarray([labels[i] for i in keep], dtype=np.int64))
+            files_bytes = json.dumps([files[i] for i in keep]).encode()
+            sums["labels"], sums["files"] = _digest(lab_bytes), _digest(files_bytes)
             lab_final = os.path.join(folder, f"{name}-{tag}.labels.npy")
             files_final = os.path.join(folder, f"{name}-{tag}.files.json")
-            atomic_write_bytes(lab_final, _npy_bytes(lab))
-            atomic_write_bytes(files_final, json.dumps(kept_files).encode())
+            atomic_write_bytes(lab_final, lab_bytes)
+            atomic_write_bytes(files_final, files_bytes)
             os.replace(img_tmp, img_final)
             finals[name] = {"images": os.path.basename(img_final), "labels": os.path.basename(lab_final),
-                            "files": os.path.basename(files_final), "count": len(keep)}
+                            "files": os.path.basename(files_final), "count": len(keep), "checksums": sums}
         fsync_dir(folder)
         skipped = [bad[n][i] for n in order for i in sorted(bad[n])]
-        manifest = {"format": CACHE_FORMAT, "key": key, "layout": layout, "image_size": size,
-                    "classes": classes, "splits": finals, "skipped": skipped,
+        manifest = {"format": CACHE_FORMAT, "key": key, "layout": layout, "image_size": size, "classes": classes,
+                    "hash": _HASH, "chunk_bytes": _CHUNK_BYTES, "splits": finals, "skipped": skipped,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - t0, 3)}
         _write_manifest(os.path.join(folder, _MANIFEST), manifest)
     finally:
@@ -370,7 +424,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
                 remove_quietly(p)
     _remove_other_keys(folder, tag)
     logger.info("cache built in %.1f s: %s", time.perf_counter() - t0, folder)
-    loaded = _try_load(folder, key)
+    loaded = _try_load(folder, key, verify=False)  # just checksummed
     if loaded is None:  # pragma: no cover - another process replaced it with another key in between
         raise DataError(f"{folder}: cache changed while it was being built; run again")
     return loaded

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .cache import bad_images_message, load_or_build
+from .cache import load_or_build
 from .config import DataConfig
-from .decode import DataError
+from .decode import DataError, bad_images_message
 
 __all__ = [
     "DataError",
@@ -327,7 +327,7 @@ def load_dataset(
               else 0, "seed": split_seed, "image_size": image_size}
     manifest, arrays = load_or_build(root, layout=plan.layout, classes=plan.classes, splits=plan.splits,
                                      params=params, cache_dir=cache_dir, workers=workers, skip=skip_bad_images)
-    splits = {name: Split(images=images, labels=labels, files=files) for name, (images, labels, files) in arrays.items()}
+    splits = {name: Split(images=im, labels=lab, files=files) for name, (im, lab, files) in arrays.items()}
     skipped = list(manifest.get("skipped", []))
     if skipped:
         if not skip_bad_images:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytransfer import cache, data
+from tinytransfer import cache, data, decode
 from tinytransfer.checkpoint import CheckpointError, RunLock, _start_time
 
 
@@ -86,5 +86,5 @@ def test_two_processes_building_one_cache_end_with_one_valid_cache(make_tiny_tre
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(cache, "decode_image", boom)  # the committed cache is valid and used as is
+    monkeypatch.setattr(decode, "decode_image", boom)  # the committed cache is valid and used as is
     assert np.array_equal(np.asarray(data.load_dataset(root, workers=1).train.images), a)
