@@ -432,21 +432,76 @@ def test_loader_same_seed_same_order_and_epochs_differ() -> None:
     assert _seen(c) != ea1
 
 
-def test_loader_shards_are_disjoint_and_cover() -> None:
+def _batches(loader: DeviceLoader) -> list[list[int]]:
+    return [y.tolist() for _, y in loader]  # labels = image indices (see _index_split)
+
+
+def test_loader_shards_are_contiguous_shares_of_the_global_batch() -> None:
     split = _index_split(23)
-    # evaluation: no shuffle, no drop_last → every sample exactly once across ranks
+    # evaluation: every sample exactly once across ranks; the short last batch split as evenly as possible
     shards = [_seen(DeviceLoader(split, 4, rank=r, world_size=2)) for r in range(2)]
     assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(23))
     assert (len(shards[0]), len(shards[1])) == (12, 11)
-    # training: same seed on every rank → disjoint shards of one permutation, truncated to equal sizes
-    loaders = [DeviceLoader(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0), rank=r,
+    # training: 2 ranks × 4 with the same seed take, step by step, the halves of 1 process × 8's batches
+    for n in (23, 24, 17):  # 17 = 2·8 + 1: the last image is folded into the last batch
+        split = _index_split(n)
+        one = DeviceLoader(split, 8, shuffle=True, generator=torch.Generator().manual_seed(0))
+        two = [DeviceLoader(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0), rank=r,
                             world_size=2) for r in range(2)]
-    for _ in range(2):  # two epochs
-        s0, s1 = (_seen(ld) for ld in loaders)
-        assert len(s0) == len(s1) == 11 and len(loaders[0]) == len(loaders[1]) == 3
-        assert not set(s0) & set(s1) and len(set(s0) | set(s1)) == 22
+        for _ in range(2):  # two epochs: the generators carry on alike
+            ref, b0, b1 = _batches(one), _batches(two[0]), _batches(two[1])
+            assert len(ref) == len(b0) == len(b1) == len(one) == len(two[0]) == len(two[1])
+            assert [a + b for a, b in zip(b0, b1)] == ref  # concatenated in rank order: the 1-process batch
+            s0, s1 = sum(b0, []), sum(b1, [])
+            assert not set(s0) & set(s1) and sorted(s0 + s1) == list(range(n))  # disjoint, cover the epoch
+            assert min(len(b) for b in b0 + b1) >= 2  # no rank ever trains on one image
+    folded = [DeviceLoader(_index_split(17), 4, shuffle=True, world_size=2, rank=r) for r in range(2)]
+    assert [[len(b) for b in _batches(ld)] for ld in folded] == [[4, 5], [4, 4]]  # 8 + 1 split 5 / 4
     with pytest.raises(ValueError):
         DeviceLoader(split, 4, rank=2, world_size=2)
+
+
+def test_training_never_yields_a_batch_of_one_and_evaluation_keeps_every_image() -> None:
+    split = _index_split(65)
+    train = DeviceLoader(split, 64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(train) == 1 and [len(b) for b in _batches(train)] == [65]  # folded: 64 + 1
+    assert [len(b) for b in _batches(DeviceLoader(_index_split(129), 64, shuffle=True))] == [64, 65]
+    assert [len(b) for b in _batches(DeviceLoader(_index_split(66), 64, shuffle=True))] == [64, 2]
+    assert [len(b) for b in _batches(DeviceLoader(split, 64))] == [64, 1]  # evaluation: every image, as it is
+    assert [len(b) for b in _batches(DeviceLoader(split, 64, shuffle=True, drop_last=True))] == [64]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8), torch.nn.BatchNorm1d(8)).train()
+    for x, _ in train:
+        model(x)  # a batch of one would raise "Expected more than 1 value per channel when training"
+
+
+def test_streaming_from_the_host_cache_gives_the_same_batches(tiny_tree: Path) -> None:
+    ds = load_dataset(tiny_tree, workers=1)  # train: 48 images of 64×64×3 = 0.59 MB, memory-mapped
+
+    def transform(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return x + torch.rand(x.shape, generator=gen)  # consumes the augmentation stream
+
+    def loader(**kw) -> DeviceLoader:
+        return DeviceLoader(ds.train, 10, shuffle=True, generator=torch.Generator().manual_seed(5), transform=transform,
+                            aug_generator=torch.Generator().manual_seed(6), **kw)
+
+    resident = loader()
+    streamed = loader(device_cache_gb=0.0005, prefetch=2)  # 0.5 MB < the split
+    pre = loader(preload=True)
+    assert (resident.mode, streamed.mode, pre.mode) == ("host", "stream", "resident")
+    threads = []
+    for _ in range(2):  # two epochs
+        a, b, c = list(resident), list(streamed), list(pre)
+        assert len(a) == len(b) == len(c) == 5 and [len(y) for _, y in b] == [10, 10, 10, 10, 8]
+        for (xa, ya), (xb, yb), (xc, yc) in zip(a, b, c):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(xa, xc) and torch.equal(ya, yc)
+    # the background thread ends with the epoch, or when the consumer stops early
+    it = iter(streamed)
+    next(it)
+    threads = [t for t in threading.enumerate() if t.name == "tinytransfer-prefetch"]
+    assert len(threads) == 1
+    it.close()
+    assert not threads[0].is_alive()
 
 
 def test_loader_applies_transform_with_aug_generator_and_preload_matches() -> None:
