@@ -392,8 +392,9 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
                 img_tmp2 = temp_name(img_final)
                 written.append(img_tmp2)
                 dst = np.lib.format.open_memmap(img_tmp2, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
-                for a in range(0, len(keep), 4096):
-                    dst[a:a + 4096] = src[keep[a:a + 4096]]
+                step = max(1, _CHUNK_BYTES // (size * size * 3))  # rows a copy: 64 MiB in memory at a time
+                for a in range(0, len(keep), step):
+                    dst[a:a + step] = src[keep[a:a + step]]
                 dst.flush()
                 del src, dst
                 remove_quietly(img_tmp)

@@ -120,7 +120,7 @@ class DeviceLoader:
         n = len(self.split)
         shape = tuple(self._images.shape)  # (N, H, W, 3)
         dev = torch.empty(shape, dtype=torch.uint8, device=self.device)
-        step = 8192
+        step = max(1, (256 << 20) // max(1, math.prod(shape[1:])))  # rows a copy: 256 MiB of host memory at a time
         for a in range(0, n, step):
             chunk = torch.from_numpy(np.array(self._images[a:a + step]))  # writable copy of a slice
             dev[a:a + step].copy_(chunk.pin_memory() if self._cuda else chunk, non_blocking=self._cuda)
