@@ -17,7 +17,13 @@ epoch of each is a warm-up, and the figure is the median of the per-epoch rates 
 
 Also prints the loader alone (no augmentation), the transform alone on one batch and a bare ``grid_sample`` on
 it (the ceiling of any batched bilinear warp here), the cache build and load times, and on CUDA the
-GPU-resident rate (the whole uint8 split on the GPU, augmented there). Writes ``benchmarks/results/pipeline.json``.
+GPU-resident rate (the whole uint8 split on the GPU, augmented there). ``--stream`` adds streamed versus resident:
+the same loader with a ``device_cache_gb`` budget of half the split (batches gathered from the memory-mapped cache
+by a prefetch thread, pinned and copied asynchronously on CUDA) against its default path (GPU-resident on CUDA,
+gathered in the training thread on the CPU), alone and with the Keras augmentation, epochs alternating.
+Writes ``benchmarks/results/pipeline.json``.
+
+    python benchmarks/pipeline.py --images 4000 --epochs 3 --stream
 """
 
 from __future__ import annotations
@@ -137,6 +143,36 @@ def transform_ceiling(tf, batch: torch.Tensor, repeats: int = 9, calls: int = 10
     return statistics.median(rates["transform"]), statistics.median(rates["grid_sample"])
 
 
+def stream_vs_resident(split, batch: int, tf, epochs: int) -> dict:
+    """Images/s of DeviceLoader streaming (budget: half the split) vs its default path, on CUDA if present, alone and
+    with ``tf``; epochs alternate between the two, the first of each is a warm-up."""
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    budget = split.images.nbytes / 2 / 1e9
+
+    def make(stream: bool, aug: bool) -> DeviceLoader:
+        return DeviceLoader(split, batch, device=dev, shuffle=True, generator=torch.Generator().manual_seed(0),
+                            transform=tf if aug else None,
+                            aug_generator=torch.Generator(device=dev).manual_seed(1) if aug else None,
+                            device_cache_gb=budget if stream else 0.0)
+
+    out: dict = {"device": torch.cuda.get_device_name(dev) if sync else "cpu", "budget_gb": budget}
+    for aug in (False, True):
+        loaders = {"stream": make(True, aug), "resident": make(False, aug)}
+        assert loaders["stream"].mode == "stream" and loaders["resident"].mode != "stream"
+        out["resident_mode"] = loaders["resident"].mode
+        secs: dict[str, list[float]] = {k: [] for k in loaders}
+        n = len(split)
+        for e in range(epochs):
+            for k in (list(loaders) if e % 2 == 0 else list(loaders)[::-1]):
+                s, count = time_epochs(loaders[k], 1, sync=sync)
+                assert count == n, (k, count, n)
+                secs[k] += s
+        for k in loaders:
+            out[f"{k}{'_aug' if aug else ''}_img_s"] = round(rate(n, secs[k])[0], 1)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--images", type=int, default=20000, help="generated 64x64 JPEGs (default 20000)")
@@ -150,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dir", help="keep the generated tree here (default: a temporary folder)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads for ours (0 = torch's default)")
     p.add_argument("--cache-only", action="store_true", help="only generate, build and load the cache (no JSON)")
+    p.add_argument("--stream", action="store_true", help="also time streamed vs resident batches (same device)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -251,6 +288,18 @@ def main(argv: list[str] | None = None) -> int:
                        f"DataLoader {args.workers} workers", "model": None, "input_size": 64, "phase": "pipeline",
              "device": "cpu", "img_s": round(naive_rate, 1)},
         ]
+        stream = None
+        if args.stream:
+            stream = stream_vs_resident(ds.train, args.batch, tf, max(3, args.epochs))
+            dev = stream["device"]
+            print(f"stream vs resident ({dev}, batch {args.batch}, budget {stream['budget_gb']:.4f} GB < the split): "
+                  f"loader alone {stream['stream_img_s']:.0f} vs {stream['resident_img_s']:.0f} img/s "
+                  f"({stream['resident_mode']}); with keras aug {stream['stream_aug_img_s']:.0f} vs "
+                  f"{stream['resident_aug_img_s']:.0f} img/s")
+            for what, key in (("streamed from the host cache (prefetch thread)", "stream"),
+                              (f"resident ({stream['resident_mode']})", "resident")):
+                rows.append({"system": f"tinytransfer: DeviceLoader {what}, no augmentation", "model": None,
+                             "input_size": 64, "phase": "pipeline", "device": dev, "img_s": stream[f"{key}_img_s"]})
         gpu_rate = None
         gpu_name = None
         if torch.cuda.is_available():
@@ -280,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
             "transform_only_img_s": round(tf_rate, 1),
             "grid_sample_only_img_s": round(warp_rate, 1),
             "gpu_img_s": None if gpu_rate is None else round(gpu_rate, 1),
+            "stream": stream,
             "ours_epoch_img_s": [round(r, 1) for r in ours_epochs],
             "ours_1thread_epoch_img_s": [round(r, 1) for r in one_epochs],
             "naive_epoch_img_s": [round(r, 1) for r in naive_epochs],

@@ -88,3 +88,32 @@ def test_missing_checkpoint_is_one_line(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main(["evaluate", str(tmp_path / "empty")]) == 2
     assert "no checkpoint" in capsys.readouterr().err
+
+
+def test_help_speaks_to_users(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    intro = text.split("\n\n")[1]  # after the usage line
+    assert intro.startswith("Turn an ImageNet-pretrained CNN into a classifier")
+    assert "tinytransfer demo" in text and "tinytransfer train --recipe vgg16-paper --data DIR" in text
+    assert "parse" not in intro
+
+
+def test_a_last_batch_of_one_image_trains_and_lr_finds(make_tiny_tree, tmp_path, capsys):
+    """65 images at batch 64 with the paper head (BatchNorm1d): the lone last image is folded into the batch
+    before it, in training and in the LR range test (BatchNorm cannot train on a batch of one)."""
+    tree = make_tiny_tree(n_classes=5, train_per_class=13, n_val=5, n_test=0, size=32, n_odd_size=0)
+    small = ["model.backbone=timm:test_resnet", "model.head=paper", "model.pretrained=false", "model.input_size=32",
+             "phases.*.epochs=1", "phases.*.batch_size=64", "data.workers=1", "eval_batch_size=64",
+             "data.val_mode=official"]
+    out = tmp_path / "run"
+    assert main(["train", "--recipe", "vgg16-paper", "--data", str(tree), "--out", str(out), "--quiet",
+                 "--no-finish", *[x for s in small for x in ("--set", s)]]) == 0
+    with open(out / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["step"] for r in rows] == ["1", "1", "1"]  # one step an epoch: 65 images as one batch
+    assert main(["lr-find", "--recipe", "vgg16-paper", "--data", str(tree), "--steps", "3", "--out",
+                 str(tmp_path / "lr"), *[x for s in small for x in ("--set", s)]]) == 0
+    assert (tmp_path / "lr" / "lr_find.csv").is_file()

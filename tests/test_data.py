@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinytransfer import data, sources
+from tinytransfer import cache, data, decode, sources
 from tinytransfer.data import DataError, Split, load_dataset
 from tinytransfer.loader import DeviceLoader
 
@@ -30,15 +30,15 @@ def _manifests(root: Path) -> list[Path]:
 
 
 def _count_decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Wrap data._decode_file so that a test can count the decodes (workers=1 runs in-process)."""
+    """Wrap decode.decode_image so that a test can count the decodes (workers=1 runs in-process)."""
     calls: list[str] = []
-    real = data._decode_file
+    real = decode.decode_image
 
     def counting(path: str, size: int) -> np.ndarray:
         calls.append(path)
         return real(path, size)
 
-    monkeypatch.setattr(data, "_decode_file", counting)
+    monkeypatch.setattr(decode, "decode_image", counting)
     return calls
 
 
@@ -180,8 +180,8 @@ def test_cache_is_reused_without_decoding(tiny_tree: Path, monkeypatch: pytest.M
     def boom(path: str, size: int) -> np.ndarray:
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_file", boom)
-    monkeypatch.setattr(data, "_probe_file", boom)
+    monkeypatch.setattr(decode, "decode_image", boom)
+    monkeypatch.setattr(decode, "probe_image", boom)
     again = load_dataset(tiny_tree, workers=1)
     assert isinstance(again.train.images, np.memmap) and again.train.images.mode == "r"
     assert np.array_equal(first.train.images, again.train.images) and again.train.files == first.train.files
@@ -208,7 +208,7 @@ def test_cache_invalidated_by_mtime_and_new_file(tiny_tree: Path, monkeypatch: p
 
 
 def test_interrupted_build_leaves_no_valid_cache(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    real = data._decode_file
+    real = decode.decode_image
     calls = []
 
     def dies_midway(path: str, size: int) -> np.ndarray:
@@ -217,19 +217,19 @@ def test_interrupted_build_leaves_no_valid_cache(tiny_tree: Path, monkeypatch: p
             raise KeyboardInterrupt
         return real(path, size)
 
-    monkeypatch.setattr(data, "_decode_file", dies_midway)
+    monkeypatch.setattr(decode, "decode_image", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         load_dataset(tiny_tree, workers=1)
     assert _manifests(tiny_tree) == []
     leftovers = [p.name for p in (tiny_tree / CACHE).rglob("*") if ".tmp-" in p.name]
     assert leftovers == []
     # the writer of the manifest dying is no better
-    monkeypatch.setattr(data, "_decode_file", real)
+    monkeypatch.setattr(decode, "decode_image", real)
 
     def no_manifest(path: str, manifest: dict) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(data, "_write_manifest", no_manifest)
+    monkeypatch.setattr(cache, "_write_manifest", no_manifest)
     with pytest.raises(OSError):
         load_dataset(tiny_tree, workers=1)
     assert _manifests(tiny_tree) == []
@@ -255,16 +255,96 @@ def test_damaged_cache_is_rebuilt(tiny_tree: Path, monkeypatch: pytest.MonkeyPat
     assert len(calls) == 61 and ds.train.images.shape == (48, 64, 64, 3)
 
 
+def test_cache_overwritten_in_place_at_same_size_and_mtime_is_rebuilt(
+        tiny_tree: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    first = load_dataset(tiny_tree, workers=1)
+    right = np.array(first.train.images)
+    del first
+    npy = next(_manifests(tiny_tree)[0].parent.glob("train-*.images.npy"))
+    st = npy.stat()
+    with open(npy, "r+b") as f:  # same size, header intact: pixels of some images zeroed
+        f.seek(st.st_size // 2)
+        f.write(bytes(4096))
+    os.utime(npy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert npy.stat().st_size == st.st_size and npy.stat().st_mtime_ns == st.st_mtime_ns
+    calls = _count_decodes(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="tinytransfer.cache"):
+        ds = load_dataset(tiny_tree, workers=1)
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("damaged" in m and npy.name in m and "checksum" in m for m in warned), warned
+    assert len(calls) == 61 and np.array_equal(ds.train.images, right)
+    calls.clear()
+    assert np.array_equal(load_dataset(tiny_tree, workers=1).train.images, right) and calls == []
+
+
+def test_damaged_labels_or_file_list_are_caught(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    load_dataset(tiny_tree, workers=1)
+    folder = _manifests(tiny_tree)[0].parent
+    labels = next(folder.glob("val-*.labels.npy"))
+    b = bytearray(labels.read_bytes())
+    b[-8] ^= 1  # one label changed, same size
+    labels.write_bytes(bytes(b))
+    calls = _count_decodes(monkeypatch)
+    ds = load_dataset(tiny_tree, workers=1)
+    assert len(calls) == 61 and ds.val.labels.tolist() == [i % 4 for i in range(8)]
+
+
+def test_large_cache_checks_a_sample_and_verify_cache_checks_all(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    monkeypatch.setattr(cache, "_CHUNK_BYTES", 4096)  # 48×64×64×3 bytes + the .npy header → 145 chunks
+    monkeypatch.setattr(cache, "FULL_CHECK_BYTES", 0)  # every load samples
+    monkeypatch.setattr(cache, "_SAMPLED_CHUNKS", 2)
+    load_dataset(tiny_tree, workers=1)
+    from tinytransfer.cli import main
+
+    assert main(["verify-cache", str(tiny_tree)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 3 and all(" ok " in line for line in out) and out[0].startswith("train")
+    assert "145 chunks checked" in out[0]
+    folder = _manifests(tiny_tree)[0].parent
+    npy = next(folder.glob("train-*.images.npy"))
+    size = npy.stat().st_size
+    with open(npy, "r+b") as f:
+        f.seek(4096 * 70 + 10)  # a middle chunk: a sampled load may miss it, verify-cache may not
+        f.write(b"\xff" * 8)
+    checks = cache.verify_cache(folder)  # the cache folder itself works too
+    assert [c.ok for c in checks] == [False, True, True]
+    assert "DAMAGED" in checks[0].line and npy.name in checks[0].line and "(chunk 71)" in checks[0].line
+    assert main(["verify-cache", str(tiny_tree / CACHE)]) == 1
+    capsys.readouterr()
+    with open(npy, "r+b") as f:  # the last chunk of each split is always checked
+        f.seek(size - 5)
+        f.write(b"\xff" * 5)
+    calls = _count_decodes(monkeypatch)
+    load_dataset(tiny_tree, workers=1)
+    assert len(calls) == 61
+    assert main(["verify-cache", str(tiny_tree)]) == 0
+    assert main(["verify-cache", str(tiny_tree / "train")]) == 2  # no cache there: a one-line error
+    assert "no image cache found" in capsys.readouterr().err
+
+
+def test_build_progress_is_log_lines_away_from_a_terminal(make_tiny_tree, monkeypatch: pytest.MonkeyPatch,
+                                                           caplog: pytest.LogCaptureFixture) -> None:
+    root = make_tiny_tree(n_classes=2, train_per_class=3, n_val=2, n_test=0, size=16)
+    monkeypatch.setattr(decode, "_LOG_EVERY_S", 0.0)  # a line at every update
+    monkeypatch.setattr("sys.stderr.isatty", lambda: False)
+    with caplog.at_level(logging.INFO, logger="tinytransfer"):
+        load_dataset(root, workers=1)
+    lines = [r.getMessage() for r in caplog.records]
+    assert "decode train: 6/6 img (100 %" in " ".join(lines) and "checksum train: 1/1 chunk" in " ".join(lines)
+    assert not any("\r" in line for line in lines)
+
+
 def test_two_builders_at_once_end_with_one_valid_cache(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     results: list[object] = []
     both_decoded = threading.Barrier(2, timeout=10)
-    real_write = data._write_manifest
+    real_write = cache._write_manifest
 
     def write_after_the_other(path: str, manifest: dict) -> None:
         both_decoded.wait()  # both builders have written (and replaced) their data files before either commits
         real_write(path, manifest)
 
-    monkeypatch.setattr(data, "_write_manifest", write_after_the_other)
+    monkeypatch.setattr(cache, "_write_manifest", write_after_the_other)
 
     def build() -> None:
         try:
@@ -352,21 +432,76 @@ def test_loader_same_seed_same_order_and_epochs_differ() -> None:
     assert _seen(c) != ea1
 
 
-def test_loader_shards_are_disjoint_and_cover() -> None:
+def _batches(loader: DeviceLoader) -> list[list[int]]:
+    return [y.tolist() for _, y in loader]  # labels = image indices (see _index_split)
+
+
+def test_loader_shards_are_contiguous_shares_of_the_global_batch() -> None:
     split = _index_split(23)
-    # evaluation: no shuffle, no drop_last → every sample exactly once across ranks
+    # evaluation: every sample exactly once across ranks; the short last batch split as evenly as possible
     shards = [_seen(DeviceLoader(split, 4, rank=r, world_size=2)) for r in range(2)]
     assert not set(shards[0]) & set(shards[1]) and sorted(shards[0] + shards[1]) == list(range(23))
     assert (len(shards[0]), len(shards[1])) == (12, 11)
-    # training: same seed on every rank → disjoint shards of one permutation, truncated to equal sizes
-    loaders = [DeviceLoader(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0), rank=r,
+    # training: 2 ranks × 4 with the same seed take, step by step, the halves of 1 process × 8's batches
+    for n in (23, 24, 17):  # 17 = 2·8 + 1: the last image is folded into the last batch
+        split = _index_split(n)
+        one = DeviceLoader(split, 8, shuffle=True, generator=torch.Generator().manual_seed(0))
+        two = [DeviceLoader(split, 4, shuffle=True, generator=torch.Generator().manual_seed(0), rank=r,
                             world_size=2) for r in range(2)]
-    for _ in range(2):  # two epochs
-        s0, s1 = (_seen(ld) for ld in loaders)
-        assert len(s0) == len(s1) == 11 and len(loaders[0]) == len(loaders[1]) == 3
-        assert not set(s0) & set(s1) and len(set(s0) | set(s1)) == 22
+        for _ in range(2):  # two epochs: the generators carry on alike
+            ref, b0, b1 = _batches(one), _batches(two[0]), _batches(two[1])
+            assert len(ref) == len(b0) == len(b1) == len(one) == len(two[0]) == len(two[1])
+            assert [a + b for a, b in zip(b0, b1)] == ref  # concatenated in rank order: the 1-process batch
+            s0, s1 = sum(b0, []), sum(b1, [])
+            assert not set(s0) & set(s1) and sorted(s0 + s1) == list(range(n))  # disjoint, cover the epoch
+            assert min(len(b) for b in b0 + b1) >= 2  # no rank ever trains on one image
+    folded = [DeviceLoader(_index_split(17), 4, shuffle=True, world_size=2, rank=r) for r in range(2)]
+    assert [[len(b) for b in _batches(ld)] for ld in folded] == [[4, 5], [4, 4]]  # 8 + 1 split 5 / 4
     with pytest.raises(ValueError):
         DeviceLoader(split, 4, rank=2, world_size=2)
+
+
+def test_training_never_yields_a_batch_of_one_and_evaluation_keeps_every_image() -> None:
+    split = _index_split(65)
+    train = DeviceLoader(split, 64, shuffle=True, generator=torch.Generator().manual_seed(0))
+    assert len(train) == 1 and [len(b) for b in _batches(train)] == [65]  # folded: 64 + 1
+    assert [len(b) for b in _batches(DeviceLoader(_index_split(129), 64, shuffle=True))] == [64, 65]
+    assert [len(b) for b in _batches(DeviceLoader(_index_split(66), 64, shuffle=True))] == [64, 2]
+    assert [len(b) for b in _batches(DeviceLoader(split, 64))] == [64, 1]  # evaluation: every image, as it is
+    assert [len(b) for b in _batches(DeviceLoader(split, 64, shuffle=True, drop_last=True))] == [64]
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 8), torch.nn.BatchNorm1d(8)).train()
+    for x, _ in train:
+        model(x)  # a batch of one would raise "Expected more than 1 value per channel when training"
+
+
+def test_streaming_from_the_host_cache_gives_the_same_batches(tiny_tree: Path) -> None:
+    ds = load_dataset(tiny_tree, workers=1)  # train: 48 images of 64×64×3 = 0.59 MB, memory-mapped
+
+    def transform(x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        return x + torch.rand(x.shape, generator=gen)  # consumes the augmentation stream
+
+    def loader(**kw) -> DeviceLoader:
+        return DeviceLoader(ds.train, 10, shuffle=True, generator=torch.Generator().manual_seed(5), transform=transform,
+                            aug_generator=torch.Generator().manual_seed(6), **kw)
+
+    resident = loader()
+    streamed = loader(device_cache_gb=0.0005, prefetch=2)  # 0.5 MB < the split
+    pre = loader(preload=True)
+    assert (resident.mode, streamed.mode, pre.mode) == ("host", "stream", "resident")
+    threads = []
+    for _ in range(2):  # two epochs
+        a, b, c = list(resident), list(streamed), list(pre)
+        assert len(a) == len(b) == len(c) == 5 and [len(y) for _, y in b] == [10, 10, 10, 10, 8]
+        for (xa, ya), (xb, yb), (xc, yc) in zip(a, b, c):
+            assert torch.equal(xa, xb) and torch.equal(ya, yb) and torch.equal(xa, xc) and torch.equal(ya, yc)
+    # the background thread ends with the epoch, or when the consumer stops early
+    it = iter(streamed)
+    next(it)
+    threads = [t for t in threading.enumerate() if t.name == "tinytransfer-prefetch"]
+    assert len(threads) == 1
+    it.close()
+    assert not threads[0].is_alive()
 
 
 def test_loader_applies_transform_with_aug_generator_and_preload_matches() -> None:

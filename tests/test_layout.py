@@ -49,3 +49,10 @@ def test_imports_flow_one_way() -> None:
             if mod in STAGE and STAGE[mod] > me:
                 bad.append(f"{path.name}:{line} imports the later stage {mod}")
     assert bad == []
+
+
+def test_no_module_imports_another_modules_private_name() -> None:
+    bad = [f"{path.name}:{line} imports {name} from {mod}"
+           for path in sorted(PKG.glob("*.py")) for mod, names, line in _imports(path)
+           for name in names if name.startswith("_") and not name.startswith("__")]
+    assert bad == []

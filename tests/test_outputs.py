@@ -22,7 +22,7 @@ from conftest import write_tiny_tree
 from tinytransfer import outputs
 from tinytransfer.runfolder import load_model
 from tinytransfer.cli import main
-from tinytransfer.data import _decode_file
+from tinytransfer.decode import decode_image
 from tinytransfer.outputs import analyse
 from tinytransfer.predict import predict_arrays, read_image, top_k_rows
 from tinytransfer.report import SECTION_IDS
@@ -180,7 +180,7 @@ def test_read_image_decodes_as_training_does(tmp_path):
     for name in ("a.png", "g16.png"):
         a = read_image(tmp_path / name, 16)
         assert a.shape == (16, 16, 3) and a.dtype == np.uint8
-        np.testing.assert_array_equal(a, _decode_file(str(tmp_path / name), 16))
+        np.testing.assert_array_equal(a, decode_image(tmp_path / name, 16))
     assert (read_image(tmp_path / "a.png", 30)[-1] == 255).all()
     with pytest.raises(ValueError, match="nope.png"):
         (tmp_path / "nope.png").write_bytes(b"\x89PNG broken")

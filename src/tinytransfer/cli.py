@@ -84,6 +84,15 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify_cache(args: argparse.Namespace) -> int:
+    from .cache import verify_cache
+
+    checks = verify_cache(args.dir)
+    for c in checks:
+        print(c.line)
+    return 0 if all(c.ok for c in checks) else 1
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     run = api.load(args.run, device=args.device or "auto")
     if args.split and args.images:
@@ -256,6 +265,10 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--dir", default="data/digits")
     dd.add_argument("--seed", type=int, default=0)
     dd.set_defaults(func=cmd_demo_data)
+
+    vc = sub.add_parser("verify-cache", help="check every chunk of a dataset's image cache (exit 1 if damaged)")
+    vc.add_argument("dir", help="the dataset folder, its .tinytransfer-cache, or one cache folder in it")
+    vc.set_defaults(func=cmd_verify_cache)
     return p
 
 

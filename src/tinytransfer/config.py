@@ -44,6 +44,7 @@ class DataConfig:
     cache_dir: str = ""  # decoded uint8 cache; "" = <root>/.tinytransfer-cache
     skip_bad_images: bool = False  # skip (and count) unreadable images instead of stopping
     workers: int = 2  # processes decoding images on the first load
+    device_cache_gb: float = 0.0  # GB a split may take on the device, else it streams from the host cache; <= 0: auto
     augment: str = "keras"  # keras | keras3 | keras-radians | keras-noflip | flip | none (see augment.AUGMENTS)
     normalize: str = "backbone"  # "backbone": the backbone's mean/std; "rescale": x/255 only, as the Keras report
 

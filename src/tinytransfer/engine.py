@@ -399,9 +399,11 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = DeviceLoader(data.val, cfg.eval_batch_size, device=device, transform=eval_tf,
+                                  device_cache_gb=cfg.data.device_cache_gb,
                                   channels_last=channels_last)
     # one training loader for all phases (on CUDA it holds the whole uint8 split on the device)
     loader = DeviceLoader(data.train, cfg.phases[0].batch_size, device=device, shuffle=True, generator=shuffle_gen,
+                          device_cache_gb=cfg.data.device_cache_gb,
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
                           drop_last=False, channels_last=channels_last)
     fused = device.type == "cuda"
@@ -515,4 +517,5 @@ def split_loader(split: Split, cfg: RunConfig, model: nn.Module, device: torch.d
     """An evaluation loader (no augmentation, no shuffle) for any split, normalised as in training."""
     mean, std = input_norm(cfg, model)
     tf = make_transform("none", mean, std, input_size=cfg.model.input_size)
-    return DeviceLoader(split, cfg.eval_batch_size, device=device, transform=tf)
+    return DeviceLoader(split, cfg.eval_batch_size, device=device, transform=tf,
+                        device_cache_gb=cfg.data.device_cache_gb)

@@ -1,11 +1,15 @@
 """Batches on the device: :class:`DeviceLoader` indexes a :class:`~tinytransfer.data.Split`'s uint8 array.
 
-It takes batches straight out of the uint8 array (or a copy of it on the GPU), moves them to the device, converts
-to float there and applies a batch transform (``augment.make_transform``) there.
+It takes batches out of the uint8 array (a copy of it on the GPU where it fits, else the memory-mapped host cache,
+streamed by a background thread), moves them to the device, converts to float there and applies a batch transform
+(``augment.make_transform``) there.
 """
 
 from __future__ import annotations
 
+import math
+import queue
+import threading
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -15,22 +19,39 @@ from .data import Split
 
 __all__ = ["DeviceLoader"]
 
+_END = object()  # the prefetch thread's last item
+
 
 class DeviceLoader:
     """Batches of a :class:`Split` as float tensors on ``device``: (B, 3, H, W) float32 and (B,) int64.
 
-    Each epoch (each ``iter()``) takes a permutation from ``generator`` (CPU, explicit) when ``shuffle``, else the
-    natural order. Sharding for DDP: every rank must pass a generator with the same seed, so that all draw the
-    same permutation; rank r takes ``perm[r::world_size]``. When shuffling (training) or with ``drop_last`` the
-    permutation is first truncated to a multiple of world_size, so every rank gets ``N // world_size`` samples
-    (and, with drop_last, the same number of batches); without either (evaluation) the shards cover every sample
-    exactly once and their sizes differ by at most one. The last partial batch is kept unless ``drop_last``.
+    **Order.** Each epoch (each ``iter()``) takes one global permutation of the split from ``generator`` (CPU,
+    explicit) when ``shuffle``, else the natural order. Global batch i is positions i·G … i·G+G−1 of it, with
+    G = ``batch_size`` × ``world_size``, and rank r takes its contiguous share, positions i·G + r·batch_size …
+    i·G + (r+1)·batch_size − 1: ``batch_size`` is one rank's share, and the ranks' shares of a step, concatenated
+    in rank order, are the batch one process with batch G would take. Every rank must pass a generator with the
+    same seed, so that all draw the same permutation; every image is in exactly one rank's share.
 
-    A batch is gathered from the uint8 array (rows read in sorted order for memory-map locality, then put back in
-    permutation order), pinned and copied asynchronously on CUDA, permuted to (B, 3, H, W), converted to
-    float32 (0..255) on the device, passed through ``transform(x, aug_generator)`` if given, and made channels_last
-    if asked. ``preload`` (default: on CUDA) copies the whole uint8 split to the device once and indexes there.
-    ``aug_generator`` should live on ``device`` and be seeded differently on each rank.
+    **Last batch.** A last global batch with fewer than G images is split among the ranks as evenly as possible
+    (contiguous shares; sizes differ by at most one). With ``drop_last`` it is dropped. When training
+    (``shuffle=True``) a last global batch too small to give every rank at least 2 images (with one process:
+    a last batch of one image, e.g. 65 images at batch 64) is folded into the previous batch, which then holds
+    G + that many images (65 at batch 64): BatchNorm never sees a batch of one in training, and no image is
+    dropped. Evaluation (``shuffle=False``) keeps every image as it is; a rank with an empty share skips it.
+
+    **Where the pixels come from.** ``resident``: the whole uint8 split copied to the device once and indexed
+    there (the default on CUDA when the split fits the budget, or ``preload=True``). ``host``: rows gathered
+    from the host array in the iterating thread (the default on the CPU, or ``preload=False``). ``stream``:
+    when the split is bigger than ``device_cache_gb`` (GB, 1e9 bytes; <= 0 = auto: half the device's free
+    memory on CUDA, no limit on the CPU), a background thread gathers the next ``prefetch`` batches from the
+    (memory-mapped) host array into pinned memory (on CUDA; plain memory on the CPU), and they are copied with
+    ``non_blocking=True``. All three give the same batches for the same generator. Rows are read in sorted order
+    (memory-map locality) and put back in permutation order.
+
+    A batch is permuted to (B, 3, H, W), converted to float32 (0..255) on the device, passed through
+    ``transform(x, aug_generator)`` if given (in the iterating thread, so the augmentation stream does not
+    depend on the path), and made channels_last if asked. ``aug_generator`` should live on ``device`` and be
+    seeded differently on each rank.
     """
 
     def __init__(
@@ -48,13 +69,15 @@ class DeviceLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         preload: bool | None = None,
+        device_cache_gb: float = 0.0,
+        prefetch: int = 2,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
         self.split = split
-        self.batch_size = int(batch_size)
+        self.batch_size = int(batch_size)  # this rank's share of a global batch of batch_size × world_size
         self.device = torch.device(device)
         self.shuffle = shuffle
         if shuffle and generator is None:  # seeded from the global RNG, so torch.manual_seed still governs it
@@ -66,63 +89,81 @@ class DeviceLoader:
         self.world_size = world_size
         self.drop_last = drop_last
         self.channels_last = channels_last
-        self.preload = self.device.type == "cuda" if preload is None else bool(preload)
+        self.prefetch = max(1, int(prefetch))
         self._cuda = self.device.type == "cuda"
+        self._pin = self._cuda  # pinned host memory: for asynchronous copies to a GPU (and only with a CUDA driver)
         self._images = split.images  # (N, H, W, 3) uint8, maybe memory-mapped
         self._labels = np.ascontiguousarray(split.labels, dtype=np.int64)  # (N,)
         self._images_dev: torch.Tensor | None = None
         self._labels_dev: torch.Tensor | None = None
-        if self.preload:
+        need = int(self._images.nbytes) + int(self._labels.nbytes)
+        if preload:
+            self.mode = "resident"
+        elif need > self._budget(device_cache_gb):
+            self.mode = "stream"
+        else:
+            self.mode = "resident" if preload is None and self._cuda else "host"
+        if self.mode == "resident":
             self._load_to_device()
+
+    def _budget(self, device_cache_gb: float) -> float:
+        """Bytes of the split that may sit on the device."""
+        if device_cache_gb > 0:
+            return device_cache_gb * 1e9
+        if self._cuda:  # headroom: the other half of the free memory is the model's, its activations' and Adam's
+            free, _ = torch.cuda.mem_get_info(self.device)
+            return 0.5 * free
+        return math.inf
 
     def _load_to_device(self) -> None:
         """Copy the whole uint8 split to the device in slices (host memory stays at one slice)."""
         n = len(self.split)
         shape = tuple(self._images.shape)  # (N, H, W, 3)
         dev = torch.empty(shape, dtype=torch.uint8, device=self.device)
-        step = 8192
+        step = max(1, (256 << 20) // max(1, math.prod(shape[1:])))  # rows a copy: 256 MiB of host memory at a time
         for a in range(0, n, step):
             chunk = torch.from_numpy(np.array(self._images[a:a + step]))  # writable copy of a slice
             dev[a:a + step].copy_(chunk.pin_memory() if self._cuda else chunk, non_blocking=self._cuda)
         self._images_dev = dev
         self._labels_dev = torch.from_numpy(self._labels).to(self.device)
 
-    @property
-    def num_samples(self) -> int:
-        """Samples this rank sees per epoch."""
-        n = len(self.split)
-        if self.world_size == 1:
-            return n
-        if self.shuffle or self.drop_last:
-            return n // self.world_size
-        return len(range(self.rank, n, self.world_size))
+    def _spans(self) -> list[tuple[int, int]]:
+        """This rank's [start, stop) positions in the epoch's permutation, one pair a batch (see the class doc)."""
+        n, w = len(self.split), self.world_size
+        g = self.batch_size * w
+        bounds = [(a, min(a + g, n)) for a in range(0, n, g)]  # global batches
+        if bounds and bounds[-1][1] - bounds[-1][0] < g:
+            tail = bounds[-1][1] - bounds[-1][0]
+            if self.drop_last:
+                bounds.pop()
+            elif self.shuffle and tail < 2 * w and len(bounds) > 1:  # fold: never a training share of one
+                bounds.pop()
+                bounds[-1] = (bounds[-1][0], n)
+        spans = []
+        for a, b in bounds:
+            q, r = divmod(b - a, w)  # full batches: q = batch_size, r = 0
+            lo = a + self.rank * q + min(self.rank, r)
+            hi = lo + q + (self.rank < r)
+            if hi > lo or self.shuffle:  # training ranks take the same number of steps
+                spans.append((lo, hi))
+        return spans
 
     def __len__(self) -> int:
-        m = self.num_samples
-        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+        return len(self._spans())
 
-    def _indices(self) -> torch.Tensor:
-        """This rank's sample order for one epoch: (num_samples,) int64 on the CPU."""
+    def _permutation(self) -> torch.Tensor:
+        """The epoch's global sample order: (N,) int64 on the CPU."""
         n = len(self.split)
-        perm = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        if self.world_size > 1:
-            if self.shuffle or self.drop_last:
-                perm = perm[: (n // self.world_size) * self.world_size]
-            perm = perm[self.rank:: self.world_size]
-        return perm
+        return torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
 
-    def _gather_host(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W, 3) uint8 and (B,) int64 on the device, read from the host array."""
-        i = idx.numpy()
-        order = np.argsort(i, kind="stable")
-        rows = self._images[i[order]]  # (B, H, W, 3) uint8, read in ascending order
-        x = np.empty_like(rows)
-        x[order] = rows  # back to permutation order
-        xt = torch.from_numpy(x)
-        yt = torch.from_numpy(self._labels[i])
-        if self._cuda:
-            xt, yt = xt.pin_memory(), yt.pin_memory()
-        return xt.to(self.device, non_blocking=True), yt.to(self.device, non_blocking=True)
+    def _gather(self, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W, 3) uint8 and (B,) int64 on the host (pinned for a CUDA device), read from the array."""
+        order = np.argsort(idx, kind="stable")
+        rows = self._images[idx[order]]  # (B, H, W, 3) uint8, read in ascending order
+        xt = torch.empty(rows.shape, dtype=torch.uint8, pin_memory=self._pin)
+        xt.numpy()[order] = rows  # back to permutation order
+        yt = torch.from_numpy(self._labels[idx])
+        return xt, (yt.pin_memory() if self._pin else yt)
 
     def _finish(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, 3) uint8 on the device → (B, 3, H, W) float32, transformed, in the asked memory format."""
@@ -135,16 +176,54 @@ class DeviceLoader:
                 x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _streamed(self, idx: np.ndarray, spans: list[tuple[int, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Host batches gathered ``prefetch`` ahead by a background thread (a bounded queue), in order."""
+        q: queue.Queue = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def put(item: object) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        def work() -> None:
+            try:
+                for a, b in spans:
+                    if not put(self._gather(idx[a:b])):
+                        return
+                put(_END)
+            except BaseException as e:  # handed to the iterating thread, raised there
+                put(e)
+
+        thread = threading.Thread(target=work, name="tinytransfer-prefetch", daemon=True)
+        thread.start()
+        try:
+            while (item := q.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:  # also when the consumer stops early: the thread ends at its next put
+            stop.set()
+            thread.join()
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        idx = self._indices()
-        bs = self.batch_size
-        if self.preload:
-            idx_dev = idx.to(self.device, non_blocking=True)
-        for b in range(len(self)):
-            if self.preload:
-                sel = idx_dev[b * bs:(b + 1) * bs]
+        perm = self._permutation()
+        spans = self._spans()
+        if self.mode == "resident":
+            perm_dev = perm.to(self.device, non_blocking=True)
+            for a, b in spans:
+                sel = perm_dev[a:b]
                 x = self._images_dev.index_select(0, sel)  # (B, H, W, 3) uint8 on the device
                 y = self._labels_dev.index_select(0, sel)  # (B,) int64
-            else:
-                x, y = self._gather_host(idx[b * bs:(b + 1) * bs])
+                yield self._finish(x), y
+            return
+        idx = perm.numpy()
+        host = (self._gather(idx[a:b]) for a, b in spans) if self.mode == "host" else self._streamed(idx, spans)
+        for xt, yt in host:
+            x = xt.to(self.device, non_blocking=True)
+            y = yt.to(self.device, non_blocking=True)
             yield self._finish(x), y

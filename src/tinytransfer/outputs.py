@@ -79,7 +79,7 @@ def visualize(model: nn.Module, ckpt: CheckpointView, image: np.ndarray, out_dir
     if true_label is not None and true_label >= 0 and true_label != top:
         cams[f"true: {names[true_label]} ({probs[true_label]:.2f})"] = grad_cam(model, x, layer, true_label)
     shown = image if image.shape[0] == size else np.asarray(
-        torch.nn.functional.interpolate(torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(size, size),
+        torch.nn.functional.interpolate(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float(), size=(size, size),
                                         mode="bilinear", align_corners=False)[0].permute(1, 2, 0).clamp(0, 255)
         .byte())
     written.append(plot_gradcam(shown, cams, out_dir / f"gradcam_{tag}.png"))

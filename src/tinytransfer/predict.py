@@ -15,7 +15,7 @@ from PIL import Image
 from torch import nn
 
 from .augment import make_transform
-from .data import IMAGE_EXTENSIONS, DataError, _decode_file, _to_rgb as to_rgb  # TODO public
+from .decode import IMAGE_EXTENSIONS, DataError, decode_image, to_rgb
 from .runfolder import CheckpointView
 
 __all__ = ["IMAGE_SUFFIXES", "collect_images", "gather_images", "predict_arrays", "tta_views", "read_image", "top_k_rows", "write_predictions"]
@@ -31,7 +31,7 @@ def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
     """Any image file → (size, size, 3) uint8 RGB, decoded exactly as the training data were (the dataset's own
     decoder: alpha composited on white, 16-bit scaled, bilinear resize). ValueError, naming the file, if unreadable."""
     try:
-        return _decode_file(str(path), size)
+        return decode_image(path, size)
     except DataError as e:
         raise ValueError(str(e)) from None
 

@@ -21,12 +21,14 @@ import zipfile
 import numpy as np
 from PIL import Image
 
-from .data import TINY_IMAGENET_URL, DataError
+from .decode import DataError
 from .fsutil import atomic_write_bytes, remove_quietly, temp_name
 
 __all__ = ["TINY_IMAGENET_URL", "build_demo_dataset", "download_tiny_imagenet", "safe_extract"]
 
 logger = logging.getLogger(__name__)
+
+TINY_IMAGENET_URL = "http://cs231n.stanford.edu/tiny-imagenet-200.zip"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytransfer import data
+from tinytransfer import cache, data, decode
 from tinytransfer.checkpoint import CheckpointError
 from tinytransfer.fsutil import process_start_time
 from tinytransfer.runfolder import RunLock
@@ -64,13 +64,13 @@ def test_two_processes_building_one_cache_end_with_one_valid_cache(make_tiny_tre
     root = make_tiny_tree(n_classes=3, train_per_class=12, n_val=6, n_test=0, size=32)
     ctx = multiprocessing.get_context("fork")
     both = ctx.Barrier(2, timeout=20)
-    real = data._write_manifest
+    real = cache._write_manifest
 
     def commit_after_the_other(path: str, manifest: dict) -> None:
         both.wait()  # each has decoded and renamed its data files into place before either commits
         real(path, manifest)
 
-    monkeypatch.setattr(data, "_write_manifest", commit_after_the_other)  # inherited by the forked children
+    monkeypatch.setattr(cache, "_write_manifest", commit_after_the_other)  # inherited by the forked children
     procs = [ctx.Process(target=_build, args=(str(root), str(tmp_path / f"r{i}.npy"))) for i in range(2)]
     for p in procs:
         p.start()
@@ -88,5 +88,5 @@ def test_two_processes_building_one_cache_end_with_one_valid_cache(make_tiny_tre
     def boom(*a, **k):
         raise AssertionError("decoded again")
 
-    monkeypatch.setattr(data, "_decode_file", boom)  # the committed cache is valid and used as is
+    monkeypatch.setattr(decode, "decode_image", boom)  # the committed cache is valid and used as is
     assert np.array_equal(np.asarray(data.load_dataset(root, workers=1).train.images), a)
