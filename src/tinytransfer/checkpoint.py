@@ -103,6 +103,9 @@ def load_model(run: str | os.PathLike, which: str = "best", device: str | torch.
         dropout=cfg.model.dropout,
         hidden=cfg.model.hidden,
         input_size=cfg.model.input_size,
+        bn_momentum=cfg.model.bn_momentum,
+        bn_eps=cfg.model.bn_eps,
+        bn_variance=cfg.model.bn_variance,
     )
     model.load_state_dict(ckpt["model"])
     model.to(device).eval()

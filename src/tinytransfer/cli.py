@@ -124,7 +124,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         try:
             model = create_model(m.backbone, len(data.classes), pretrained=m.pretrained and resume is None,
                                  weights=(m.weights or None) if resume is None else None, head=m.head,
-                                 dropout=m.dropout, hidden=m.hidden, input_size=m.input_size)
+                                 dropout=m.dropout, hidden=m.hidden, input_size=m.input_size, head_init=m.head_init,
+                                 bn_momentum=m.bn_momentum, bn_eps=m.bn_eps, bn_variance=m.bn_variance)
         except OSError as e:
             if isinstance(e, FileNotFoundError):
                 raise
@@ -320,7 +321,9 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
     data = _load_data(cfg)
     m = cfg.model
     model = create_model(m.backbone, len(data.classes), pretrained=m.pretrained, weights=m.weights or None,
-                         head=m.head, dropout=m.dropout, hidden=m.hidden, input_size=m.input_size).to(device)
+                         head=m.head, dropout=m.dropout, hidden=m.hidden, input_size=m.input_size,
+                         head_init=m.head_init, bn_momentum=m.bn_momentum, bn_eps=m.bn_eps,
+                         bn_variance=m.bn_variance).to(device)
     phase = cfg.phases[args.phase]
     mean, std = input_norm(cfg, model)
     loader = DeviceLoader(data.train, phase.batch_size, device=device, shuffle=True,

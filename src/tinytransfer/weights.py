@@ -32,6 +32,7 @@ __all__ = [
     "KERAS_VGG16_NOTOP_MD5",
     "KERAS_VGG16_NOTOP_URL",
     "LITE0_STAGE_DEPTHS",
+    "keras_dense_weight",
     "keras_vgg16_file",
     "lite0_state",
     "lite0_weights_path",
@@ -203,6 +204,16 @@ def read_keras_h5(path: str | Path) -> dict[str, Tensor]:
             raise ValueError(f"{path}: cannot read its datasets, the file is damaged or truncated ({exc})") from None
     raise ValueError(f"{path}: not a Keras weights file (neither the legacy layout, with a layer_names attribute, "
                      "nor Keras 3's .weights.h5, with a layers group)")
+
+
+def keras_dense_weight(kernel: Tensor, flatten_chw: tuple[int, int, int] | None = None) -> Tensor:
+    """The ``nn.Linear`` weight (out, in) of a Keras Dense kernel (in, out). A Dense right after a Flatten has its
+    rows in Keras's NHWC (h, w, c) order, PyTorch's Flatten gives (c, h, w): pass ``flatten_chw=(C, h, w)``."""
+    weight = kernel.t()  # (out, in)
+    if flatten_chw is not None:
+        c, h, w = flatten_chw
+        weight = weight.reshape(-1, h, w, c).permute(0, 3, 1, 2).reshape(weight.shape[0], c * h * w)
+    return weight.contiguous()
 
 
 def weights_cache_dir() -> Path:
