@@ -42,21 +42,34 @@ class KerasAdam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, eps, wd = group["lr"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                grad = p.grad if not wd else p.grad.add(p, alpha=wd)
+            params = [p for p in group["params"] if p.grad is not None]
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state["step"] = 0
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["step"] = t = int(state["step"]) + 1
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                m.mul_(beta1).add_(grad, alpha=1 - beta1)
-                v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                lr_t = lr * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # bias corrections in the step size
-                p.addcdiv_(m, v.sqrt().add_(eps), value=-lr_t)  # ε on the raw sqrt(v), as Keras 2
+            # one multi-tensor update per distinct t (all of a group's parameters share it unless some had no grad)
+            for t in sorted({int(self.state[p]["step"]) + 1 for p in params}):
+                same = [p for p in params if int(self.state[p]["step"]) + 1 == t]
+                self._update(same, t, group)
         return loss
+
+    def _update(self, params: list[torch.Tensor], t: int, group: dict[str, Any]) -> None:
+        """Keras 2's update of ``params``, all at step ``t``, with multi-tensor (foreach) kernels."""
+        beta1, beta2 = group["betas"]
+        grads = [p.grad for p in params]
+        if group["weight_decay"]:
+            grads = torch._foreach_add(grads, params, alpha=group["weight_decay"])
+        m = [self.state[p]["exp_avg"] for p in params]
+        v = [self.state[p]["exp_avg_sq"] for p in params]
+        torch._foreach_mul_(m, beta1)
+        torch._foreach_add_(m, grads, alpha=1 - beta1)  # m = β1·m + (1 − β1)·g
+        torch._foreach_mul_(v, beta2)
+        torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)  # v = β2·v + (1 − β2)·g²
+        lr_t = group["lr"] * math.sqrt(1 - beta2 ** t) / (1 - beta1 ** t)  # bias corrections in the step size
+        denom = torch._foreach_sqrt(v)
+        torch._foreach_add_(denom, group["eps"])  # ε on the raw sqrt(v), as Keras 2
+        torch._foreach_addcdiv_(params, m, denom, value=-lr_t)
+        for p in params:
+            self.state[p]["step"] = t
