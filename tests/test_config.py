@@ -14,12 +14,37 @@ def test_paper_recipe_is_table_1():
     got = [(p.train, p.epochs, p.lr_min, p.lr_max, p.step_size, p.batch_size, p.optimizer, p.lr_policy)
            for p in cfg.phases]
     assert got == [
-        ("head", 25, 1e-4, 6e-4, 1404, 64, "adam", "triangular"),
-        ("all", 15, 1e-5, 6e-5, 1200, 64, "adam", "triangular"),
-        ("all", 15, 1e-6, 6e-6, 1200, 64, "adam", "triangular"),
+        ("head", 25, 1e-4, 6e-4, 1404, 64, "adam-keras", "triangular"),
+        ("all", 15, 1e-5, 6e-5, 1200, 64, "adam-keras", "triangular"),
+        ("all", 15, 1e-6, 6e-6, 1200, 64, "adam-keras", "triangular"),
     ]
     assert sum(p.epochs for p in cfg.phases) == 55
     assert cfg.data.val_mode == "holdout" and cfg.data.holdout_per_class == 50
+    # the report's system: Keras's weights fed rescale-only RGB, Keras's head settings, Keras's per-fit() stopping
+    m = cfg.model
+    assert (m.weights, m.pretrained, cfg.data.normalize) == ("keras", True, "rescale")
+    assert (m.head_init, m.bn_momentum, m.bn_eps, m.bn_variance) == ("keras", 0.01, 1e-3, "biased")
+    assert all(p.patience_scope == "phase" for p in cfg.phases)
+
+
+def test_improved_recipe_differs_from_the_paper_only_in_weights_and_input():
+    paper = to_dict(from_dict(load_recipe("vgg16-paper")))
+    improved = to_dict(from_dict(load_recipe("vgg16-improved")))
+    assert improved["model"].pop("weights") == "" and paper["model"].pop("weights") == "keras"
+    assert improved["data"].pop("normalize") == "backbone" and paper["data"].pop("normalize") == "rescale"
+    assert improved.pop("name") == "vgg16-improved" and paper.pop("name") == "vgg16-paper"
+    assert improved == paper
+
+
+def test_new_fields_default_to_the_old_behaviour():
+    cfg = RunConfig()
+    assert cfg.phases[0].optimizer == "adam" and cfg.phases[0].patience_scope == "run"
+    assert (cfg.model.head_init, cfg.model.bn_momentum, cfg.model.bn_eps, cfg.model.bn_variance) == \
+        ("keras", 0.01, 1e-3, "unbiased")
+    with pytest.raises(ConfigError, match="patience_scope"):
+        from_dict({"phases": [{"patience_scope": "epoch"}]})
+    with pytest.raises(ConfigError, match="bn_variance"):
+        from_dict({"model": {"bn_variance": "sample"}})
 
 
 def test_shipped_recipes_all_load():

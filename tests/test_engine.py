@@ -151,6 +151,28 @@ def test_early_stopping_ends_the_phase(tree, tmp_path):
     assert len(rows) < 6  # an LR of 1e-12 cannot improve twice in a row
 
 
+@pytest.mark.parametrize("scope, phase2_epochs", [("run", 1), ("phase", 2)])
+def test_patience_scope_phase_restarts_the_best_each_phase(tree, tmp_path, scope, phase2_epochs):
+    """Phase 2 starts from the best weights and cannot move them (LR 1e-12, body frozen, pool head without BN), so
+    its val accuracy equals the run's best: no new best of the run (scope run: stops after 1 epoch), but its first
+    epoch is the phase's first best (scope phase, Keras's EarlyStopping per fit(): stops after 2)."""
+    raw = tiny_config(tree)
+    still = dict(raw["phases"][0], epochs=5, patience=1, lr_policy="constant", lr_max=1e-12, patience_scope=scope)
+    raw["phases"] = [dict(raw["phases"][0], patience_scope=scope), still]
+    run(tree, tmp_path / "r", raw)
+    rows = read_rows(tmp_path / "r" / "metrics.csv")
+    assert [r["phase"] for r in rows].count("2") == phase2_epochs
+
+
+def test_adam_keras_trains(tree, tmp_path):
+    raw = tiny_config(tree)
+    for p in raw["phases"]:
+        p["optimizer"] = "adam-keras"
+    run(tree, tmp_path / "r", raw)
+    rows = read_rows(tmp_path / "r" / "metrics.csv")
+    assert max(float(r["val_acc"]) for r in rows) > 0.5
+
+
 def test_non_finite_loss_stops_with_step_and_keeps_last_good(tree, tmp_path, monkeypatch):
     raw = tiny_config(tree)
     real = torch.nn.functional.cross_entropy

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tinytransfer import models as M
+from tinytransfer import weights as W
 
 N_CLASSES = 10
 
@@ -201,12 +202,12 @@ def test_param_groups_skip_frozen_and_decay_only_weights() -> None:
 def vgg_source() -> dict[str, torch.Tensor]:
     """A random torchvision-keyed VGG16 features state dict (``N.weight`` keys)."""
     torch.manual_seed(123)
-    return {k: v.clone() for k, v in M._vgg_features(False).state_dict().items()}
+    return {k: v.clone() for k, v in M.create_model("vgg16", N_CLASSES).body.state_dict().items()}
 
 
 def _keras_names(state: dict[str, torch.Tensor], sep: str, kernel: str) -> dict[str, torch.Tensor]:
     """Rename ``N.weight``/``N.bias`` to ``blockB_convC{sep}{kernel}``/``bias``; kernels to (kh, kw, in, out)."""
-    names = {v: k for k, v in M._vgg_keras_names(M._vgg_features(False)).items()}
+    names = {v: k for k, v in W.vgg_keras_names(M.create_model("vgg16", N_CLASSES).body).items()}
     out = {}
     for key, val in state.items():
         idx, kind = key.split(".")
@@ -303,14 +304,14 @@ def test_timm_weights_file_drops_classifier(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def lite0_raw() -> dict[str, torch.Tensor]:
-    return M.load_state_file(M.lite0_weights_path())
+    return W.load_state_file(W.lite0_weights_path())
 
 
 def test_lite0_mapping_covers_every_key(lite0_raw) -> None:
     import timm
 
     assert len(lite0_raw) == 296
-    mapped = M.map_lite0_state_dict(lite0_raw)
+    mapped = W.map_lite0_state_dict(lite0_raw)
     ref = timm.create_model("tf_efficientnet_lite0", pretrained=False).state_dict()
     assert len(mapped) == len(ref) == 296 and set(mapped) == set(ref)
     assert all(mapped[k].shape == ref[k].shape for k in ref)

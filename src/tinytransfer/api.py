@@ -35,7 +35,8 @@ from .config import RunConfig, apply_overrides, from_dict, list_recipes, load_re
 from .data import Dataset, Split, load_configured
 from .engine import evaluate as evaluate_loader
 from .engine import fit, resolve_device, split_loader
-from .models import BACKBONES, TIMM_PREFIX, create_model as _create_model_impl
+from .models import BACKBONES, TIMM_PREFIX, model_from_config
+from .models import create_model as _create_model_impl
 from .runfolder import (CONFIG_YAML, LAST_PT, METRICS_CSV, PREDICTIONS_CSV, CheckpointView, load_model, read_config,
                         read_metrics, run_dir_of, table1, table1_markdown)
 
@@ -218,9 +219,7 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                  len(data.val) if data.val else 0, len(data.test) if data.test else 0, data.image_size)
         m = cfg.model
         try:
-            model = _create_model_impl(m.backbone, len(data.classes), pretrained=m.pretrained and ckpt is None,
-                                       weights=(m.weights or None) if ckpt is None else None, head=m.head,
-                                       dropout=m.dropout, hidden=m.hidden, input_size=m.input_size)
+            model = model_from_config(m, len(data.classes), load_weights=ckpt is None)
         except OSError as e:
             if isinstance(e, FileNotFoundError):
                 raise
@@ -432,8 +431,7 @@ def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", dat
     device = resolve_device(cfg.device)
     ds = load_data(cfg)
     m = cfg.model
-    model = _create_model_impl(m.backbone, len(ds.classes), pretrained=m.pretrained, weights=m.weights or None,
-                               head=m.head, dropout=m.dropout, hidden=m.hidden, input_size=m.input_size).to(device)
+    model = model_from_config(m, len(ds.classes)).to(device)
     ph = cfg.phases[phase]
     mean, std = input_norm(cfg, model)
     loader = DeviceLoader(ds.train, ph.batch_size, device=device, shuffle=True,

@@ -54,10 +54,14 @@ class ModelConfig:
     backbone: str = "vgg16"  # a key of models.BACKBONES or "timm:<name>"
     head: str = "paper"  # "paper": Flatten → [Linear → ReLU → BN → Dropout] × 2 → Linear; "pool": GAP → Dropout → Linear
     pretrained: bool = True  # ImageNet weights (torchvision/timm download, or the bundled Lite0 file)
-    weights: str = ""  # local state dict for the backbone, used instead of a download when set
+    weights: str = ""  # local state dict or Keras .h5 for the backbone, used instead of a download when set; "keras": Keras's VGG16 file (fetched once, only when pretrained)
     hidden: int = 512  # width of the paper head's hidden layers
     dropout: float = 0.4  # dropout probability in the head
     input_size: int = 64  # the model's input side in pixels; batches are resized on the device when it differs
+    head_init: str = "keras"  # paper head Linear init: keras (glorot_uniform kernels, zero biases) | torch (nn.Linear's)
+    bn_momentum: float = 0.01  # paper head BatchNorm momentum, PyTorch convention (= Keras momentum 0.99)
+    bn_eps: float = 1e-3  # paper head BatchNorm epsilon (Keras's default)
+    bn_variance: str = "unbiased"  # head BatchNorm running variance from the batch's unbiased (PyTorch) or biased (Keras) variance
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,7 @@ class PhaseConfig:
     name: str = "phase"  # shown in logs, metrics and Table 1
     epochs: int = 1  # maximum epochs of this phase (early stopping may end it sooner)
     train: str = "head"  # trainable part: "head" | "all" | "from:<block>" (a block name of the backbone)
-    optimizer: str = "adam"  # adam | adamw | sgd
+    optimizer: str = "adam"  # adam | adam-keras (Keras 2's update: eps 1e-7 on the raw sqrt(v)) | adamw | sgd
     lr_policy: str = "triangular"  # triangular (Smith's CLR) | constant | onecycle
     lr_min: float = 1e-4  # CLR base LR; one-cycle start/end scale; ignored by constant
     lr_max: float = 6e-4  # CLR/one-cycle peak LR; the constant LR
@@ -77,6 +81,7 @@ class PhaseConfig:
     bn_frozen_eval: bool = True  # BatchNorm layers of a frozen part stay in inference mode (Keras guide)
     body_bn_eval: bool = False  # the backbone's BatchNorm layers stay in inference mode even when trainable
     patience: int = 0  # early stopping: epochs without a new best val accuracy before the phase ends; 0 = off
+    patience_scope: str = "run"  # the best that patience compares with: run (whole run) | phase (restarts each phase, as Keras's EarlyStopping per fit())
     start_from_best: bool = True  # begin the phase from the best weights so far (the report's practice)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
 
@@ -210,7 +215,10 @@ _CHOICES = {
     "data.augment": ("keras", "keras3", "keras-radians", "keras-noflip", "flip", "none"),
     "data.normalize": ("backbone", "rescale"),
     "model.head": ("paper", "pool"),
-    "optimizer": ("adam", "adamw", "sgd"),
+    "model.head_init": ("keras", "torch"),
+    "model.bn_variance": ("unbiased", "biased"),
+    "optimizer": ("adam", "adam-keras", "adamw", "sgd"),
+    "patience_scope": ("run", "phase"),
     "lr_policy": ("triangular", "constant", "onecycle"),
     "amp": ("auto", "bf16", "off"),
     "channels_last": ("auto", "true", "false"),
@@ -229,12 +237,15 @@ def validate(cfg: RunConfig) -> None:
     check("data.augment", cfg.data.augment, _CHOICES["data.augment"])
     check("data.normalize", cfg.data.normalize, _CHOICES["data.normalize"])
     check("model.head", cfg.model.head, _CHOICES["model.head"])
+    check("model.head_init", cfg.model.head_init, _CHOICES["model.head_init"])
+    check("model.bn_variance", cfg.model.bn_variance, _CHOICES["model.bn_variance"])
     check("amp", cfg.amp, _CHOICES["amp"])
     check("channels_last", cfg.channels_last, _CHOICES["channels_last"])
     check("compile_mode", cfg.compile_mode, _CHOICES["compile_mode"])
     for i, p in enumerate(cfg.phases):
         check(f"phases.{i}.optimizer", p.optimizer, _CHOICES["optimizer"])
         check(f"phases.{i}.lr_policy", p.lr_policy, _CHOICES["lr_policy"])
+        check(f"phases.{i}.patience_scope", p.patience_scope, _CHOICES["patience_scope"])
         if p.epochs < 0:
             raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
         if p.batch_size < 1:
@@ -245,6 +256,9 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"phases.{i}.train: {p.train!r} is not head, all or from:<block>")
     if cfg.model.input_size < 8:
         raise ConfigError(f"model.input_size: must be >= 8, got {cfg.model.input_size}")
+    if not 0.0 <= cfg.model.bn_momentum <= 1.0 or cfg.model.bn_eps <= 0:
+        raise ConfigError(f"model.bn_momentum must be in [0, 1] and model.bn_eps > 0, got {cfg.model.bn_momentum} "
+                          f"and {cfg.model.bn_eps}")
 
 
 def apply_overrides(raw: dict, overrides: list[str] | Mapping[str, Any]) -> dict:

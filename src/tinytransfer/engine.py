@@ -31,6 +31,7 @@ from .data import Dataset, Split
 from .loader import DeviceLoader
 from .metrics import topk_correct
 from .models import param_groups, set_trainable, train_mode
+from .optim import KerasAdam
 from .runfolder import BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .schedule import lr_at
 
@@ -68,6 +69,7 @@ class TrainState:
     epoch: int = 0  # epochs completed in the whole run
     step: int = 0  # iterations completed within the current phase (the LR schedule's position)
     best_acc: float = -1.0  # best validation top-1 so far, across phases
+    phase_best_acc: float = -1.0  # best validation top-1 within the current phase (patience_scope="phase")
     best_epoch: int = 0  # global epoch of best_acc
     bad_epochs: int = 0  # epochs since the phase's last improvement (early stopping)
     rng: dict = field(default_factory=dict)  # generator states at the end of the last epoch
@@ -114,6 +116,8 @@ def make_optimizer(model: nn.Module, phase: PhaseConfig, fused: bool = False) ->
     extra: dict[str, Any] = {"fused": True} if fused else {}
     if phase.optimizer == "adam":
         return torch.optim.Adam(groups, lr=phase.lr_min, betas=phase.betas, **extra)
+    if phase.optimizer == "adam-keras":  # Keras 2's update (see optim.KerasAdam); no fused kernel
+        return KerasAdam(groups, lr=phase.lr_min, betas=phase.betas)
     if phase.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=phase.lr_min, betas=phase.betas, **extra)
     if phase.optimizer == "sgd":
@@ -298,6 +302,7 @@ def _checkpoint(model: nn.Module, optimizer: torch.optim.Optimizer | None, cfg: 
         "step": state.step,
         "best_acc": state.best_acc,
         "best_epoch": state.best_epoch,
+        "phase_best_acc": state.phase_best_acc,
         "bad_epochs": state.bad_epochs,
         "rng": state.rng,
         "config": to_dict(cfg),
@@ -379,7 +384,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         state = TrainState(
             phase=resume["phase"], phase_epoch=resume["phase_epoch"], epoch=resume["epoch"], step=resume["step"],
             best_acc=resume["best_acc"], best_epoch=resume.get("best_epoch", 0), bad_epochs=resume["bad_epochs"],
-            rng=resume["rng"],
+            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0),
         )
         _set_rng_state(state.rng, shuffle_gen, aug_gen)
         writer.truncate_after(state.epoch)
@@ -429,13 +434,12 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 improved = val_loader is None or row["val_acc"] > state.best_acc
                 state.phase_epoch += 1
                 state.epoch += 1
+                patience_reset = _patience_improved(phase, state, row["val_acc"], improved)
                 if improved:
                     if val_loader is not None:
                         state.best_acc = row["val_acc"]
                     state.best_epoch = state.epoch
-                    state.bad_epochs = 0
-                else:
-                    state.bad_epochs += 1
+                state.bad_epochs = 0 if patience_reset else state.bad_epochs + 1
                 stop_phase = phase.patience > 0 and state.bad_epochs >= phase.patience
                 done_phase = stop_phase or state.phase_epoch >= phase.epochs
                 state.rng = _rng_state(shuffle_gen, aug_gen)
@@ -448,6 +452,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     nxt = TrainState(**vars(state))
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
+                        nxt.phase_best_acc = -1.0
                     save_checkpoint(_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
                                     run_dir / LAST_PT)
                 if stop_phase:
@@ -460,7 +465,19 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             state.phase_epoch = 0
             state.step = 0
             state.bad_epochs = 0
+            state.phase_best_acc = -1.0
     return state
+
+
+def _patience_improved(phase: PhaseConfig, state: TrainState, val_acc: float | None, run_improved: bool) -> bool:
+    """Whether this epoch resets the early-stopping count; records the phase's best. ``patience_scope="run"``:
+    a new best of the whole run; ``"phase"``: a new best of this phase (Keras's EarlyStopping, whose best restarts
+    with every ``fit()``, so a phase's first epoch always counts). Without validation every epoch counts."""
+    if val_acc is None:
+        return True
+    phase_improved = val_acc > state.phase_best_acc
+    state.phase_best_acc = max(state.phase_best_acc, val_acc)
+    return phase_improved if phase.patience_scope == "phase" else run_improved
 
 
 def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,

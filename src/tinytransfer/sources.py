@@ -1,7 +1,9 @@
-"""Where datasets come from: the offline digits demo dataset and the Tiny ImageNet download.
+"""Where datasets (and downloaded weights) come from: the offline digits demo dataset, the Tiny ImageNet download,
+and :func:`download_file`, the one checked download that weight files use too.
 
-Both write a folder in the Tiny ImageNet layout that :func:`tinytransfer.data.load_dataset` reads. The download is
-resumable, checked (size, SHA-256) and extracted safely: no member may escape the target folder.
+The dataset sources write a folder in the Tiny ImageNet layout that :func:`tinytransfer.data.load_dataset` reads.
+Downloads are resumable and checked (size, SHA-256 or MD5); the zip is extracted safely: no member may escape the
+target folder.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ import numpy as np
 from PIL import Image
 
 from .decode import DataError
-from .fsutil import atomic_write_bytes, remove_quietly, temp_name
+from .fsutil import atomic_write, atomic_write_bytes, remove_quietly, temp_name
 
-__all__ = ["TINY_IMAGENET_URL", "build_demo_dataset", "download_tiny_imagenet", "safe_extract"]
+__all__ = ["TINY_IMAGENET_URL", "build_demo_dataset", "download_file", "download_tiny_imagenet", "safe_extract"]
 
 logger = logging.getLogger(__name__)
 
@@ -186,6 +188,50 @@ def _fetch(url: str, part: str) -> None:
                     bar.update(len(block))
             except (OSError, urllib.error.URLError) as e:
                 raise DataError(f"{url}: download interrupted ({e}); run again to resume") from None
+
+
+def _file_hash(path: str, algorithm: str) -> str:
+    h = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_file(url: str, path: str | os.PathLike, *, md5: str | None = None, sha256: str | None = None) -> str:
+    """Fetch ``url`` (http(s)://, file:// or a local path) to ``path`` unless a file with the right hash is already
+    there; returns ``path``.
+
+    Resumable (``<path>.part``, HTTP Range), checked (``md5`` and/or ``sha256``) and atomic: the file appears at
+    ``path`` whole or not at all. A file with the wrong hash is deleted, never kept: a cached copy that no longer
+    matches is fetched again; a download that does not match raises DataError and leaves nothing behind.
+    """
+    path = os.path.abspath(os.fspath(path))
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    wanted = {name: value.lower() for name, value in (("md5", md5), ("sha256", sha256)) if value}
+
+    def problem(file: str) -> str | None:
+        for name, value in wanted.items():
+            got = _file_hash(file, name)
+            if got != value:
+                return f"{name} {got}, expected {value}"
+        return None
+
+    if os.path.isfile(path):
+        bad = problem(path)
+        if bad is None:
+            return path
+        logger.warning("%s: cached file has %s; deleting it and fetching again", path, bad)
+        remove_quietly(path)
+    part = path + ".part"
+    _fetch(url, part)
+    bad = problem(part)
+    if bad is not None:
+        remove_quietly(part)
+        raise DataError(f"{url}: the downloaded file has {bad} (truncated or not the expected file); "
+                        "nothing was kept")
+    atomic_write(path, lambda tmp: os.replace(part, tmp))
+    return path
 
 
 def download_tiny_imagenet(
