@@ -127,8 +127,9 @@ def test_train_refuses_a_folder_with_another_run_and_bad_nproc(runs, tree):
     run, _ = runs
     with pytest.raises(tt.UserError, match="holds a different run"):
         tt.train("vgg16-paper", tree, out=run.dir, overrides={**TINY, "seed": 9}, verbose=False)
-    with pytest.raises(tt.UserError, match="nproc=2"):
-        tt.train("vgg16-paper", tree, out=run.dir, nproc=2)
+    with pytest.raises(tt.UserError, match="batch_size 15 does not divide among 2 processes"):
+        tt.train("vgg16-paper", tree, out=run.dir / "new", overrides={**TINY, "phases.*.batch_size": 15}, nproc=2)
+    assert not (run.dir / "new").exists()
 
 
 def test_create_model_and_listings():

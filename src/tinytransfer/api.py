@@ -36,6 +36,7 @@ from .data import Dataset, Split, load_configured
 from .engine import evaluate as evaluate_loader
 from .engine import fit, resolve_device, split_loader
 from .models import BACKBONES, TIMM_PREFIX, model_from_config
+from .parallel import barrier, launch, setup, teardown, world
 from .models import create_model as _create_model_impl
 from .runfolder import (CONFIG_YAML, LAST_PT, METRICS_CSV, PREDICTIONS_CSV, CheckpointView, load_model, read_config,
                         read_metrics, run_dir_of, table1, table1_markdown)
@@ -179,26 +180,72 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
     ``out`` defaults to ``runs/<recipe>-<time>``. ``device`` None keeps the recipe's (``auto``: CUDA where present).
     A folder that already holds another run is refused (``force=True`` starts it over). ``progress``: a progress
     bar (None: only where stderr is a terminal). ``finish``: figures, Table 1, test predictions and report.html
-    afterwards. ``nproc`` > 1 (data-parallel training) is not available yet and is refused.
+    afterwards. ``nproc``: data-parallel training in that many processes on this machine (torchrun's elastic agent;
+    one GPU each on CUDA). Under ``torchrun`` every rank calls ``train`` and rank 0 writes the folder.
     """
-    if nproc not in (None, 1):
-        raise UserError(f"nproc={nproc}: data-parallel training is not available in this version; use nproc=1")
     cfg = resolve_config(recipe, data, overrides, seed, deterministic, device)
+    n = _check_procs(cfg, nproc)
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / CONFIG_YAML).exists() and not force:
+    if (run_dir / CONFIG_YAML).exists() and not force and world().main:
         if _read_run_config(run_dir) != to_dict(cfg):
             raise UserError(f"{run_dir}: holds a different run; use --resume {run_dir} to continue it "
                             "or --force to overwrite it")
         if (run_dir / LAST_PT).is_file():
             raise UserError(f"{run_dir}: already holds this run; use --resume {run_dir} to continue it "
                             "or --force to start over")
+    if n > 1:
+        return _launch(n, cfg, run_dir, False, progress=progress, finish=finish)
     return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose)
 
 
-def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, progress: bool | None = None,
-           finish: bool = True, verbose: bool = True) -> "Run":
+def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
+    """The number of processes to launch here (1 under torchrun, which launched them); refuses a batch that does
+    not divide among all the ranks."""
+    n = int(nproc or 1)
+    if n < 1:
+        raise UserError(f"nproc={nproc}: must be >= 1")
+    if n > 1 and world().active:
+        raise UserError("nproc: this process already runs under torchrun; pass --nproc-per-node to torchrun instead")
+    ranks = max(n, world().world_size)
+    for p in cfg.phases:
+        if p.batch_size % ranks:
+            raise UserError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {ranks} processes "
+                            "(the recipe's batch_size is the global batch)")
+    return n
+
+
+def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: bool | None, finish: bool) -> "Run":
+    """Data-parallel training in ``n`` local processes; the figures and report are made here afterwards."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    log.info("data-parallel training in %d processes", n)
+    try:
+        launch(n, _rank_main, to_dict(cfg), str(run_dir), resuming, progress)
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        msg = str(getattr(failure, "message", "") or "").strip().splitlines()
+        raise UserError(f"data-parallel training failed on rank {rank} (exit code {failure.exitcode})"
+                        + (f": {msg[-1][:300]}" if msg else "; its output above says why")) from None
+    run = Run(run_dir, device=cfg.device)
+    if finish:
+        run.report()
+    return run
+
+
+def _rank_main(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None) -> None:
+    """One rank of a ``--nproc`` run (a spawned process; torchrun's environment is set)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
+    ckpt = None
+    if resuming and world().main and (Path(run_dir) / LAST_PT).is_file():
+        ckpt = load_checkpoint(Path(run_dir) / LAST_PT)
+    _train(from_dict(cfg_dict), Path(run_dir), ckpt, progress=progress, finish=False, verbose=False)
+
+
+def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, nproc: int | None = None,
+           progress: bool | None = None, finish: bool = True, verbose: bool = True) -> "Run":
     """Continue the run in folder ``run`` from its ``last.pt`` (same RNG streams: on the CPU with
-    ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved."""
+    ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved.
+    ``nproc`` may differ from the run's start: checkpoints hold global state only."""
     run_dir = Path(run)
     if not (run_dir / CONFIG_YAML).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")
@@ -206,32 +253,57 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, pro
     if data is not None:
         raw.setdefault("data", {})["root"] = str(Path(data).resolve())
     cfg = from_dict(raw)
-    ckpt = load_checkpoint(run_dir / LAST_PT) if (run_dir / LAST_PT).is_file() else None
+    n = _check_procs(cfg, nproc)
+    if n > 1:
+        return _launch(n, cfg, run_dir, True, progress=progress, finish=finish)
+    ckpt = load_checkpoint(run_dir / LAST_PT) if (run_dir / LAST_PT).is_file() and world().main else None
     return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose)
 
 
 def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool | None, finish: bool,
            verbose: bool) -> "Run":
-    with _console(verbose):
-        seed_everything(cfg.seed, cfg.deterministic)
-        data = load_data(cfg)
-        log.info("data: %d classes, %d train, %d val, %d test images (%d px)", len(data.classes), len(data.train),
-                 len(data.val) if data.val else 0, len(data.test) if data.test else 0, data.image_size)
-        m = cfg.model
-        try:
-            model = model_from_config(m, len(data.classes), load_weights=ckpt is None)
-        except OSError as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise UserError(f"could not download the ImageNet weights of {m.backbone} ({e}); offline, pass "
-                            "--set model.weights=FILE (a local state dict) or --set model.pretrained=false") from None
-        log.info("run folder: %s", run_dir)
-        state = fit(model, data, cfg, run_dir, resume=ckpt, show_progress=progress)
-        log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch, run_dir)
-        run = Run(run_dir, device=cfg.device)
-        if finish:
-            run.report(data=data)
+    d = setup(cfg.device)  # one process: nothing to join
+    quiet = logging.getLogger("tinytransfer").level if not d.main else None
+    try:
+        if not d.main:  # rank 0 prints; the others only warn
+            logging.getLogger("tinytransfer").setLevel(logging.WARNING)
+        with _console(verbose and d.main):
+            seed_everything(cfg.seed, cfg.deterministic)  # the same seed on every rank: the same initial model
+            if d.active and not d.main:
+                barrier(d)  # rank 0 builds the image cache and fetches the weights first
+            data = load_data(cfg)
+            log.info("data: %d classes, %d train, %d val, %d test images (%d px)", len(data.classes),
+                     len(data.train), len(data.val) if data.val else 0, len(data.test) if data.test else 0,
+                     data.image_size)
+            m = cfg.model
+            try:
+                # other ranks get rank 0's weights when DDP wraps the model (it broadcasts every parameter)
+                model = model_from_config(m, len(data.classes), load_weights=ckpt is None and d.main)
+            except OSError as e:
+                if isinstance(e, FileNotFoundError):
+                    raise
+                raise UserError(f"could not download the ImageNet weights of {m.backbone} ({e}); offline, pass "
+                                "--set model.weights=FILE (a local state dict) or --set model.pretrained=false"
+                                ) from None
+            if d.active and d.main:
+                barrier(d)
+            if d.active:  # rank 0 read last.pt (other machines may not see the folder): share it
+                box = [ckpt]
+                torch.distributed.broadcast_object_list(box, src=0)
+                ckpt = box[0]
+            log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
+            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress)
+            log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
+                     run_dir)
+            run = Run(run_dir, device=cfg.device if not d.active else "cpu")
+            if finish and d.main:
+                run.report(data=data)
+    finally:
+        teardown()
+        if quiet is not None:
+            logging.getLogger("tinytransfer").setLevel(quiet)
     return run
+
 
 
 # ---- a finished (or running) run ----------------------------------------------------------------------------------

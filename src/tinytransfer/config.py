@@ -100,6 +100,7 @@ class RunConfig:
     amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     compile: bool = False  # torch.compile the model (falls back to eager if it fails)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    sync_bn: bool = False  # data-parallel on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
 
 

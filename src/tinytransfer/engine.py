@@ -32,6 +32,7 @@ from .loader import DeviceLoader
 from .metrics import topk_correct
 from .models import param_groups, set_trainable, train_mode
 from .optim import KerasAdam
+from .parallel import Dist, agree, all_reduce_sum
 from .runfolder import BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .schedule import lr_at
 
@@ -197,8 +198,10 @@ def train_one_epoch(
     max_steps: int = 0,
     stop: _Stop | None = None,
     progress: Callable[[dict], None] | None = None,
+    dist: Dist = Dist(),
 ) -> dict:
-    """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts."""
+    """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts,
+    summed over the ranks under data-parallel training (``dist``)."""
     base = unwrap_model(model)
     phase_train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
@@ -245,17 +248,21 @@ def train_one_epoch(
             progress({"loss": loss_sum.item() / seen, "acc": c[0] / seen, "lr": lr, "n": n, "step": i + 1})
         elif progress is not None:
             progress({"n": n, "step": i + 1})
-        if stop is not None and stop.signum is not None:
-            raise Interrupted(f"stopped by signal {stop.signum} during epoch {state.epoch + 1}")
+        if stop is not None and agree(stop.signum is not None, dist, device):  # every rank stops at the same step
+            raise Interrupted(f"stopped by signal {stop.signum or 'on another rank'} during epoch {state.epoch + 1}")
     _check_finite(first_bad, phase, state, steps_per_epoch)
-    c = correct.tolist()
-    seen = max(seen, 1)
-    return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen, "lr": lr}
+    sums = all_reduce_sum(torch.stack([loss_sum.double(), *correct.double(),
+                                       torch.tensor(float(seen), device=device, dtype=torch.float64)]), dist)
+    loss_total, c1, c5, seen_all = sums.tolist()
+    seen_all = max(seen_all, 1.0)
+    return {"loss": loss_total / seen_all, "acc": c1 / seen_all, "top5": c5 / seen_all, "n": int(seen_all), "lr": lr}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto") -> dict:
-    """Mean loss, top-1 and top-5 over the whole split (the last partial batch included)."""
+def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto",
+             dist: Dist = Dist()) -> dict:
+    """Mean loss, top-1 and top-5 over the whole split (the last partial batch included). Under data-parallel
+    training each rank scores its shard (every image once) and the sums are all-reduced."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
@@ -268,9 +275,11 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, am
             loss_sum += F.cross_entropy(logits, y, reduction="sum")
             correct += topk_correct(logits, y, (1, 5))
             seen += y.shape[0]
-    seen = max(seen, 1)
-    c = correct.tolist()
-    return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen}
+    sums = all_reduce_sum(torch.stack([loss_sum.double(), *correct.double(),
+                                       torch.tensor(float(seen), device=device, dtype=torch.float64)]), dist)
+    loss_total, c1, c5, n = sums.tolist()
+    n = max(n, 1.0)
+    return {"loss": loss_total / n, "acc": c1 / n, "top5": c5 / n, "n": int(n)}
 
 
 def _rng_state(shuffle: torch.Generator, aug: torch.Generator) -> dict:
@@ -338,8 +347,7 @@ def fit(
     run_dir: str | os.PathLike,
     *,
     resume: dict | None = None,
-    rank: int = 0,
-    world_size: int = 1,
+    dist: Dist | None = None,
     show_progress: bool | None = None,
 ) -> TrainState:
     """Train ``model`` through ``cfg.phases`` into ``run_dir``: config.yaml (a fresh run), metrics.csv, last.pt and
@@ -348,25 +356,37 @@ def fit(
     ``resume`` is a checkpoint dict (``last.pt``) to continue from; without it the folder's earlier metrics and
     checkpoints are cleared. ``show_progress``: a progress bar; None = only where stderr is a terminal. Returns the
     final state.
+
+    ``dist`` (:func:`parallel.setup`): data-parallel training. Every rank calls ``fit`` with the same config and
+    a model built from the same seed; each runs ``batch_size / world_size`` images of every global batch, the model
+    is wrapped in DistributedDataParallel (rebuilt at each phase over the trainable parameters only), metrics are
+    all-reduced, and rank 0 alone takes the lock and writes the folder. Checkpoints hold global state only.
     """
+    dist = dist or Dist()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
-        if rank == 0:
+        if dist.main:
             stack.enter_context(RunLock(run_dir))
             if resume is None:
                 for stale in (BEST_PT, LAST_PT):
                     (run_dir / stale).unlink(missing_ok=True)
                 write_config(run_dir, cfg)
-        return _fit(unwrap_model(model), data, cfg, run_dir, resume, rank, world_size, show_progress)
+        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress)
 
 
-def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, rank: int,
-         world_size: int, show_progress: bool | None) -> TrainState:
-    """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: compiled where asked)."""
+def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, dist: Dist,
+         show_progress: bool | None) -> TrainState:
+    """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: DDP-wrapped, compiled)."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
-    device = resolve_device(cfg.device)
+    show_progress = show_progress and dist.main
+    rank, world_size = dist.rank, dist.world_size
+    for p in cfg.phases:
+        if p.batch_size % world_size:
+            raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
+                             "processes (the recipe's batch is the global batch)")
+    device = dist.device if dist.active else resolve_device(cfg.device)
     model.to(device)
     # channels_last: faster on CUDA and with oneDNN on the CPU alike (VGG16 unfrozen 41 → 51 img/s, Lite0 209 → 344)
     channels_last = cfg.channels_last in ("true", "auto")
@@ -387,24 +407,20 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0),
         )
         _set_rng_state(state.rng, shuffle_gen, aug_gen)
-        writer.truncate_after(state.epoch)
+        if dist.main:
+            writer.truncate_after(state.epoch)
         log.info("resuming at phase %d, epoch %d (step %d of the phase)", state.phase + 1, state.epoch, state.step)
-    else:
+    elif dist.main:
         writer.truncate_after(0)
-    net = model
-    if cfg.compile:
-        import torch._dynamo as dynamo  # (a plain "import torch._dynamo" would make torch local to fit)
-
-        # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
-        dynamo.config.suppress_errors = True
-        try:
-            net = torch.compile(model, mode=cfg.compile_mode)
-        except Exception as e:  # pragma: no cover - depends on the platform
-            log.warning("torch.compile failed (%s); running eager", e)
+    if cfg.sync_bn and dist.active:
+        if device.type == "cuda":
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:
+            log.warning("sync_bn: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorm sees its own share")
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = DeviceLoader(data.val, cfg.eval_batch_size, device=device, transform=eval_tf,
-                                  device_cache_gb=cfg.data.device_cache_gb,
+                                  device_cache_gb=cfg.data.device_cache_gb, rank=rank, world_size=world_size,
                                   channels_last=channels_last)
     # one training loader for all phases (on CUDA it holds the whole uint8 split on the device)
     loader = DeviceLoader(data.train, cfg.phases[0].batch_size, device=device, shuffle=True, generator=shuffle_gen,
@@ -422,14 +438,18 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 log.info("phase %d starts from the best weights so far (epoch %d, val %.4f)",
                          state.phase + 1, best["epoch"], best["best_acc"])
             set_trainable(model, phase.train)
+            net, eval_net = _wrap(model, cfg, dist)  # DDP over this phase's trainable parameters, then compile
             optimizer = make_optimizer(model, phase, fused=fused)
             if not fresh_phase and resume is not None and resume.get("optimizer"):
                 optimizer.load_state_dict(resume["optimizer"])
             resume = None
             loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
             while state.phase_epoch < phase.epochs:
-                row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
-                                 show_progress and rank == 0)
+                if dist.active:  # per-rank streams that depend on (seed, rank, epoch) only: any N resumes exactly
+                    torch.manual_seed(_stream_seed(cfg.seed, rank, state.epoch))
+                    aug_gen.manual_seed(_stream_seed(cfg.seed + 1, rank, state.epoch))
+                row = _run_epoch(net, eval_net, loader, val_loader, optimizer, phase, state, cfg, device, stop,
+                                 show_progress, dist)
                 # without a validation split the latest weights are the best known
                 improved = val_loader is None or row["val_acc"] > state.best_acc
                 state.phase_epoch += 1
@@ -443,7 +463,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 stop_phase = phase.patience > 0 and state.bad_epochs >= phase.patience
                 done_phase = stop_phase or state.phase_epoch >= phase.epochs
                 state.rng = _rng_state(shuffle_gen, aug_gen)
-                if rank == 0:
+                if dist.main:
                     writer.append(row)
                     log.info(_fmt_line(row))
                     if improved:
@@ -480,9 +500,36 @@ def _patience_improved(phase: PhaseConfig, state: TrainState, val_acc: float | N
     return phase_improved if phase.patience_scope == "phase" else run_improved
 
 
-def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
+def _stream_seed(seed: int, rank: int, epoch: int) -> int:
+    """A seed for rank ``rank``'s random streams (dropout, augmentation) in epoch ``epoch``."""
+    return (seed * 1_000_003 + rank * 10_007 + epoch) % 2**63
+
+
+def _wrap(model: nn.Module, cfg: RunConfig, dist: Dist) -> tuple[nn.Module, nn.Module]:
+    """(training net, evaluation net) for a phase: DistributedDataParallel over the trainable parameters where
+    several processes train (evaluation runs the raw model: no collectives per batch, shards may differ in
+    batches), then ``torch.compile`` where asked."""
+    net, eval_net = model, model
+    if dist.active:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
+    if cfg.compile:
+        import torch._dynamo as dynamo  # (a plain "import torch._dynamo" would make torch local to fit)
+
+        # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
+        dynamo.config.suppress_errors = True
+        try:
+            net = torch.compile(net, mode=cfg.compile_mode)
+            eval_net = net if not dist.active else torch.compile(model, mode=cfg.compile_mode)
+        except Exception as e:  # pragma: no cover - depends on the platform
+            log.warning("torch.compile failed (%s); running eager", e)
+    return net, eval_net
+
+
+def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
                optimizer: torch.optim.Optimizer, phase: PhaseConfig, state: TrainState, cfg: RunConfig,
-               device: torch.device, stop: _Stop, show_progress: bool) -> dict:
+               device: torch.device, stop: _Stop, show_progress: bool, dist: Dist) -> dict:
     total = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     bar = None
     if show_progress:
@@ -505,14 +552,14 @@ def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loade
 
     try:
         tr = train_one_epoch(net, loader, optimizer, phase, state, device=device, amp=cfg.amp,
-                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress)
+                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress, dist=dist)
     finally:
         if bar is not None:
             bar.close()
     if device.type == "cuda":
         torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
-    va = evaluate(net, val_loader, device=device, amp=cfg.amp) if val_loader is not None else None
+    va = evaluate(eval_net, val_loader, device=device, amp=cfg.amp, dist=dist) if val_loader is not None else None
     seconds = time.perf_counter() - t0
     return {
         "phase": state.phase + 1,
