@@ -140,3 +140,38 @@ def test_two_torchrun_agents_on_loopback_train_one_run(tree, tmp_path, pair):
     assert {p.name for p in out.iterdir()} == RUN_FILES
     two, _, _ = pair
     assert [r["val_loss"] for r in _rows(out)] == [r["val_loss"] for r in _rows(two)]  # = 2 ranks on one node
+
+
+def test_a_folder_held_by_a_live_run_is_refused_in_one_line(tree, tmp_path):
+    out = tmp_path / "held"
+    out.mkdir()
+    (out / ".lock").write_text(f"{os.getpid()}\n")  # this test process: alive
+    p = subprocess.run([*CMD, "--data", str(tree), "--out", str(out), "--nproc", "2", *_sets(SETS)],
+                       capture_output=True, text=True, env=ENV, timeout=180)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and f"another run (pid {os.getpid()}) is writing to this folder" in err[0], p.stderr
+    assert sorted(x.name for x in out.iterdir()) == [".lock"]
+
+
+def test_ctrl_c_stops_every_rank_and_keeps_the_last_epoch(tree, tmp_path):
+    out = tmp_path / "int"
+    proc = subprocess.Popen([*CMD, "--data", str(tree), "--out", str(out), "--nproc", "2",
+                             *_sets({**SETS, "phases.*.epochs": 6})], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "metrics.csv").is_file() and len(_rows(out)) >= 1:
+                break
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C in a terminal does: the whole foreground group
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err
+    assert "--resume" in err.strip().splitlines()[-1]
+    epoch = load_checkpoint(out / "last.pt")["epoch"]
+    assert 1 <= epoch <= len(_rows(out)) < 18
+    assert not (out / ".lock").exists() or int((out / ".lock").read_text().split()[0]) != proc.pid

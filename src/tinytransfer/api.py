@@ -216,16 +216,22 @@ def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
 
 def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: bool | None, finish: bool) -> "Run":
     """Data-parallel training in ``n`` local processes; the figures and report are made here afterwards."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from .engine import Interrupted
 
     log.info("data-parallel training in %d processes", n)
     try:
         launch(n, _rank_main, to_dict(cfg), str(run_dir), resuming, progress)
+    except SignalException as e:  # Ctrl-C / SIGTERM to the launcher: the agent has stopped every rank
+        raise Interrupted(f"stopped by signal {e.sigval}") from None
     except ChildFailedError as e:
         rank, failure = e.get_first_failure()
-        msg = str(getattr(failure, "message", "") or "").strip().splitlines()
+        text = failure.message if isinstance(failure.message, str) else (failure.message or {}).get("message", "")
+        lines = [x for x in str(text or "").strip().splitlines() if x.strip()]
         raise UserError(f"data-parallel training failed on rank {rank} (exit code {failure.exitcode})"
-                        + (f": {msg[-1][:300]}" if msg else "; its output above says why")) from None
+                        + (f": {lines[0][:300]}" if lines else "; its output above says why")) from None
     run = Run(run_dir, device=cfg.device)
     if finish:
         run.report()
@@ -233,7 +239,14 @@ def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: 
 
 
 def _rank_main(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None) -> None:
-    """One rank of a ``--nproc`` run (a spawned process; torchrun's environment is set)."""
+    """One rank of a ``--nproc`` run (a spawned process; torchrun's environment is set). Its exception goes to
+    the launcher as one line (the agent's error file)."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    record(_rank_body)(cfg_dict, run_dir, resuming, progress)
+
+
+def _rank_body(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     ckpt = None
     if resuming and world().main and (Path(run_dir) / LAST_PT).is_file():

@@ -122,5 +122,14 @@ def launch(nproc: int, fn: Callable[..., Any], *args: Any) -> Any:
     cfg = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                        rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=0, monitor_interval=0.5,
                        start_method="spawn")
-    results = elastic_launch(cfg, fn)(*args)
+    # a failing rank is reported once, by the caller, not as pages of the agent's log
+    loggers = [logging.getLogger(n) for n in ("torch.distributed.elastic", "torch.multiprocessing")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        results = elastic_launch(cfg, fn)(*args)
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
     return results.get(0) if isinstance(results, dict) else results
