@@ -56,3 +56,31 @@ def test_no_module_imports_another_modules_private_name() -> None:
            for path in sorted(PKG.glob("*.py")) for mod, names, line in _imports(path)
            for name in names if name.startswith("_") and not name.startswith("__")]
     assert bad == []
+
+
+def test_contracts_list_the_checkpoint_keys_the_code_writes(tmp_path) -> None:
+    import re
+
+    import torch
+
+    from tinytransfer.checkpoint import load_checkpoint
+    from tinytransfer.config import from_dict
+    from tinytransfer.data import Dataset, Split
+    from tinytransfer.engine import fit
+    from tinytransfer.models import create_model
+
+    doc = (PKG.parents[1] / "docs" / "CONTRACTS.md").read_text()
+    listed = re.search(r"<!-- checkpoint-keys -->(.*?)<!-- /checkpoint-keys -->", doc, re.S)
+    assert listed, "docs/CONTRACTS.md lost its checkpoint-keys list"
+    keys = set(re.findall(r"`([a-z_0-9]+)`", listed.group(1)))
+    g = torch.Generator().manual_seed(0)
+    split = Split(images=torch.randint(0, 256, (8, 16, 16, 3), generator=g, dtype=torch.uint8).numpy(),
+                  labels=torch.arange(8).remainder(2).numpy(), files=[f"{i}.png" for i in range(8)])
+    data = Dataset(root=str(tmp_path), classes=["a", "b"], names=["a", "b"], train=split, val=split, test=None,
+                   image_size=16)
+    cfg = from_dict({"model": {"backbone": "timm:test_resnet", "head": "pool", "pretrained": False,
+                               "input_size": 16}, "phases": [{"epochs": 1, "batch_size": 4}], "data": {"augment": "none"}})
+    fit(create_model("timm:test_resnet", 2, head="pool", input_size=16), data, cfg, tmp_path / "run",
+        show_progress=False)
+    for name in ("best.pt", "last.pt"):
+        assert set(load_checkpoint(tmp_path / "run" / name)) == keys, name
