@@ -143,10 +143,16 @@ def phase_train_mode(model: nn.Module, phase: PhaseConfig) -> None:
 
 
 class _Stop:
-    """SIGINT/SIGTERM → finish the current step, then stop cleanly."""
+    """SIGINT/SIGTERM → finish the current step (and the epoch's checkpoints, if it ends), then stop cleanly.
+
+    A second signal stops at once, unless it comes within ``grace`` seconds of the first: under torchrun one Ctrl-C
+    reaches a rank twice, from the terminal and forwarded by the launcher."""
+
+    grace = 2.0  # seconds
 
     def __init__(self) -> None:
         self.signum: int | None = None
+        self._at = 0.0
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "_Stop":
@@ -158,9 +164,11 @@ class _Stop:
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.signum = signum
+        if self.signum is not None:
+            if time.monotonic() - self._at > self.grace:  # a second Ctrl-C stops at once
+                raise KeyboardInterrupt
+            return
+        self.signum, self._at = signum, time.monotonic()
 
     def __exit__(self, *exc: Any) -> None:
         for s, h in self._old.items():
