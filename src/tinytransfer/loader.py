@@ -13,7 +13,9 @@ import torch
 
 from .data import Split
 
-__all__ = ["DeviceLoader"]
+__all__ = ["PAD_LABEL", "DeviceLoader"]
+
+PAD_LABEL = -100  # label of the padding samples of ``pad_last`` (cross_entropy's default ignore_index)
 
 
 class DeviceLoader:
@@ -24,7 +26,14 @@ class DeviceLoader:
     same permutation; rank r takes ``perm[r::world_size]``. When shuffling (training) or with ``drop_last`` the
     permutation is first truncated to a multiple of world_size, so every rank gets ``N // world_size`` samples
     (and, with drop_last, the same number of batches); without either (evaluation) the shards cover every sample
-    exactly once and their sizes differ by at most one. The last partial batch is kept unless ``drop_last``.
+    exactly once and their sizes differ by at most one. The last partial batch is kept unless ``drop_last``;
+    ``pad_last`` fills it up to ``batch_size`` with copies of its last sample labelled ``PAD_LABEL`` (-100, which
+    ``cross_entropy`` ignores and no prediction matches), so that every batch has one shape (static shapes for
+    ``torch.compile``) while ``num_samples`` real images are counted.
+
+    A transform with a ``plan(n, generator, height=, width=, device=)`` method (``augment.make_transform``'s) gets
+    its random parameters drawn for the whole epoch at the start of each pass (one draw, one batch of per-sample
+    algebra), then a slice of them per batch: a handful of kernels a batch instead of dozens.
 
     A batch is gathered from the uint8 array (rows read in sorted order for memory-map locality, then put back in
     permutation order), pinned and copied asynchronously on CUDA, permuted to (B, 3, H, W), converted to
@@ -48,6 +57,7 @@ class DeviceLoader:
         drop_last: bool = False,
         channels_last: bool = False,
         preload: bool | None = None,
+        pad_last: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -65,6 +75,7 @@ class DeviceLoader:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.pad_last = pad_last
         self.channels_last = channels_last
         self.preload = self.device.type == "cuda" if preload is None else bool(preload)
         self._cuda = self.device.type == "cuda"
@@ -124,27 +135,48 @@ class DeviceLoader:
             xt, yt = xt.pin_memory(), yt.pin_memory()
         return xt.to(self.device, non_blocking=True), yt.to(self.device, non_blocking=True)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 on the device → (B, 3, H, W) float32, transformed, in the asked memory format."""
+    def _finish(self, x: torch.Tensor, plan: object | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device → (B, 3, H, W) float32, transformed (with this batch's slice of the
+        epoch's ``plan`` where there is one), in the asked memory format."""
         x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view with channels-last strides
         direct_cl = self.channels_last and self.transform is None
         x = x.to(torch.float32, memory_format=torch.channels_last if direct_cl else torch.contiguous_format)
         if self.transform is not None:
-            x = self.transform(x, self.aug_generator)
+            if plan is not None:
+                x = self.transform(x, self.aug_generator, plan=plan)
+            else:
+                x = self.transform(x, self.aug_generator)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    def _plan(self, n: int) -> object | None:
+        """The transform's random parameters for this pass's ``n`` samples, drawn at once (None: none to draw)."""
+        make = getattr(self.transform, "plan", None)
+        if make is None or self.aug_generator is None:
+            return None
+        h, w = int(self._images.shape[1]), int(self._images.shape[2])
+        return make(n, self.aug_generator, height=h, width=w, device=self.device)
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         idx = self._indices()
         bs = self.batch_size
+        plan = self._plan(len(idx))
         if self.preload:
             idx_dev = idx.to(self.device, non_blocking=True)
         for b in range(len(self)):
+            lo, hi = b * bs, min((b + 1) * bs, len(idx))
+            pad = bs - (hi - lo) if self.pad_last else 0
+            pos: slice | torch.Tensor = slice(lo, hi)  # this batch's positions in the pass
+            if pad:  # the last partial batch, filled up with copies of its last sample
+                pos = torch.cat([torch.arange(lo, hi), torch.full((pad,), hi - 1)])
             if self.preload:
-                sel = idx_dev[b * bs:(b + 1) * bs]
+                sel = idx_dev[pos if not pad else pos.to(self.device)]
                 x = self._images_dev.index_select(0, sel)  # (B, H, W, 3) uint8 on the device
                 y = self._labels_dev.index_select(0, sel)  # (B,) int64
             else:
-                x, y = self._gather_host(idx[b * bs:(b + 1) * bs])
-            yield self._finish(x), y
+                x, y = self._gather_host(idx[pos])
+            if pad:
+                y[-pad:] = PAD_LABEL
+            batch_plan = None if plan is None else plan[pos if not pad else pos.to(self.device)]
+            yield self._finish(x, batch_plan), y
