@@ -3,8 +3,9 @@
 Phases are data (``PhaseConfig``): each sets what is trainable, the optimizer and the LR policy. The LR is a pure
 function of the iteration (``schedule.lr_at``) written into the param groups before every step. Metrics are
 accumulated on the device and read once an epoch (and at progress-bar refreshes), so the step has no host sync
-on a GPU. After every epoch ``last.pt`` is written atomically, and ``best.pt`` when validation accuracy improves:
-a crash loses at most the current epoch, and ``resume`` continues the same run.
+on a GPU. After every epoch ``last.pt`` is written atomically, and ``best.pt`` when validation accuracy improves,
+from a host-memory snapshot by a background thread (``asyncsave``): a crash loses at most the current epoch (and
+the one just finished while its write is in flight), and ``resume`` continues the same run.
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .asyncsave import AsyncCheckpointWriter
 from .augment import make_transform
-from .checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
+from .checkpoint import FORMAT, load_checkpoint, unwrap_model
 from .config import PhaseConfig, RunConfig, to_dict
 from .data import Dataset, Split
 from .loader import DeviceLoader
@@ -382,10 +384,12 @@ def fit(
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
                           drop_last=False, channels_last=channels_last)
     fused = device.type == "cuda"
-    with _Stop() as stop:
+    # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
+    with _Stop() as stop, AsyncCheckpointWriter() as saver:
         while state.phase < len(cfg.phases):
             phase = cfg.phases[state.phase]
             fresh_phase = state.phase_epoch == 0 and state.step == 0
+            saver.wait()  # best.pt may still be on its way to disk
             if fresh_phase and state.phase > 0 and phase.start_from_best and (run_dir / "best.pt").is_file():
                 best = load_checkpoint(run_dir / "best.pt")
                 unwrap_model(model).load_state_dict(best["model"])
@@ -415,16 +419,20 @@ def fit(
                 done_phase = stop_phase or state.phase_epoch >= phase.epochs
                 state.rng = _rng_state(shuffle_gen, aug_gen)
                 if rank == 0:
+                    saver.wait()  # the previous epoch's checkpoints are on disk before this epoch's row
                     writer.append(row)
                     log.info(_fmt_line(row))
+                    saves = []
                     if improved:
-                        save_checkpoint(_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / "best.pt")
+                        saves.append((_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / "best.pt"))
                     # last.pt points at the start of the next epoch (or the next phase)
                     nxt = TrainState(**vars(state))
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
-                    save_checkpoint(_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
-                                    run_dir / "last.pt")
+                    saves.append((_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
+                                  run_dir / "last.pt"))
+                    saver.submit(saves)  # snapshot now, serialise + fsync + rename in the background
+                    log.debug("checkpoint: %.3f s on the training thread so far", saver.blocked_s)
                 if stop_phase:
                     log.info("early stopping: no val improvement for %d epochs in phase %d", phase.patience,
                              state.phase + 1)
