@@ -27,9 +27,10 @@ from torch import nn
 from .asyncsave import AsyncCheckpointWriter
 from .augment import make_transform
 from .checkpoint import FORMAT, load_checkpoint, unwrap_model
+from .compilestats import dynamo_counts, fell_back, since
 from .config import PhaseConfig, RunConfig, to_dict
 from .data import Dataset, Split
-from .loader import DeviceLoader
+from .loader import PAD_LABEL, DeviceLoader
 from .metrics import MetricsWriter, topk_correct
 from .models import param_groups, set_trainable, train_mode
 from .schedule import lr_at
@@ -249,7 +250,10 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto") -> dict:
-    """Mean loss, top-1 and top-5 over the whole split (the last partial batch included)."""
+    """Mean loss, top-1 and top-5 over the whole split (the last partial batch included).
+
+    A ``pad_last`` loader's padding (label ``PAD_LABEL``) adds nothing: ``cross_entropy`` ignores it, no
+    prediction matches it, and only the split's real images are counted."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
@@ -259,9 +263,11 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, am
         for x, y in loader:
             step_begin()
             logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            loss_sum += F.cross_entropy(logits, y, reduction="sum", ignore_index=PAD_LABEL)
             correct += topk_correct(logits, y, (1, 5))
             seen += y.shape[0]
+    if getattr(loader, "pad_last", False):
+        seen = loader.num_samples  # the real images, without the padding of the last batch
     seen = max(seen, 1)
     c = correct.tolist()
     return {"loss": loss_sum.item() / seen, "acc": c[0] / seen, "top5": c[1] / seen, "n": seen}
@@ -375,14 +381,17 @@ def fit(
             net = torch.compile(model, mode=cfg.compile_mode)
         except Exception as e:  # pragma: no cover - depends on the platform
             log.warning("torch.compile failed (%s); running eager", e)
+    # Compiled, every batch has one shape (no dynamic-shape recompiles, no new CUDA graphs for a last partial
+    # batch): evaluation pads its last batch (and counts only the real images), training drops its last one
+    static = cfg.compile and len(data.train) >= max(p.batch_size for p in cfg.phases)
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = DeviceLoader(data.val, cfg.eval_batch_size, device=device, transform=eval_tf,
-                                  channels_last=channels_last)
+                                  channels_last=channels_last, pad_last=cfg.compile)
     # one training loader for all phases (on CUDA it holds the whole uint8 split on the device)
     loader = DeviceLoader(data.train, cfg.phases[0].batch_size, device=device, shuffle=True, generator=shuffle_gen,
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
-                          drop_last=False, channels_last=channels_last)
+                          drop_last=static, channels_last=channels_last)
     fused = device.type == "cuda"
     # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
     with _Stop() as stop, AsyncCheckpointWriter() as saver:
@@ -401,9 +410,12 @@ def fit(
                 optimizer.load_state_dict(resume["optimizer"])
             resume = None
             loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
+            compiled = [dynamo_counts()] if cfg.compile else []  # at the phase's start, after its first epoch
             while state.phase_epoch < phase.epochs:
                 row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
                                  show_progress and rank == 0)
+                if len(compiled) == 1:
+                    compiled.append(dynamo_counts())
                 # without a validation split the latest weights are the best known
                 improved = val_loader is None or row["val_acc"] > state.best_acc
                 state.phase_epoch += 1
@@ -439,11 +451,24 @@ def fit(
                     break
                 if stop.signum is not None:
                     raise Interrupted(f"stopped by signal {stop.signum} after epoch {state.epoch}")
+            if len(compiled) == 2:
+                _log_compiles(state.phase, compiled[0], compiled[1])
             state.phase += 1
             state.phase_epoch = 0
             state.step = 0
             state.bad_epochs = 0
     return state
+
+
+def _log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]) -> None:
+    """One line a phase: what torch.compile did in it; a warning where compiled code fell back to eager."""
+    total, later = since(start), since(first_epoch)
+    frames = f", frames {total['frames_ok']}/{total['frames']} converted" if total.get("frames") else ""
+    log.info("torch.compile, phase %d: %d graphs compiled (%d after its first epoch)%s, %d graph breaks", phase + 1,
+             total.get("graphs", 0), later.get("graphs", 0), frames, total.get("graph_breaks", 0))
+    if fell_back(total):
+        log.warning("torch.compile fell back to eager in phase %d (%s): part of it ran uncompiled", phase + 1,
+                    total)
 
 
 def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
