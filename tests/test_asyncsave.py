@@ -74,3 +74,20 @@ def test_synchronous_mode_writes_on_the_calling_thread(tmp_path: Path) -> None:
     saver = AsyncCheckpointWriter(background=False)
     saver.submit([(_ckpt(torch.ones(2)), tmp_path / "last.pt")])
     assert not saver.busy() and load_checkpoint(tmp_path / "last.pt")["epoch"] == 3
+
+
+def test_snapshot_buffers_are_reused_between_submits(tmp_path: Path) -> None:
+    w = torch.arange(6.0).reshape(2, 3)
+    saver = AsyncCheckpointWriter()
+    saver.submit([(_ckpt(w), tmp_path / "last.pt")])
+    saver.wait()
+    first = [b.data_ptr() for b in saver._pool]
+    w.mul_(10)
+    saver.submit([(_ckpt(w), tmp_path / "last.pt")])
+    saver.wait()
+    assert [b.data_ptr() for b in saver._pool] == first  # the same host buffers, no new allocation
+    got = load_checkpoint(tmp_path / "last.pt")
+    assert torch.equal(got["model"]["w"], w) and torch.equal(got["optimizer"]["state"][0]["exp_avg"], w * 2)
+    saver.submit([({"format": FORMAT, "model": {"w": w[:1]}}, tmp_path / "last.pt")])  # fewer, other shapes
+    saver.wait()
+    assert len(saver._pool) == 1 and torch.equal(load_checkpoint(tmp_path / "last.pt")["model"]["w"], w[:1])

@@ -32,21 +32,53 @@ __all__ = ["AsyncCheckpointWriter", "snapshot"]
 log = logging.getLogger(__name__)
 
 
-def snapshot(obj: Any, memo: dict[int, torch.Tensor] | None = None) -> Any:
-    """A copy of ``obj`` (dicts, lists, tuples of tensors and plain values) whose tensors are fresh CPU tensors.
+def snapshot(obj: Any, memo: dict[int, torch.Tensor] | None = None, pool: list[torch.Tensor] | None = None) -> Any:
+    """A copy of ``obj`` (dicts, lists, tuples of tensors and plain values) whose tensors are CPU copies.
 
-    A tensor met twice (the same object, e.g. the weights in best.pt and last.pt) is copied once."""
+    A tensor met twice (the same object, e.g. the weights in best.pt and last.pt) is copied once. With ``pool``
+    (a list kept between calls) the copies go into the buffers of the previous call where shape, dtype and
+    strides match, in visiting order (no fresh allocation, no page faults: 194 MB every epoch), pinned for CUDA
+    tensors and copied asynchronously there, with one synchronisation at the end. The caller must be done with
+    the previous snapshot before it takes the next one into the same pool."""
     memo = {} if memo is None else memo
-    if isinstance(obj, torch.Tensor):
-        got = memo.get(id(obj))
-        if got is None:
-            got = memo[id(obj)] = obj.detach().to("cpu", copy=True)
-        return got
-    if isinstance(obj, dict):
-        return {k: snapshot(v, memo) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(snapshot(v, memo) for v in obj)
-    return obj
+    used = [0]
+    cuda = [False]
+
+    def copy(t: torch.Tensor) -> torch.Tensor:
+        t = t.detach()
+        if pool is None:
+            return t.to("cpu", copy=True)
+        i = used[0]
+        used[0] += 1
+        buf = pool[i] if i < len(pool) else None
+        if buf is None or buf.shape != t.shape or buf.dtype != t.dtype or buf.stride() != t.stride():
+            buf = torch.empty_like(t, device="cpu", pin_memory=t.is_cuda)
+            if i < len(pool):
+                pool[i] = buf
+            else:
+                pool.append(buf)
+        buf.copy_(t, non_blocking=t.is_cuda)
+        cuda[0] = cuda[0] or t.is_cuda
+        return buf
+
+    def walk(o: Any) -> Any:
+        if isinstance(o, torch.Tensor):
+            got = memo.get(id(o))
+            if got is None:
+                got = memo[id(o)] = copy(o)
+            return got
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return type(o)(walk(v) for v in o)
+        return o
+
+    out = walk(obj)
+    if pool is not None:
+        del pool[used[0]:]  # buffers no longer needed (a phase's end drops the optimizer state)
+    if cuda[0]:
+        torch.cuda.synchronize()  # the asynchronous copies into pinned memory are done
+    return out
 
 
 class AsyncCheckpointWriter:
@@ -61,14 +93,14 @@ class AsyncCheckpointWriter:
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._path: str = ""  # the file being written (for error messages)
+        self._pool: list[torch.Tensor] = []  # host buffers of the snapshots, reused from one submit to the next
         self.stats = {"snapshot_s": 0.0, "wait_s": 0.0, "write_s": 0.0, "files": 0}
 
     def submit(self, items: list[tuple[dict, str | os.PathLike]]) -> None:
         """Snapshot the ``(checkpoint dict, path)`` pairs now and write them, in order, in the background."""
         self.wait()
         t0 = time.perf_counter()
-        memo: dict[int, torch.Tensor] = {}
-        snaps = [(snapshot(ckpt, memo), os.fspath(path)) for ckpt, path in items]
+        snaps = snapshot([(ckpt, os.fspath(path)) for ckpt, path in items], pool=self._pool)
         self.stats["snapshot_s"] += time.perf_counter() - t0
         if not self.background:
             self._write(snaps)
