@@ -44,6 +44,34 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     assert "== summary" in proc.stdout and "tta.json random init 3 epochs" in proc.stdout
 
 
+def _cut_curve(wall_offset: float = 0.0) -> list[dict]:
+    """The issue's example: vgg16-paper cut at epoch 48 of 55, 25 frozen epochs of 2.0 s then 23 of 9.2 s."""
+    secs = [2.0] * 25 + [9.2] * 23
+    curve, total = [], 0.0
+    for i, s in enumerate(secs):
+        total += s
+        curve.append({"epoch": i + 1, "phase": 1 if i < 25 else 2 if i < 40 else 3, "seconds": round(total, 1),
+                      "wall": round(total + wall_offset, 1)})
+    return curve
+
+
+def test_projection_of_a_cut_run_is_per_phase_on_wall_time():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from gpu_summary import project_wall
+
+    # averaging 48 epochs would say 261.6 / 48 * 55 = ~300 s ("met"); 7 more epochs of 9.2 s say 326 s
+    assert project_wall(_cut_curve(), [25, 15, 15]) == pytest.approx(50 + 23 * 9.2 + 7 * 9.2)
+    # on wall time: 6 s of start-up before the first epoch count too
+    assert project_wall(_cut_curve(6.0), [25, 15, 15]) == pytest.approx(326.0 + 6.0)
+    # a phase not reached takes the last measured phase's epoch time plus its first-epoch (compile) surcharge
+    frozen = [{"phase": 1, "seconds": s} for s in (12.0, 14.0, 16.0)]  # 12 s first (compiling), then 2 s
+    assert project_wall(frozen, [3, 2]) == pytest.approx(16.0 + 2 * 2.0 + 10.0)
+    # each phase's remaining epochs at its own steady time (after its first epoch)
+    two = frozen + [{"phase": 2, "seconds": s} for s in (46.0, 51.0)]  # 30 s first, then 5 s
+    assert project_wall(two, [3, 4]) == pytest.approx(51.0 + 2 * 5.0)
+    assert project_wall([], [25, 15, 15]) is None
+
+
 def _row(system, phase, batch, img_s, **kw):
     return {"system": system, "model": "vgg16", "input_size": 64, "phase": phase, "batch": batch, "img_s": img_s, **kw}
 
@@ -60,15 +88,14 @@ def test_gpu_summary_judges_each_target(tmp_path):
     (tmp_path / "throughput.json").write_text(json.dumps({"rows": rows}))
     (tmp_path / "compile.json").write_text(json.dumps({"rows": [_row("tinytransfer+compile", "unfrozen", 64,
                                                                       24_000, peak_fraction=0.3)]}))
-    curve = [{"seconds": 5.0 * (i + 1)} for i in range(40)]  # cut by the budget after 40 epochs of 5 s
-    (tmp_path / "tta.json").write_text(json.dumps({"runs": [{"curve": curve, "stopped_by_budget": True,
-                                                             "wall_s": 230.0}]}))
+    (tmp_path / "tta.json").write_text(json.dumps({"runs": [{"curve": _cut_curve(), "stopped_by_budget": True,
+                                                             "phase_epochs": [25, 15, 15], "wall_s": 270.0}]}))
     got = {what.split(" ")[1] if what.startswith(">=") else what.split(" ")[0]: (text, met)
            for what, text, met in gpu_summary.targets(gpu_summary.load(tmp_path))}
     assert got["20,000"] == ("24,000 img/s", True)  # the compiled step counts
     assert got["40"][1] is True and "batch 512" in got["40"][0]
     assert got["frozen-base"] == ("3.00x (45,000 / 15,000)", True)  # eager rates of the same run
-    assert got["vgg16-paper,"] == ("40 epochs in 200 s of training; 55 would take ~275 s", True)
+    assert got["vgg16-paper,"] == ("48 epochs in 262 s wall; 55 would take ~326 s (per phase)", False)
     assert got["input"] == ("6.0 %", False)
     assert got["5x"][1] is True and got["5x"][0].startswith("6.0x")  # 15k eager over the better plain variant
     assert gpu_summary.compile_speedup(gpu_summary.load(tmp_path)) == pytest.approx(24_000 / 15_000)
