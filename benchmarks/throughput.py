@@ -335,6 +335,7 @@ def main() -> int:
     p.add_argument("--peers", action="store_true", help="also time the plain PyTorch loop")
     p.add_argument("--plain-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="DataLoader workers of the plain loop (default: one per core but one)")
+    p.add_argument("--jpegs", type=int, default=2048, help="JPEGs the plain loop reads (at least 8 batches)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (fullgraph)")
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune")
@@ -426,7 +427,7 @@ def run_all(a: argparse.Namespace, res: Results, device: torch.device, gpu: bool
             else:
                 if jpeg_dir is None:
                     jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
-                    write_jpegs(jpeg_dir, synthetic_split(max(2048, batch * 8), 64))
+                    write_jpegs(jpeg_dir, synthetic_split(max(a.jpegs, batch * 8), 64))
                 got = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir, a.plain_workers,
                                  min_seconds=a.min_seconds)
         except Exception as e:  # one failing configuration must not lose the others

@@ -34,6 +34,10 @@ def since(before: dict[str, int], after: dict[str, int] | None = None) -> dict[s
 
 def dynamo_disabled() -> bool:
     """Whether dynamo is switched off (``TORCHDYNAMO_DISABLE=1``): compiled models then run eagerly on purpose."""
+    import os
+
+    if os.environ.get("TORCHDYNAMO_DISABLE", "") in ("1", "true", "True"):  # read by dynamo, not always in its config
+        return True
     try:
         import torch._dynamo.config as cfg
     except Exception:  # pragma: no cover
