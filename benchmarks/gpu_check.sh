@@ -83,6 +83,7 @@ if [ "$MINI" = 1 ]; then
          --set "phases.*.batch_size=8" --set eval_batch_size=16)
     PIPE=(--images 256 --epochs 2 --gpu-batch 64)
     CKPT=(--model timm:test_resnet --repeats 2)
+    OPS=(--images 256 --repeats 1)
 else
     TP=(--models vgg16 --batch 64,512 --steps 20 --warmup 5 --min-seconds 2)
     BIG=(--models vgg16 --batch 1024 --steps 20 --warmup 5 --min-seconds 2)
@@ -92,6 +93,7 @@ else
     TTA=(--synthetic 100000 --set data.workers=16 --set eval_batch_size=1024)
     PIPE=(--images 20000 --workers 8)
     CKPT=(--model vgg16 --repeats 3)
+    OPS=(--device cuda --batches 64,1024 --images 65536)
 fi
 
 # 1. throughput: VGG16 + the report's head at 64 px, frozen / unfrozen / inference, ours beside the plain
@@ -121,6 +123,8 @@ step tta 320 "${NOCOMPILE[@]}" $PY benchmarks/time_to_accuracy.py --recipe vgg16
 step checkpoint 30 $PY benchmarks/checkpoint_save.py "${CKPT[@]}" --out "$WORK/checkpoint.json"
 # 5. input pipeline alone: GPU-resident uint8 + the Keras augmentation against the naive DataLoader, if time is left
 step pipeline 60 $PY benchmarks/pipeline.py "${PIPE[@]}" --out "$WORK/pipeline.json"
+#    operators and CUDA kernels a batch of the input pipeline (the epoch plan: a handful, not ~80), ms a batch
+step augment_ops 20 $PY benchmarks/augment_ops.py "${OPS[@]}"
 if [ "$MINI" = 1 ]; then
     # 6. (toy sizes only) a deadline too short for the steps: a 50-epoch run stopped at its deadline, and a
     #    throughput run stopped by SIGINT; both must leave clean partial results and no traceback

@@ -16,31 +16,59 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
-    # COMPILE_MIN_SPEEDUP=0: the 55-epoch step takes its compiled branch (CUDA graphs; dynamo is off in MINI)
-    env = dict(os.environ, MINI="1", OUT=str(tmp_path / "out"), PY=sys.executable, TOTAL="300", COMPILE_MIN_SPEEDUP="0")
+    # COMPILE_MIN_SPEEDUP=0: the 55-epoch step takes its compiled branch (CUDA graphs; dynamo is off there in MINI)
+    out = tmp_path / "out"
+    env = dict(os.environ, MINI="1", OUT=str(out), PY=sys.executable, TOTAL="300", COMPILE_MIN_SPEEDUP="0",
+               TMPDIR=str(tmp_path))
     proc = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh")], env=env, capture_output=True,
                           text=True, timeout=400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    for step in ("throughput", "throughput_big", "compile", "tta", "pipeline"):
+    for step in ("throughput", "throughput_big", "compile", "tta", "checkpoint", "pipeline", "augment_ops",
+                 "short_tta"):
         assert f"== {step}: exit 0" in proc.stdout, proc.stdout[-3000:]
-    tp = json.loads((tmp_path / "out" / "throughput.json").read_text())
+    assert "== short_throughput: exit 124" in proc.stdout  # stopped by its deadline (timeout's SIGINT)
+    # two files come back, however many steps ran; the scratch folder is gone
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log"]
+    assert not list(tmp_path.glob("tt-gpu-check.*"))
+    log = (out / "gpu_check.log").read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 2000:][:4000]
+    assert "== tta: exit 0" in log and "issue 5 and 12 targets" in log  # every step's whole output is in it
+    merged = json.loads((out / "gpu_check.json").read_text())
+    docs = merged["docs"]
+    assert "throughput=0:" in merged["steps"] and "short_throughput=124:" in merged["steps"]
+    tp = docs["throughput.json"]
+    assert tp["partial"] is False
     systems = {(r["system"], r["phase"]) for r in tp["rows"]}
     for phase in ("frozen", "unfrozen", "inference"):
         assert ("tinytransfer", phase) in systems and ("plain-pytorch", phase) in systems
     assert all(r["img_s"] > 0 for r in tp["rows"])
     ours_train = [r for r in tp["rows"] if r["system"] == "tinytransfer" and r["phase"] != "inference"]
     assert ours_train and all(0 < r["input_fraction"] < 1 for r in ours_train)
-    tta = json.loads((tmp_path / "out" / "tta.json").read_text())
+    tta = docs["tta.json"]
     (run,) = tta["runs"]
-    assert run["label"] == "random init" and not run["stopped_by_budget"]
+    assert run["label"] == "random init" and not run["stopped_by_budget"] and tta["partial"] is False
     assert "== tta with compile: 1" in proc.stdout and "compile_mode=reduce-overhead" in run["sets"]
     assert [c["phase"] for c in run["curve"]] == [1, 2, 3]  # all three phases of vgg16-paper, one epoch each
+    assert all(c["wall"] >= c["seconds"] for c in run["curve"]) and run["phase_epochs"] == [1, 1, 1]
+    assert not run["compile_fell_back"]  # dynamo is off on purpose in MINI: not a fallback
     (row,) = tta["rows"]
     assert row["model"] == "vgg16-paper (vgg16)" and row["input_size"] == 64
-    (cg,) = json.loads((tmp_path / "out" / "compile.json").read_text())["rows"]
-    assert cg["system"] == "tinytransfer+compile(reduce-overhead)" and cg["img_s"] > 0
-    pipe = json.loads((tmp_path / "out" / "pipeline.json").read_text())
-    assert len(pipe["rows"]) >= 2
+    # the compile step: real dynamo (eager backend), fullgraph, frozen base and all layers, no fallback
+    cg = docs["compile.json"]["rows"]
+    assert [r["phase"] for r in cg] == ["frozen", "unfrozen"]
+    for r in cg:
+        assert r["system"] == "tinytransfer+compile(reduce-overhead)" and r["img_s"] > 0
+        assert r["compile"]["graphs"] >= 1 and r["compile"]["graphs_while_timed"] == 0 and not r["compile_fallback"]
+    ck = {r["system"]: r for r in docs["checkpoint.json"]["rows"]}
+    assert set(ck) == {"checkpoint: synchronous", "checkpoint: async"}
+    assert all(r["train_thread_s"] > 0 for r in ck.values())
+    assert len(docs["pipeline.json"]["rows"]) >= 2 and docs["pipeline.json"]["ops_per_batch"]["ops"] > 0
+    assert "aten ops a batch" in log
+    # deadlines too short for the steps: clean partial results
+    short = docs["short_tta.json"]["runs"][0]
+    assert short["stopped"] == "budget" and short["curve"] and len(short["curve"]) < 150
+    assert docs["short_throughput.json"]["partial"] is True
+    assert docs["short_throughput.json"]["stopped_by"] == "SIGINT"
     assert "== summary" in proc.stdout and "tta.json random init 3 epochs" in proc.stdout
 
 
