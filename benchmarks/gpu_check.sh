@@ -132,7 +132,7 @@ if [ "$MINI" = 1 ]; then
         --set model.backbone=timm:test_resnet --set model.head=pool --set model.input_size=32 \
         --set data.holdout_per_class=2 --set "phases.*.batch_size=8" --set "phases.*.epochs=50" --set max_steps_per_epoch=2 \
         --set model.pretrained=false --set "phases.*.patience=0" --deadline @DEADLINE@ --out "$WORK/short_tta.json"
-    run_step short_throughput 9 $PY benchmarks/throughput.py --models timm:test_resnet --batch 4 --steps 2 \
+    run_step short_throughput 7 $PY benchmarks/throughput.py --models timm:test_resnet --batch 4 --steps 2 \
         --min-seconds 2 --jpegs 32 --peers --out "$WORK/short_throughput.json"
 fi
 
