@@ -91,7 +91,7 @@ else
         --compile-mode reduce-overhead)
     NOCOMPILE=()
     TTA=(--synthetic 100000 --set data.workers=16 --set eval_batch_size=1024)
-    PIPE=(--images 20000 --workers 8)
+    PIPE=(--images 20000 --workers "$(($(nproc) > 1 ? $(nproc) - 1 : 1))")  # the naive loader: a worker a core but one
     CKPT=(--model vgg16 --repeats 3)
     OPS=(--device cuda --batches 64,1024 --images 65536)
 fi
@@ -106,7 +106,12 @@ step throughput_big 45 $PY benchmarks/throughput.py "${BIG[@]}" --phases unfroze
 # 2. torch.compile (fullgraph, static shapes) with CUDA graphs at the recipe's batch of 64, frozen base and all
 #    layers (the 20k img/s target, where launch overhead matters); dynamo's graph counts a row; exit 3 on a fallback
 step compile 110 $PY benchmarks/throughput.py "${CG[@]}" --out "$WORK/compile.json"
-# 3. the real run: the whole vgg16-paper recipe (55 epochs, 90k train / 10k val images of 100k synthetic ones in the
+# 3. checkpoints off the critical path: training-thread seconds of a last.pt save (VGG16 + Adam state, ~194 MB),
+#    synchronous against the background writer; and the input pipeline's operators and CUDA kernels a batch (the
+#    epoch plan of the augmentation: a handful, not ~80) with its ms a batch. Both short.
+step checkpoint 30 $PY benchmarks/checkpoint_save.py "${CKPT[@]}" --out "$WORK/checkpoint.json"
+step augment_ops 20 $PY benchmarks/augment_ops.py "${OPS[@]}"
+# 4. the real run: the whole vgg16-paper recipe (55 epochs, 90k train / 10k val images of 100k synthetic ones in the
 #    Tiny ImageNet layout; random init: no weight download here; early stopping off so that all 55 epochs run).
 #    Its deadline is the step's end (data generation included); cut there, gpu_summary projects it phase by phase.
 #    Compiled with CUDA graphs only where step 2 made the batch-64 step at least 1.5x faster than eager (or
@@ -118,13 +123,8 @@ say "== tta with compile: ${COMPILE_TTA:-0}"
 step tta 320 "${NOCOMPILE[@]}" $PY benchmarks/time_to_accuracy.py --recipe vgg16-paper "${TTA[@]}" \
     "${TTA_COMPILE[@]}" --budget 100000 --deadline @DEADLINE@ --set model.pretrained=false \
     --set "phases.*.patience=0" --out "$WORK/tta.json"
-# 4. checkpoints off the critical path: training-thread seconds of a last.pt save (VGG16 + Adam state, ~194 MB),
-#    synchronous against the background writer
-step checkpoint 30 $PY benchmarks/checkpoint_save.py "${CKPT[@]}" --out "$WORK/checkpoint.json"
 # 5. input pipeline alone: GPU-resident uint8 + the Keras augmentation against the naive DataLoader, if time is left
 step pipeline 60 $PY benchmarks/pipeline.py "${PIPE[@]}" --out "$WORK/pipeline.json"
-#    operators and CUDA kernels a batch of the input pipeline (the epoch plan: a handful, not ~80), ms a batch
-step augment_ops 20 $PY benchmarks/augment_ops.py "${OPS[@]}"
 if [ "$MINI" = 1 ]; then
     # 6. (toy sizes only) a deadline too short for the steps: a 50-epoch run stopped at its deadline, and a
     #    throughput run stopped by SIGINT; both must leave clean partial results and no traceback
