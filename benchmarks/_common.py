@@ -9,6 +9,7 @@ results partial and exit 130 without a traceback.
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -25,12 +26,21 @@ class Stopped(KeyboardInterrupt):
     """SIGTERM, raised like SIGINT's KeyboardInterrupt."""
 
 
+_OWNER = [0]  # the pid that installed the handler
+
+
 def _on_term(signum: int, frame: Any) -> None:
+    if os.getpid() != _OWNER[0]:  # a forked worker (a multiprocessing pool's) that inherited it: die as by default
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+        return
     raise Stopped(f"signal {signum}")
 
 
 def stoppable() -> None:
-    """SIGINT and SIGTERM both raise KeyboardInterrupt in the main thread (call once at start)."""
+    """SIGINT and SIGTERM both raise KeyboardInterrupt in the main thread of this process (call once at start);
+    forked children that inherit the SIGTERM handler still just end on SIGTERM (a pool's terminate())."""
+    _OWNER[0] = os.getpid()
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _on_term)
 
