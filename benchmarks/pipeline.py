@@ -17,11 +17,13 @@ epoch of each is a warm-up, and the figure is the median of the per-epoch rates 
 
 Also prints the loader alone (no augmentation), the transform alone on one batch and a bare ``grid_sample`` on
 it (the ceiling of any batched bilinear warp here), the cache build and load times, and on CUDA the
-GPU-resident rate (the whole uint8 split on the GPU, augmented there). ``--stream`` adds streamed versus resident:
-the same loader with a ``device_cache_gb`` budget of half the split (batches gathered from the memory-mapped cache
-by a prefetch thread, pinned and copied asynchronously on CUDA) against its default path (GPU-resident on CUDA,
-gathered in the training thread on the CPU), alone and with the Keras augmentation, epochs alternating.
-Writes ``benchmarks/results/pipeline.json``.
+GPU-resident rate (the whole uint8 split on the GPU, augmented there). ``ops_per_batch`` counts the operators our
+loader dispatches a batch (``torch.profiler``: top-level ``aten::`` ops, and those that are not views), and on CUDA
+``cuda_kernels_per_batch`` the kernels it launches. ``--stream`` adds streamed versus resident: the same loader with a ``device_cache_gb`` budget of half the split
+(batches gathered from the memory-mapped cache by a prefetch thread, pinned and copied asynchronously on CUDA)
+against its default path, alone and with the Keras augmentation, epochs alternating. Writes
+``benchmarks/results/pipeline.json`` (on SIGINT/SIGTERM
+what was measured so far, marked ``partial``, exit 130).
 
     python benchmarks/pipeline.py --images 4000 --epochs 3 --stream
 """
@@ -29,7 +31,6 @@ Writes ``benchmarks/results/pipeline.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import platform
@@ -44,6 +45,9 @@ import torch
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import Results, stoppable  # noqa: E402
 
 from tinytransfer.data import load_dataset  # noqa: E402
 from tinytransfer.loader import DeviceLoader  # noqa: E402
@@ -52,26 +56,53 @@ RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, [0, 1] units, on both sides
 
 
-def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0) -> Path:
-    """A Tiny-ImageNet-layout train/ tree of ``n_images`` JPEGs (quality 90) in up to 200 classes.
+_CHUNK = 2048  # images a generator seed covers: the pictures do not depend on the number of workers
 
-    Smooth random pictures (8×8 colour fields upsampled, plus mild noise) so that the JPEGs are about as large
-    as Tiny ImageNet's (2–3 KB) and decode at a realistic speed.
-    """
-    rng = np.random.default_rng(seed)
-    n_classes = max(2, min(200, n_images // 20))
-    wnids = [f"n{k:08d}" for k in range(n_classes)]
-    (root / "train").mkdir(parents=True, exist_ok=True)
-    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
-    for i in range(n_images):
+
+def _write_chunk(root: str, wnids: list[str], lo: int, hi: int, size: int, seed: int) -> None:
+    rng = np.random.default_rng([seed, lo // _CHUNK])
+    n_classes = len(wnids)
+    for i in range(lo, hi):
         w = wnids[i % n_classes]
-        folder = root / "train" / w / "images"
-        if i < n_classes:
-            folder.mkdir(parents=True, exist_ok=True)
+        folder = Path(root) / "train" / w / "images"
         small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
         a = np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.int16)
         a = np.clip(a + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
         Image.fromarray(a, "RGB").save(folder / f"{w}_{i // n_classes}.JPEG", "JPEG", quality=90)
+
+
+def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0, workers: int = 0) -> Path:
+    """A Tiny-ImageNet-layout train/ tree of ``n_images`` JPEGs (quality 90) in up to 200 classes.
+
+    Smooth random pictures (8×8 colour fields upsampled, plus mild noise) so that the JPEGs are about as large
+    as Tiny ImageNet's (2–3 KB) and decode at a realistic speed. Written by ``workers`` processes (default: one a
+    core; 100,000 images are ~40 s of one core), the same pictures whatever their number.
+    """
+    n_classes = max(2, min(200, n_images // 20))
+    wnids = [f"n{k:08d}" for k in range(n_classes)]
+    (root / "train").mkdir(parents=True, exist_ok=True)
+    (root / "wnids.txt").write_text("".join(f"{w}\n" for w in wnids))
+    for w in wnids:
+        (root / "train" / w / "images").mkdir(parents=True, exist_ok=True)
+    chunks = [(lo, min(lo + _CHUNK, n_images)) for lo in range(0, n_images, _CHUNK)]
+    workers = min(workers or os.cpu_count() or 1, len(chunks))
+    if workers <= 1:
+        for lo, hi in chunks:
+            _write_chunk(str(root), wnids, lo, hi, size, seed)
+        return root
+    from concurrent.futures import ProcessPoolExecutor
+
+    import signal
+
+    # the workers leave SIGINT to us (no traceback from each of them); a stop cancels the chunks not started
+    pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
+    try:
+        for f in [pool.submit(_write_chunk, str(root), wnids, lo, hi, size, seed) for lo, hi in chunks]:
+            f.result()
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
     return root
 
 
@@ -170,6 +201,34 @@ def stream_vs_resident(split, batch: int, tf, epochs: int) -> dict:
                 secs[k] += s
         for k in loaders:
             out[f"{k}{'_aug' if aug else ''}_img_s"] = round(rate(n, secs[k])[0], 1)
+
+
+VIEWS = {"aten::" + n for n in ("slice", "select", "unsqueeze", "squeeze", "permute", "reshape", "view", "unbind",
+                                  "transpose", "detach", "lift_fresh", "resolve_conj", "resolve_neg", "alias",
+                                  "expand", "as_strided", "t", "split", "chunk", "narrow", "empty", "empty_like")}
+
+
+def ops_per_batch(loader, batches: int = 8) -> dict:
+    """Operators a batch of ``loader`` costs (gather, augment, normalise): ``ops`` top-level ``aten::`` calls,
+    ``compute_ops`` those of them that are not views or allocations (on a GPU each is at least one kernel launch),
+    and on CUDA ``cuda_kernels`` launched. Averaged over ``batches`` batches of one pass (its plan included)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if loader.device.type == "cuda" else [])
+    n = 0
+    with profile(activities=acts) as prof:
+        for _ in loader:
+            n += 1
+            if n == batches:
+                break
+        if loader.device.type == "cuda":
+            torch.cuda.synchronize()
+    events = prof.events()
+    top = [e for e in events if e.cpu_parent is None and e.name.startswith("aten::")]
+    out = {"ops": round(len(top) / n, 1), "compute_ops": round(sum(e.name not in VIEWS for e in top) / n, 1)}
+    if loader.device.type == "cuda":
+        kernels = [e for e in events if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+        out["cuda_kernels"] = round(len(kernels) / n, 1)
     return out
 
 
@@ -189,6 +248,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream", action="store_true", help="also time streamed vs resident batches (same device)")
     p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
+    stoppable()
+    res = Results(args.out, images=args.images, batch_size=args.batch, torch=torch.__version__)
+    try:
+        return _main(args, res)
+    except KeyboardInterrupt as e:
+        res.finish(partial=True, stopped_by=str(e) or "SIGINT")
+        print(f"stopped ({str(e) or 'SIGINT'}): partial results in {args.out}", flush=True)
+        return 130
+
+
+def _main(args: argparse.Namespace, res: Results) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("tinytransfer.data").setLevel(logging.ERROR)  # the generated tree has no val/ on purpose
     from tinytransfer.augment import make_transform  # written alongside; imported when needed
@@ -226,6 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         mb = ds.train.images.nbytes / 1e6
         print(f"cache: built in {build_s:.2f} s ({n / build_s:.0f} img/s, {args.workers} workers), "
               f"{mb:.0f} MB; load (memory map) {load_s:.3f} s; load + read all {read_s:.3f} s")
+        res.update(cache_build_s=round(build_s, 3), cache_load_s=round(load_s, 4), cache_load_read_s=round(read_s, 4))
 
         if args.cache_only:
             return 0
@@ -234,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
                             transform=tf, aug_generator=torch.Generator().manual_seed(1))
         naive = naive_loader(root / "train", args.batch, args.workers, args.persistent_workers)
         xo, _ = next(iter(ours))
+        ops = ops_per_batch(ours)
+        print(f"ours: {ops['ops']:.0f} aten ops a batch ({ops['compute_ops']:.0f} not views)"
+              + (f", {ops['cuda_kernels']:.0f} CUDA kernels" if "cuda_kernels" in ops else ""), flush=True)
+        res.update(ops_per_batch=ops)
         xn, _ = next(iter(naive))
         assert xo.shape == xn.shape == (args.batch, 3, 64, 64) and xo.dtype == xn.dtype == torch.float32, \
             (xo.shape, xo.dtype, xn.shape, xn.dtype)
@@ -279,6 +354,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ratio ours/naive (medians of the epochs after the warm-up): {ratio:.2f}x "
               f"({one_rate / naive_rate:.2f}x with 1 thread)")
 
+        res.update(ours_img_s=round(ours_rate, 1), naive_img_s=round(naive_rate, 1))
         rows = [
             {"system": "tinytransfer: cached uint8 + DeviceLoader + keras batch augmentation + normalise",
              "model": None, "input_size": 64, "phase": "pipeline", "device": "cpu", "img_s": round(ours_rate, 1)},
@@ -310,6 +386,9 @@ def main(argv: list[str] | None = None) -> int:
                                     aug_generator=torch.Generator(device=dev).manual_seed(1))
             g_s, count = time_epochs(g_loader, max(args.epochs, 6), sync=torch.cuda.synchronize)
             gpu_rate, g_epochs = rate(count, g_s)
+            g_ops = ops_per_batch(g_loader)
+            print(f"gpu: {g_ops['ops']:.0f} aten ops, {g_ops.get('cuda_kernels', 0):.0f} CUDA kernels a batch",
+                  flush=True)
             print(f"gpu   (uint8 split resident on {gpu_name}, keras aug there, batch {args.gpu_batch}): "
                   f"{', '.join(f'{r:.0f}' for r in g_epochs)} img/s per epoch -> median {gpu_rate:.0f} img/s")
             rows.append({"system": f"tinytransfer: GPU-resident uint8 + keras batch augmentation "
@@ -330,6 +409,7 @@ def main(argv: list[str] | None = None) -> int:
             "grid_sample_only_img_s": round(warp_rate, 1),
             "gpu_img_s": None if gpu_rate is None else round(gpu_rate, 1),
             "stream": stream,
+            "gpu_ops_per_batch": None if gpu_rate is None else g_ops,
             "ours_epoch_img_s": [round(r, 1) for r in ours_epochs],
             "ours_1thread_epoch_img_s": [round(r, 1) for r in one_epochs],
             "naive_epoch_img_s": [round(r, 1) for r in naive_epochs],
@@ -345,12 +425,10 @@ def main(argv: list[str] | None = None) -> int:
             "gpu": gpu_name,
             "torch": torch.__version__,
             "python": platform.python_version(),
-            "rows": rows,
         }
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {out}")
+        res.rows[:] = rows
+        res.finish(**result)
+        print(f"wrote {args.out}")
     finally:
         if tmp is not None:
             tmp.cleanup()

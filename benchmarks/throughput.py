@@ -11,16 +11,23 @@ For every (model, input size, phase) it times:
   the frozen base under ``torch.inference_mode``; inference through ``engine.evaluate``.
 - ``plain-pytorch`` (``--peers``): the loop most users write — the same network in float32 (``+amp`` variant on
   CUDA), contiguous layout, frozen parameters marked ``requires_grad=False``, batches from a torchvision
-  ``ImageFolder`` + ``DataLoader`` (2 workers, PIL decode, ``RandomAffine`` + flip + ``ToTensor`` + ``Normalize``)
-  over JPEGs of the same images.
+  ``ImageFolder`` + ``DataLoader`` (``--plain-workers``, default one per core but one, PIL decode, ``RandomAffine``
+  + flip + ``ToTensor`` + ``Normalize``) over JPEGs of the same images.
 - ``keras-report`` (``--keras-python PATH``, vgg16 at 64 px): ``benchmarks/peers/keras_report.py`` run under a
   separate TensorFlow venv after the PyTorch measurements, its rows merged in (TFLOP/s from the same FLOP count).
 Achieved TFLOP/s come from ``torch.utils.flop_counter`` (training = forward + 2 × the trained part's forward); on
 a GPU the bf16 matmul peak is measured in the same run and each row gets its fraction of it.
 ``input`` is our input pipeline alone (gather from the uint8 split, augment, normalise, over as many batches, timed
 right after the step) as a share of the training step's time.
-Writes ``benchmarks/results/throughput.json``: rows with system, model, input_size, phase, batch, device, img_s,
-tflops, peak_fraction, input_fraction.
+Every figure is timed over at least ``--steps`` steps and, with ``--min-seconds S``, over at least S seconds of
+them (whole passes of ``--steps`` steps, repeated).
+``--compile`` compiles with ``fullgraph=True`` and reports dynamo's counts a row (``compile``: graphs compiled,
+graphs compiled while timed = recompiles, graph breaks); a compiled row that fails or falls back to eager is printed
+as such and makes the script exit 3. ``--compile-backend eager`` traces through dynamo without code generation (the
+CPU smoke test of the same path).
+Writes ``benchmarks/results/throughput.json`` as each row is measured (SIGINT/SIGTERM: the rows so far, marked
+``partial``, exit 130): rows with system, model, input_size, phase, batch, device, img_s, tflops, peak_fraction,
+input_fraction, seconds, steps.
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import sys
 import tempfile
@@ -39,8 +47,11 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from _common import Results, stoppable  # noqa: E402
 from tinytransfer import engine  # noqa: E402
+from tinytransfer.compilestats import dynamo_counts, dynamo_disabled, fell_back, since  # noqa: E402
 from tinytransfer.augment import make_transform  # noqa: E402
 from tinytransfer.config import PhaseConfig  # noqa: E402
 from tinytransfer.data import Split  # noqa: E402
@@ -94,9 +105,35 @@ def bf16_peak(device: torch.device) -> float:
     return best
 
 
+def _timed(run_pass: "callable", min_seconds: float, device: torch.device) -> tuple[int, float, int]:
+    """Call ``run_pass()`` (returns the images it did) once, and again until ``min_seconds`` have passed.
+
+    Returns (images, seconds, passes). Each pass ends in a host read (the engine's once-a-pass metrics), so the
+    clock sees finished work."""
+    _sync(device)
+    t = time.perf_counter()
+    n = passes = 0
+    while True:
+        n += run_pass()
+        passes += 1
+        if time.perf_counter() - t >= min_seconds:
+            break
+    _sync(device)
+    return n, time.perf_counter() - t, passes
+
+
+def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> nn.Module:
+    """``torch.compile`` with ``fullgraph=True``: a graph break raises instead of running part of it eagerly."""
+    if backend == "inductor":
+        return torch.compile(model, mode=mode, fullgraph=True)
+    return torch.compile(model, backend=backend, fullgraph=True)  # modes belong to inductor
+
+
 def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
-              compile_: bool, amp: str = "auto", compile_mode: str = "default") -> tuple[float, float | None]:
-    """(images/s of the step, share of the step's time that the input pipeline alone takes; None for inference)."""
+              compile_: bool, amp: str = "auto", compile_mode: str = "default", min_seconds: float = 0.0,
+              compile_backend: str = "inductor") -> dict:
+    """img_s of the step, input_fraction (the input pipeline alone as a share of the step's time; None for
+    inference), seconds and steps timed, and with ``compile_`` dynamo's counts (``compile``)."""
     model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
     cl = True  # as the engine's channels_last="auto": faster on CUDA and with oneDNN on the CPU
     model.to(device)
@@ -109,37 +146,55 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
     loader = DeviceLoader(split, batch, device=device, shuffle=phase != "inference",
                           generator=torch.Generator().manual_seed(0), transform=tf, aug_generator=gen,
                           channels_last=cl)
-    net = torch.compile(model, mode=compile_mode) if compile_ else model
+    counts0 = dynamo_counts()
+    net = compile_model(model, compile_mode, compile_backend) if compile_ else model
+    out: dict = {}
     if phase == "inference":
         model.eval()
         ev = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, transform=tf, channels_last=cl)
         engine.evaluate(net, ev, device=device, amp=amp)
-        _sync(device)
+        counts1 = dynamo_counts()
+        n, secs, passes = _timed(lambda: engine.evaluate(net, loader, device=device, amp=amp)["n"], min_seconds,
+                                 device)
+        out.update(img_s=n / secs, input_fraction=None, seconds=secs, steps=n // batch)
+    else:
+        pc = PhaseConfig(train="head" if phase == "frozen" else "all", lr_policy="constant", lr_max=1e-4,
+                         batch_size=batch)
+        set_trainable(model, pc.train)
+        opt = engine.make_optimizer(model, pc, fused=device.type == "cuda")
+        state = engine.TrainState()
+        warm = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, shuffle=True,
+                            generator=torch.Generator().manual_seed(1), transform=tf, aug_generator=gen,
+                            channels_last=cl)
+        engine.train_one_epoch(net, warm, opt, pc, state, device=device, amp=amp)
+        counts1 = dynamo_counts()
+
+        def one_pass() -> int:
+            return engine.train_one_epoch(net, loader, opt, pc, state, device=device, max_steps=steps, amp=amp)["n"]
+
+        n, step_s, passes = _timed(one_pass, min_seconds, device)
+
+        def input_pass() -> int:  # the input pipeline alone over as many batches: gather, augment, normalise
+            seen = 0
+            for i, (x, _) in enumerate(loader):
+                seen += x.shape[0]
+                if i + 1 == steps:
+                    break
+            return seen
+
         t = time.perf_counter()
-        res = engine.evaluate(net, loader, device=device, amp=amp)
+        for _ in range(passes):
+            input_pass()
         _sync(device)
-        return res["n"] / (time.perf_counter() - t), None
-    pc = PhaseConfig(train="head" if phase == "frozen" else "all", lr_policy="constant", lr_max=1e-4,
-                     batch_size=batch)
-    set_trainable(model, pc.train)
-    opt = engine.make_optimizer(model, pc, fused=device.type == "cuda")
-    state = engine.TrainState()
-    warm = DeviceLoader(synthetic_split(batch * warmup, 64), batch, device=device, shuffle=True,
-                        generator=torch.Generator().manual_seed(1), transform=tf, aug_generator=gen,
-                        channels_last=cl)
-    engine.train_one_epoch(net, warm, opt, pc, state, device=device, amp=amp)
-    _sync(device)
-    t = time.perf_counter()
-    res = engine.train_one_epoch(net, loader, opt, pc, state, device=device, max_steps=steps, amp=amp)
-    _sync(device)
-    step_s = time.perf_counter() - t
-    # the input pipeline alone over as many batches: gather from the uint8 split, augment, normalise
-    t = time.perf_counter()
-    for i, (x, _) in enumerate(loader):
-        if i + 1 == steps:
-            break
-    _sync(device)
-    return res["n"] / step_s, (time.perf_counter() - t) / step_s
+        out.update(img_s=n / step_s, input_fraction=(time.perf_counter() - t) / step_s, seconds=step_s,
+                   steps=n // batch)
+    if compile_:
+        total, timed = since(counts0), since(counts1)
+        out["compile"] = {"graphs": total.get("graphs", 0), "graphs_while_timed": timed.get("graphs", 0),
+                          "graph_breaks": total.get("graph_breaks", 0), "backend": compile_backend,
+                          "dynamo_disabled": dynamo_disabled()}
+        out["compile_fallback"] = fell_back(total)
+    return out
 
 
 def write_jpegs(root: Path, split: Split, classes: int = 10) -> Path:
@@ -153,8 +208,9 @@ def write_jpegs(root: Path, split: Split, classes: int = 10) -> Path:
 
 
 def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
-               amp: bool, jpeg_root: Path) -> float:
-    """The loop most PyTorch users write: ImageFolder + DataLoader + torchvision transforms, fp32 (or AMP)."""
+               amp: bool, jpeg_root: Path, workers: int, min_seconds: float = 0.0) -> dict:
+    """The loop most PyTorch users write: ImageFolder + DataLoader (``workers`` processes) + torchvision
+    transforms, fp32 (or AMP); timed over at least ``steps`` steps and ``min_seconds`` seconds."""
     from torchvision import datasets, transforms
 
     model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
@@ -169,13 +225,13 @@ def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup:
     resize = [transforms.Resize(size)] if size != 64 else []
     tf = transforms.Compose([*aug, *resize, transforms.ToTensor(), transforms.Normalize(mean, std)])
     ds = datasets.ImageFolder(str(jpeg_root), transform=tf)
-    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
-                                     pin_memory=device.type == "cuda", persistent_workers=True)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
+                                     pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     crit = nn.CrossEntropyLoss()
-    done, t = 0, None
+    done, t, i = 0, 0.0, 0
     it = iter(dl)
-    for i in range(warmup + steps):
+    while i < warmup + steps or time.perf_counter() - t < min_seconds:
         if i == warmup:
             _sync(device)
             t = time.perf_counter()
@@ -200,8 +256,10 @@ def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup:
             opt.step()
         if i >= warmup:
             done += x.shape[0]
+        i += 1
     _sync(device)
-    return done / (time.perf_counter() - t)
+    secs = time.perf_counter() - t
+    return {"img_s": done / secs, "input_fraction": None, "seconds": secs, "steps": i - warmup}
 
 
 def _sync(device: torch.device) -> None:
@@ -263,19 +321,26 @@ def print_side_by_side(rows: list[dict]) -> None:
         print(line)
 
 
-def main() -> None:
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto")
     p.add_argument("--models", default="vgg16,efficientnet_lite0")
     p.add_argument("--sizes", default="64")
     p.add_argument("--phases", default="frozen,unfrozen,inference")
     p.add_argument("--batch", default="64", help="comma-separated batch sizes")
-    p.add_argument("--steps", type=int, default=0, help="timed steps (default 3 on CPU, 50 on GPU)")
+    p.add_argument("--steps", type=int, default=0, help="timed steps a pass (default 3 on CPU, 50 on GPU)")
     p.add_argument("--warmup", type=int, default=0, help="warm-up steps (default 1 on CPU, 10 on GPU)")
+    p.add_argument("--min-seconds", type=float, default=0.0,
+                   help="time every figure over at least this many seconds of steps (passes of --steps repeated)")
     p.add_argument("--peers", action="store_true", help="also time the plain PyTorch loop")
-    p.add_argument("--compile", action="store_true", help="torch.compile our model")
+    p.add_argument("--plain-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                   help="DataLoader workers of the plain loop (default: one per core but one)")
+    p.add_argument("--jpegs", type=int, default=2048, help="JPEGs the plain loop reads (at least 8 batches)")
+    p.add_argument("--compile", action="store_true", help="torch.compile our model (fullgraph)")
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune")
+    p.add_argument("--compile-backend", default="inductor",
+                   help="torch.compile backend (eager: dynamo only, no code generation: a quick CPU check)")
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--cpu-bf16", action="store_true", help="also time our step with bf16 autocast on the CPU")
     p.add_argument("--keras-python", default="", metavar="PATH",
@@ -283,6 +348,7 @@ def main() -> None:
                         "(benchmarks/peers/keras_report.py; vgg16 at 64 px only)")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args()
+    stoppable()
     logging.basicConfig(level=logging.WARNING)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -290,19 +356,42 @@ def main() -> None:
     gpu = device.type == "cuda"
     steps = a.steps or (50 if gpu else 3)
     warmup = a.warmup or (10 if gpu else 1)
+    dev_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
+    res = Results(a.out, device=dev_name, torch=torch.__version__, python=platform.python_version(),
+                  bf16_peak_tflops=None, steps=steps, warmup=warmup, min_seconds=a.min_seconds,
+                  plain_workers=a.plain_workers)
+    try:
+        bad_compiles = run_all(a, res, device, gpu, steps, warmup, dev_name)
+    except KeyboardInterrupt as e:  # SIGINT/SIGTERM at the deadline: the rows so far are on disk
+        res.finish(partial=True, stopped_by=str(e) or "SIGINT")
+        print(f"stopped ({str(e) or 'SIGINT'}): {len(res.rows)} rows measured, partial results in {a.out}",
+              flush=True)
+        return 130
+    res.finish()
+    print(f"wrote {a.out}")
+    if bad_compiles:
+        print(f"COMPILE FAILED OR FELL BACK TO EAGER: {', '.join(bad_compiles)}", flush=True)
+        return 3
+    return 0
+
+
+def run_all(a: argparse.Namespace, res: Results, device: torch.device, gpu: bool, steps: int, warmup: int,
+            dev_name: str) -> list[str]:
+    """Measure every job, adding each row to ``res`` as it comes; the compiled rows that failed or fell back."""
     if gpu:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     peak = bf16_peak(device) if gpu else None
-    dev_name = torch.cuda.get_device_name(device) if gpu else f"cpu ({torch.get_num_threads()} threads)"
-    print(f"device: {dev_name}" + (f", measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""))
-    rows = []
+    res.update(bf16_peak_tflops=peak)
+    print(f"device: {dev_name}" + (f", measured bf16 matmul peak {peak:.0f} TFLOP/s" if peak else ""), flush=True)
+    rows = res.rows
+    bad_compiles: list[str] = []
     header = f"{'system':<22} {'model':<18} {'size':>4} {'phase':<10} {'batch':>5} {'img/s':>9} {'TFLOP/s':>8}"
     header += f" {'of peak':>7}" if peak else ""
-    header += f" {'input':>6}"  # the input pipeline alone, as a share of the training step's time
+    header += f" {'input':>6} {'s':>5}"  # the input pipeline alone, as a share of the training step's time
     print(header)
-    print("-" * len(header))
+    print("-" * len(header), flush=True)
     jobs = []  # (system, amp, model, size, phase, batch, FLOPs an image)
     for name in a.models.split(","):
         for size in map(int, a.sizes.split(",")):
@@ -328,42 +417,57 @@ def main() -> None:
     jobs.sort(key=lambda j: not j[0].startswith("plain"))
     jpeg_dir = None
     for system, amp, name, size, phase, batch, per_img in jobs:
+        compiled = "compile" in system
         try:
             if amp is None or amp == "bf16":
                 engine.retain_host_memory()
-                r, input_frac = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
-                                          amp="bf16" if amp == "bf16" else "auto", compile_mode=a.compile_mode)
+                got = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
+                                amp="bf16" if amp == "bf16" else "auto", compile_mode=a.compile_mode,
+                                min_seconds=a.min_seconds, compile_backend=a.compile_backend)
             else:
                 if jpeg_dir is None:
                     jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
-                    write_jpegs(jpeg_dir, synthetic_split(max(2048, batch * 8), 64))
-                r, input_frac = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir), None
+                    write_jpegs(jpeg_dir, synthetic_split(max(a.jpegs, batch * 8), 64))
+                got = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir, a.plain_workers,
+                                 min_seconds=a.min_seconds)
         except Exception as e:  # one failing configuration must not lose the others
-            print(f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} failed: {e}")
+            print(f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} failed: {str(e)[:500]}", flush=True)
+            if compiled:
+                bad_compiles.append(f"{name} {phase} batch {batch}: failed")
             continue
+        r, input_frac = got["img_s"], got["input_fraction"]
         tflops = r * per_img / 1e12
         row = {"system": system, "model": name, "input_size": size, "phase": phase, "batch": batch,
                "device": dev_name, "img_s": round(r, 2), "tflops": round(tflops, 4),
                "gflop_per_img": round(per_img / 1e9, 3),
                "peak_fraction": round(tflops / peak, 4) if peak else None,
-               "input_fraction": round(input_frac, 4) if input_frac is not None else None}
-        rows.append(row)
+               "input_fraction": round(input_frac, 4) if input_frac is not None else None,
+               "seconds": round(got["seconds"], 3), "steps": got["steps"]}
+        if "compile" in got:
+            row["compile"] = got["compile"]
+            row["compile_fallback"] = got["compile_fallback"]
         line = f"{system:<22} {name:<18} {size:>4} {phase:<10} {batch:>5} {r:>9.1f} {tflops:>8.3f}"
         line += f" {100 * tflops / peak:>6.1f}%" if peak else ""
         line += f" {100 * input_frac:>5.1f}%" if input_frac is not None else f" {'-':>6}"
+        line += f" {got['seconds']:>5.1f}"
+        if "compile" in got:
+            c = got["compile"]
+            line += (f"  compile: {c['graphs']} graphs ({c['graphs_while_timed']} while timed), "
+                     f"{c['graph_breaks']} breaks" + (" [dynamo disabled]" if c["dynamo_disabled"] else ""))
+            if got["compile_fallback"] or c["graphs_while_timed"]:
+                line += "  <- FELL BACK TO EAGER" if got["compile_fallback"] else "  <- RECOMPILED WHILE TIMED"
+            if got["compile_fallback"]:
+                bad_compiles.append(f"{name} {phase} batch {batch}: fell back")
         print(line, flush=True)
+        res.add(row)
     keras_meta = None
     if a.keras_python and "vgg16" in a.models.split(",") and 64 in map(int, a.sizes.split(",")):
         keras_meta = run_keras_peer(a.keras_python, steps, a.phases, rows, peak)
     print_side_by_side(rows)
-    out = {"device": dev_name, "torch": torch.__version__, "python": platform.python_version(),
-           "bf16_peak_tflops": peak, "steps": steps, "warmup": warmup, "rows": rows}
     if keras_meta is not None:
-        out["keras_report"] = keras_meta
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
-    print(f"wrote {a.out}")
+        res.update(keras_report=keras_meta)
+    return bad_compiles
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -365,3 +365,41 @@ def test_cuda_matches_cpu() -> None:
     g = torch.Generator(device="cuda").manual_seed(0)
     out = make_transform("keras", (0.5,) * 3, (0.5,) * 3)(x.cuda().to(torch.uint8), g)
     assert out.is_cuda and out.dtype == torch.float32
+
+
+def test_plan_draws_as_one_call_and_slices_per_batch() -> None:
+    """An epoch plan (DeviceLoader draws one per pass) gives bit for bit what one transform call on all the samples
+    with the same generator gives, and its slices give the same images batch by batch."""
+    x = torch.randint(0, 256, (10, 3, 48, 80), dtype=torch.uint8)
+    for name in ("keras", "keras3", "keras-radians", "keras-noflip", "flip"):
+        t = make_transform(name, (0.5,) * 3, (0.25,) * 3, input_size=56)
+        whole = t(x, torch.Generator().manual_seed(11))
+        plan = t.plan(10, torch.Generator().manual_seed(11), height=48, width=80)
+        assert len(plan) == 10
+        assert torch.equal(t(x, plan=plan), whole), name
+        parts = torch.cat([t(x[a:b], plan=plan[a:b]) for a, b in ((0, 4), (4, 8), (8, 10))])
+        assert torch.equal(parts, whole), name
+        gathered = t(x[[9, 9, 3]], plan=plan[torch.tensor([9, 9, 3])])  # a padded batch takes plan rows too
+        assert torch.equal(gathered, whole[[9, 9, 3]]), name
+    assert make_transform("none", (0.5,) * 3, (0.5,) * 3).plan(4, torch.Generator(), height=8, width=8) is None
+    t = make_transform("keras", (0.5,) * 3, (0.5,) * 3)
+    with pytest.raises(ValueError, match="plan of 10 samples"):
+        t(x[:4], plan=t.plan(10, torch.Generator(), height=48, width=80))
+
+
+def test_plan_cuts_the_ops_a_batch() -> None:
+    """The planned path runs a handful of ops a batch (grid, grid_sample, normalise), not the ~100 of a fresh draw."""
+    from torch.profiler import ProfilerActivity, profile
+
+    x = torch.rand(64, 3, 64, 64) * 255
+    t = make_transform("keras", (0.5,) * 3, (0.5,) * 3)
+    plan = t.plan(64 * 4, torch.Generator().manual_seed(0), height=64, width=64)
+
+    def ops(fn) -> int:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            fn()
+        return sum(1 for e in prof.events() if e.cpu_parent is None and e.name.startswith("aten::"))
+
+    fresh = ops(lambda: t(x, torch.Generator().manual_seed(0)))
+    planned = ops(lambda: t(x, plan=plan[64:128]))
+    assert planned * 3 < fresh, (planned, fresh)

@@ -783,3 +783,32 @@ def test_not_a_dataset(tmp_path: Path) -> None:
 
 def test_data_error_is_one_line() -> None:
     assert str(DataError("a\nb  c")) == "a b c"
+
+
+def test_loader_pad_last_keeps_one_shape_and_labels_the_padding() -> None:
+    from tinytransfer.loader import PAD_LABEL
+
+    split = _index_split(10)
+    for preload in (False, True):
+        batches = list(DeviceLoader(split, 4, pad_last=True, preload=preload))
+        assert [tuple(x.shape) for x, _ in batches] == [(4, 3, 4, 4)] * 3
+        y = torch.cat([y for _, y in batches])
+        assert y[:10].tolist() == list(range(10)) and y[10:].tolist() == [PAD_LABEL, PAD_LABEL]
+        assert torch.equal(batches[2][0][2:], batches[2][0][1:2].expand(2, -1, -1, -1))  # copies of sample 9
+    assert DeviceLoader(split, 4, pad_last=True).num_samples == 10
+
+
+def test_loader_draws_an_epoch_plan_once() -> None:
+    """With make_transform's transform the loader draws the whole pass's augmentation at once: the images are
+    those of one transform call over the pass's samples in order, batch by batch."""
+    from tinytransfer.augment import make_transform
+
+    split = _index_split(10, size=8)
+    t = make_transform("keras", (0.5,) * 3, (0.5,) * 3)
+    loader = DeviceLoader(split, 4, transform=t, aug_generator=torch.Generator().manual_seed(5))
+    got = torch.cat([x for x, _ in loader])
+    whole = torch.from_numpy(split.images).permute(0, 3, 1, 2).float()
+    assert torch.equal(got, t(whole, torch.Generator().manual_seed(5)))
+    padded = DeviceLoader(split, 4, transform=t, aug_generator=torch.Generator().manual_seed(5), pad_last=True)
+    got = torch.cat([x for x, _ in padded])
+    assert got.shape[0] == 12 and torch.equal(got[:10], t(whole, torch.Generator().manual_seed(5)))

@@ -297,3 +297,79 @@ def test_retain_host_memory_is_a_no_op_off_glibc(monkeypatch):
 
     monkeypatch.setattr(platform, "libc_ver", lambda *a, **k: ("", ""))
     assert engine.retain_host_memory() is False
+
+
+def _eager_dynamo(monkeypatch):
+    """torch.compile through real dynamo with the "eager" backend: the same graphs, guards and counters, without
+    minutes of inductor code generation on the CPU. fullgraph: a graph break would raise."""
+    import torch._dynamo as dynamo
+
+    real = torch.compile
+    dynamo.reset()
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **k: real(model, backend="eager", fullgraph=True))
+
+
+def test_compiled_run_has_static_shapes_and_logs_compiles_per_phase(tree, tmp_path, monkeypatch, caplog):
+    """Compiled: training drops its last partial batch, evaluation pads its own, so each phase compiles a train
+    and an eval graph once and nothing after its first epoch; the frozen-base shortcut traces without a break."""
+    import logging
+    import re
+
+    _eager_dynamo(monkeypatch)
+    raw = tiny_config(tree, compile=True, eval_batch_size=4)  # 9 val images: 4 + 4 + 1 (padded to 4)
+    for p in raw["phases"]:
+        p["batch_size"] = 20  # 48 train images: 20 + 20 (+ 8 dropped)
+    with caplog.at_level(logging.INFO, logger="tinytransfer.engine"):
+        run(tree, tmp_path / "r", raw)
+    rows = read_rows(tmp_path / "r" / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [2, 4, 2, 4]
+    for r in rows:  # accuracies over the 9 real val images, padding not counted
+        assert abs(float(r["val_acc"]) * 9 - round(float(r["val_acc"]) * 9)) < 1e-4
+    lines = [m for m in caplog.messages if m.startswith("torch.compile, phase")]
+    assert len(lines) == 2, caplog.messages
+    for line in lines:
+        graphs, later = map(int, re.search(r"(\d+) graphs compiled \((\d+) after", line).groups())
+        assert 1 <= graphs <= 2 and later == 0, line  # one train and one eval graph at most, no recompiles
+    assert not [m for m in caplog.messages if "fell back" in m]
+
+
+def test_evaluate_with_a_padded_last_batch_counts_only_real_images(tree):
+    from tinytransfer.augment import make_transform
+    from tinytransfer.loader import DeviceLoader
+
+    data = load_dataset(tree, workers=1)
+    torch.manual_seed(0)
+    model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32)
+    tf = make_transform("none", model.mean, model.std)
+    plain = engine.evaluate(model, DeviceLoader(data.val, 4, transform=tf), device=torch.device("cpu"))
+    padded = engine.evaluate(model, DeviceLoader(data.val, 4, transform=tf, pad_last=True),
+                             device=torch.device("cpu"))
+    assert plain["n"] == padded["n"] == 9
+    for k in ("loss", "acc", "top5"):
+        assert padded[k] == pytest.approx(plain[k], rel=1e-5), k
+
+
+def test_frozen_body_shortcut_compiles_without_a_graph_break():
+    import torch._dynamo as dynamo
+
+    from tinytransfer.models import set_trainable
+
+    dynamo.reset()
+    torch.manual_seed(0)
+    model = create_model(TINY, 3, pretrained=False, head="pool", input_size=32)
+    set_trainable(model, "head")
+    model.train()
+    x = torch.randn(4, 3, 32, 32)
+    compiled = torch.compile(model, backend="eager", fullgraph=True)  # a break or an error would raise
+    torch.manual_seed(1)
+    out = compiled(x)
+    out.sum().backward()
+    assert all(p.grad is None for p in model.body.parameters())
+    grads = [p.grad.clone() for p in model.head.parameters()]
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
+    ref = model(x)  # eager: the inference_mode shortcut
+    ref.sum().backward()
+    torch.testing.assert_close(out, ref)
+    for g, p in zip(grads, model.head.parameters()):
+        torch.testing.assert_close(g, p.grad)

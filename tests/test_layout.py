@@ -15,7 +15,7 @@ STAGES = [
     {"decode", "cache", "data", "sources", "augment", "loader"},
     {"weights", "keras_weights", "models"},
     {"schedule", "metrics", "optim"},
-    {"checkpoint", "runfolder", "parallel"},
+    {"checkpoint", "runfolder", "parallel", "asyncsave", "compilestats"},
     {"engine", "lrfind"},
     {"predict", "cam", "plots", "report", "export", "outputs"},
     {"api"},

@@ -34,6 +34,7 @@ from torch import Tensor
 __all__ = [
     "AUGMENTS",
     "CONVENTIONS",
+    "AugmentPlan",
     "apply_keras_transform",
     "draw_keras_params",
     "keras_augment",
@@ -181,6 +182,38 @@ def keras_matrices(params: dict[str, Tensor], height: int, width: int, conventio
     return _keras_matrices(params, height, width, convention, _matrix_dtype(device)).float()
 
 
+def _grid_coefficients(e: Tensor, height: int, width: int, dtype: torch.dtype) -> Tensor:
+    """(3, 2, B) per-sample coefficients of the column index, the row index and the constant, for (gx, gy), from
+    the (6, B) matrix rows ``e`` (see :func:`_sampling_grid`)."""
+    b = e.shape[1]
+    sx, sy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)
+    m00, m01, m02, m10, m11, m12 = e  # (B,) each
+    coef = torch.stack([m11 * sx, m01 * sy, m10 * sx, m00 * sy, m12 * sx - 1.0, m02 * sy - 1.0]).to(dtype)
+    return coef.reshape(3, 2, b)
+
+
+def _grid_from_coefficients(coef: Tensor, flip: Tensor | None, height: int, width: int,
+                            index: tuple[Tensor, Tensor, Tensor] | None = None) -> Tensor:
+    """(B, H, W, 2) grid from (3, 2, B) coefficients; ``flip`` (B,) bool reads the output columns reversed.
+
+    ``index`` = (cols, reversed cols, rows) built once by the caller (an epoch plan), else built here."""
+    b = coef.shape[2]
+    col_c, row_c, const = coef.unsqueeze(3).unbind(0)  # (2, B, 1) each
+    if index is None:
+        cols = torch.arange(width, device=coef.device, dtype=coef.dtype)  # (W,) output column indices, exact
+        rows = torch.arange(height, device=coef.device, dtype=coef.dtype)  # (H,)
+        rev = cols.flip(0) if flip is not None else cols
+    else:
+        cols, rev, rows = index
+    if flip is not None:
+        cols = torch.where(flip.reshape(-1, 1), rev, cols)  # (B, W): reflected where flipped
+    col_term = (col_c * cols).unsqueeze(2)  # (2, B, 1, W)
+    row_term = torch.addcmul(const, row_c, rows).unsqueeze(3)  # (2, B, H, 1)
+    grid = torch.empty((b, 2, height, width), device=coef.device, dtype=coef.dtype)  # planar: (gx, gy) planes
+    torch.add(col_term, row_term, out=grid.transpose(0, 1))  # (2, B, H, W) view of it
+    return grid.permute(0, 2, 3, 1)  # (B, H, W, 2) view
+
+
 def _sampling_grid(e: Tensor, flip: Tensor | None, height: int, width: int, dtype: torch.dtype) -> Tensor:
     """(B, H, W, 2) ``grid_sample`` grid (align_corners=True) for the (6, B) matrix rows ``e``, flip folded in.
 
@@ -193,21 +226,33 @@ def _sampling_grid(e: Tensor, flip: Tensor | None, height: int, width: int, dtyp
     composed with a reflection of the output column, so a flipped sample simply reads its column indices reversed:
     its grid, and so its output, is bit for bit the unflipped one mirrored, at no extra cost.
     """
-    b = e.shape[1]
-    sx, sy = 2.0 / max(width - 1, 1), 2.0 / max(height - 1, 1)
-    m00, m01, m02, m10, m11, m12 = e  # (B,) each
-    # (2, B, 1) per-sample coefficients of the column index, the row index and the constant, for (gx, gy)
-    coef = torch.stack([m11 * sx, m01 * sy, m10 * sx, m00 * sy, m12 * sx - 1.0, m02 * sy - 1.0]).to(dtype)
-    col_c, row_c, const = coef.reshape(3, 2, b, 1).unbind(0)  # (2, B, 1) each
-    cols = torch.arange(width, device=e.device, dtype=dtype)  # (W,) output column indices, exact integers
-    rows = torch.arange(height, device=e.device, dtype=dtype)  # (H,)
-    if flip is not None:
-        cols = torch.where(flip.reshape(-1, 1) > 0, cols.flip(0), cols)  # (B, W): reflected where flipped
-    col_term = (col_c * cols).unsqueeze(2)  # (2, B, 1, W)
-    row_term = torch.addcmul(const, row_c, rows).unsqueeze(3)  # (2, B, H, 1)
-    grid = torch.empty((b, 2, height, width), device=e.device, dtype=dtype)  # planar: (gx, gy) planes
-    torch.add(col_term, row_term, out=grid.transpose(0, 1))  # (2, B, H, W) view of it
-    return grid.permute(0, 2, 3, 1)  # (B, H, W, 2) view
+    coef = _grid_coefficients(e, height, width, dtype)  # (3, 2, B)
+    return _grid_from_coefficients(coef, None if flip is None else flip > 0, height, width)
+
+
+@dataclass(frozen=True)
+class AugmentPlan:
+    """Random augmentation parameters drawn for many samples at once (an epoch: ``_BatchTransform.plan``).
+
+    The per-sample algebra (draws, matrices, grid coefficients: ~60 tiny ops) runs once for all samples; a batch
+    then takes its slice (``plan[a:b]``, views) and costs only its grid and the ``grid_sample``. Draws are those of
+    one ``keras_augment`` call on all the samples together, so a plan applied to the whole batch gives exactly
+    what ``transform(x, generator)`` gives with the same generator state.
+    """
+
+    height: int  # image size the plan was drawn for (before any resize)
+    width: int
+    coef: Tensor | None  # (3, 2, N) grid coefficients (float32); None: no warp (the "flip" preset)
+    flip: Tensor | None  # (N,) bool: flip horizontally; None: never
+    index: tuple[Tensor, Tensor, Tensor] | None = None  # (cols, reversed cols, rows), built once per plan
+
+    def __len__(self) -> int:
+        return int(self.coef.shape[2] if self.coef is not None else self.flip.shape[0])
+
+    def __getitem__(self, sel: slice | Tensor) -> "AugmentPlan":
+        """The plan of samples ``sel`` (a slice: views; an index tensor: gathered)."""
+        return AugmentPlan(self.height, self.width, None if self.coef is None else self.coef[..., sel],
+                           None if self.flip is None else self.flip[sel], self.index)
 
 
 def _follow_format(out: Tensor, like: Tensor) -> Tensor:
@@ -331,10 +376,46 @@ class _BatchTransform:
             self._cache[key] = (_stats(scale.tolist(), x), _stats(neg_shift.tolist(), x))
         return self._cache[key]
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def plan(self, n: int, generator: torch.Generator, *, height: int, width: int,
+             device: torch.device | str | None = None) -> AugmentPlan | None:
+        """Draw the random parameters of ``n`` samples of (height, width) at once (None: nothing random here).
+
+        The same draws as ``self(x, generator)`` on a batch of those ``n`` samples; pass slices of the plan to
+        ``self(x, plan=...)``. ``device`` is where the batches will be (default: the generator's)."""
+        preset = _PRESETS[self.name]
+        device = torch.device(device) if device is not None else generator.device
+        if preset is None:
+            if self.name != "flip":
+                return None
+            u = torch.rand((n,), generator=generator, device=generator.device)  # (N,) as random_flip draws
+            return AugmentPlan(height, width, None, (u < 0.5).to(device))
+        convention, shear_units, *flip = preset
+        horizontal_flip = flip[0] if flip else True
+        params = draw_keras_params(n, height, width, generator, shear_units=shear_units, device=device,
+                                   horizontal_flip=horizontal_flip)
+        p = _stack_params(params, device, _matrix_dtype(device))  # (6, N)
+        coef = _grid_coefficients(_keras_entries(p, height, width, convention), height, width, torch.float32)
+        cols = torch.arange(width, device=device, dtype=torch.float32)  # (W,)
+        rows = torch.arange(height, device=device, dtype=torch.float32)  # (H,)
+        index = (cols, cols.flip(0), rows)
+        return AugmentPlan(height, width, coef, params["flip_horizontal"] > 0, index)
+
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None, *,
+                 plan: AugmentPlan | None = None) -> Tensor:
         fresh = not x.is_floating_point() or x.dtype == torch.float64  # x becomes a tensor of our own
         x = x.float() if fresh else x  # (B, 3, H, W) 0..255
-        if generator is not None:
+        if plan is not None:  # parameters drawn in advance (DeviceLoader draws an epoch's at once)
+            if len(plan) != x.shape[0] or (plan.height, plan.width) != tuple(x.shape[-2:]):
+                raise ValueError(f"plan of {len(plan)} samples at {plan.height}x{plan.width} for a batch of "
+                                 f"shape {tuple(x.shape)}")
+            if plan.coef is not None:
+                grid = _grid_from_coefficients(plan.coef, plan.flip, plan.height, plan.width, plan.index)
+                out = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=True)
+                x = _follow_format(out, x)
+            elif plan.flip is not None:
+                x = _follow_format(_flip_where(x, plan.flip), x)
+            fresh = True
+        elif generator is not None:
             preset = _PRESETS[self.name]
             if preset is not None:
                 convention, shear_units, *flip = preset

@@ -3,8 +3,9 @@
 Phases are data (``PhaseConfig``): each sets what is trainable, the optimizer and the LR policy. The LR is a pure
 function of the iteration (``schedule.lr_at``) written into the param groups before every step. Metrics are
 accumulated on the device and read once an epoch (and at progress-bar refreshes), so the step has no host sync
-on a GPU. After every epoch ``last.pt`` is written atomically, and ``best.pt`` when validation accuracy improves:
-a crash loses at most the current epoch, and ``resume`` continues the same run.
+on a GPU. After every epoch ``last.pt`` is written atomically, and ``best.pt`` when validation accuracy improves,
+from a host-memory snapshot by a background thread (``asyncsave``): a crash loses at most the current epoch (and
+the one just finished while its write is in flight), and ``resume`` continues the same run.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .asyncsave import AsyncCheckpointWriter
 from .augment import make_transform
-from .checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
+from .checkpoint import FORMAT, load_checkpoint, unwrap_model
+from .compilestats import dynamo_counts, fell_back, since
 from .config import PhaseConfig, RunConfig, to_dict
 from .data import Dataset, Split
-from .loader import DeviceLoader
+from .loader import PAD_LABEL, DeviceLoader
 from .metrics import topk_correct
 from .models import param_groups, set_trainable, train_mode
 from .optim import KerasAdam
@@ -270,7 +273,9 @@ def train_one_epoch(
 def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, amp: str = "auto",
              dist: Dist = Dist()) -> dict:
     """Mean loss, top-1 and top-5 over the whole split (the last partial batch included). Under data-parallel
-    training each rank scores its shard (every image once) and the sums are all-reduced."""
+    training each rank scores its shard (every image once) and the sums are all-reduced. A ``pad_last`` loader's
+    padding (label ``PAD_LABEL``) adds nothing: ``cross_entropy`` ignores it, no prediction matches it, and only
+    the split's real images are counted."""
     model.eval()
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros(2, device=device, dtype=torch.long)
@@ -280,9 +285,11 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, am
         for x, y in loader:
             step_begin()
             logits = model(x).float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            loss_sum += F.cross_entropy(logits, y, reduction="sum", ignore_index=PAD_LABEL)
             correct += topk_correct(logits, y, (1, 5))
             seen += y.shape[0]
+    if getattr(loader, "pad_last", False):
+        seen = loader.num_samples  # the real images, without the padding of the last batch
     sums = all_reduce_sum(torch.stack([loss_sum.double(), *correct.double(),
                                        torch.tensor(float(seen), device=device, dtype=torch.float64)]), dist)
     loss_total, c1, c5, n = sums.tolist()
@@ -425,21 +432,26 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             log.warning("sync_bn: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorm sees its own share")
+    # Compiled, every batch has one shape (no dynamic-shape recompiles, no new CUDA graphs for a last partial
+    # batch): evaluation pads its last batch (and counts only the real images), training drops its last one
+    static = cfg.compile and len(data.train) >= max(p.batch_size for p in cfg.phases)
     val_loader = None
     if data.val is not None and len(data.val):
         val_loader = DeviceLoader(data.val, cfg.eval_batch_size, device=device, transform=eval_tf,
                                   device_cache_gb=cfg.data.device_cache_gb, rank=rank, world_size=world_size,
-                                  channels_last=channels_last)
+                                  channels_last=channels_last, pad_last=cfg.compile)
     # one training loader for all phases (on CUDA it holds the whole uint8 split on the device)
     loader = DeviceLoader(data.train, cfg.phases[0].batch_size, device=device, shuffle=True, generator=shuffle_gen,
                           device_cache_gb=cfg.data.device_cache_gb,
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
-                          drop_last=False, channels_last=channels_last)
+                          drop_last=static, channels_last=channels_last)
     fused = device.type == "cuda"
-    with _Stop() as stop:
+    # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
+    with _Stop() as stop, AsyncCheckpointWriter() as saver:
         while state.phase < len(cfg.phases):
             phase = cfg.phases[state.phase]
             fresh_phase = state.phase_epoch == 0 and state.step == 0
+            saver.wait()  # best.pt may still be on its way to disk
             if fresh_phase and state.phase > 0 and phase.start_from_best and (run_dir / BEST_PT).is_file():
                 best = load_checkpoint(run_dir / BEST_PT)
                 model.load_state_dict(best["model"])
@@ -452,12 +464,15 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 optimizer.load_state_dict(resume["optimizer"])
             resume = None
             loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
+            compiled = [dynamo_counts()] if cfg.compile else []  # at the phase's start, after its first epoch
             while state.phase_epoch < phase.epochs:
                 if dist.active:  # per-rank streams that depend on (seed, rank, epoch) only: any N resumes exactly
                     torch.manual_seed(_stream_seed(cfg.seed, rank, state.epoch))
                     aug_gen.manual_seed(_stream_seed(cfg.seed + 1, rank, state.epoch))
                 row = _run_epoch(net, eval_net, loader, val_loader, optimizer, phase, state, cfg, device, stop,
                                  show_progress, dist)
+                if len(compiled) == 1:
+                    compiled.append(dynamo_counts())
                 # without a validation split the latest weights are the best known
                 improved = val_loader is None or row["val_acc"] > state.best_acc
                 state.phase_epoch += 1
@@ -472,23 +487,29 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 done_phase = stop_phase or state.phase_epoch >= phase.epochs
                 state.rng = _rng_state(shuffle_gen, aug_gen)
                 if dist.main:
+                    saver.wait()  # the previous epoch's checkpoints are on disk before this epoch's row
                     writer.append(row)
                     log.info(_fmt_line(row))
+                    saves = []
                     if improved:
-                        save_checkpoint(_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / BEST_PT)
+                        saves.append((_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / BEST_PT))
                     # last.pt points at the start of the next epoch (or the next phase)
                     nxt = TrainState(**vars(state))
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
                         nxt.phase_best_acc = -1.0
-                    save_checkpoint(_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
-                                    run_dir / LAST_PT)
+                    saves.append((_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
+                                  run_dir / LAST_PT))
+                    saver.submit(saves)  # snapshot now, serialise + fsync + rename in the background
+                    log.debug("checkpoint: %.3f s on the training thread so far", saver.blocked_s)
                 if stop_phase:
                     log.info("early stopping: no val improvement for %d epochs in phase %d", phase.patience,
                              state.phase + 1)
                     break
                 if stop.signum is not None:
                     raise Interrupted(f"stopped by signal {stop.signum} after epoch {state.epoch}")
+            if len(compiled) == 2:
+                _log_compiles(state.phase, compiled[0], compiled[1])
             state.phase += 1
             state.phase_epoch = 0
             state.step = 0
@@ -533,6 +554,17 @@ def _wrap(model: nn.Module, cfg: RunConfig, dist: Dist) -> tuple[nn.Module, nn.M
         except Exception as e:  # pragma: no cover - depends on the platform
             log.warning("torch.compile failed (%s); running eager", e)
     return net, eval_net
+
+
+def _log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]) -> None:
+    """One line a phase: what torch.compile did in it; a warning where compiled code fell back to eager."""
+    total, later = since(start), since(first_epoch)
+    frames = f", frames {total['frames_ok']}/{total['frames']} converted" if total.get("frames") else ""
+    log.info("torch.compile, phase %d: %d graphs compiled (%d after its first epoch)%s, %d graph breaks", phase + 1,
+             total.get("graphs", 0), later.get("graphs", 0), frames, total.get("graph_breaks", 0))
+    if fell_back(total):
+        log.warning("torch.compile fell back to eager in phase %d (%s): part of it ran uncompiled", phase + 1,
+                    total)
 
 
 def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,

@@ -17,7 +17,9 @@ import torch
 
 from .data import Split
 
-__all__ = ["DeviceLoader"]
+__all__ = ["PAD_LABEL", "DeviceLoader"]
+
+PAD_LABEL = -100  # label of the padding samples of ``pad_last`` (cross_entropy's default ignore_index)
 
 _END = object()  # the prefetch thread's last item
 
@@ -38,6 +40,14 @@ class DeviceLoader:
     a last batch of one image, e.g. 65 images at batch 64) is folded into the previous batch, which then holds
     G + that many images (65 at batch 64): BatchNorm never sees a batch of one in training, and no image is
     dropped. Evaluation (``shuffle=False``) keeps every image as it is; a rank with an empty share skips it.
+    ``pad_last`` fills a short batch up to ``batch_size`` with copies of its last sample labelled ``PAD_LABEL``
+    (-100, which ``cross_entropy`` ignores and no prediction matches), so that every batch has one shape (static
+    shapes for ``torch.compile``) while ``num_samples`` real images are counted.
+
+    **Augmentation draws.** A transform with a ``plan(n, generator, height=, width=, device=)`` method
+    (``augment.make_transform``'s) gets its random parameters drawn for the whole epoch at the start of each pass
+    (one draw, one batch of per-sample algebra), then a slice of them per batch: a handful of kernels a batch
+    instead of dozens.
 
     **Where the pixels come from.** ``resident``: the whole uint8 split copied to the device once and indexed
     there (the default on CUDA when the split fits the budget, or ``preload=True``). ``host``: rows gathered
@@ -71,6 +81,7 @@ class DeviceLoader:
         preload: bool | None = None,
         device_cache_gb: float = 0.0,
         prefetch: int = 2,
+        pad_last: bool = False,
     ) -> None:
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
@@ -88,6 +99,7 @@ class DeviceLoader:
         self.rank = rank
         self.world_size = world_size
         self.drop_last = drop_last
+        self.pad_last = pad_last
         self.channels_last = channels_last
         self.prefetch = max(1, int(prefetch))
         self._cuda = self.device.type == "cuda"
@@ -151,6 +163,11 @@ class DeviceLoader:
     def __len__(self) -> int:
         return len(self._spans())
 
+    @property
+    def num_samples(self) -> int:
+        """Real images this rank sees per epoch (padding not counted)."""
+        return sum(b - a for a, b in self._spans())
+
     def _permutation(self) -> torch.Tensor:
         """The epoch's global sample order: (N,) int64 on the CPU."""
         n = len(self.split)
@@ -165,18 +182,41 @@ class DeviceLoader:
         yt = torch.from_numpy(self._labels[idx])
         return xt, (yt.pin_memory() if self._pin else yt)
 
-    def _finish(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, 3) uint8 on the device → (B, 3, H, W) float32, transformed, in the asked memory format."""
+    def _finish(self, x: torch.Tensor, plan: object | None = None) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device → (B, 3, H, W) float32, transformed (with this batch's slice of the
+        epoch's ``plan`` where there is one), in the asked memory format."""
         x = x.permute(0, 3, 1, 2)  # (B, 3, H, W) view with channels-last strides
         direct_cl = self.channels_last and self.transform is None
         x = x.to(torch.float32, memory_format=torch.channels_last if direct_cl else torch.contiguous_format)
         if self.transform is not None:
-            x = self.transform(x, self.aug_generator)
+            if plan is not None:
+                x = self.transform(x, self.aug_generator, plan=plan)
+            else:
+                x = self.transform(x, self.aug_generator)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
         return x
 
-    def _streamed(self, idx: np.ndarray, spans: list[tuple[int, int]]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def _plan(self, n: int) -> object | None:
+        """The transform's random parameters for this pass's ``n`` positions, drawn at once (None: none to draw)."""
+        make = getattr(self.transform, "plan", None)
+        if make is None or self.aug_generator is None:
+            return None
+        h, w = int(self._images.shape[1]), int(self._images.shape[2])
+        return make(n, self.aug_generator, height=h, width=w, device=self.device)
+
+    def _positions(self, spans: list[tuple[int, int]]) -> list[tuple[torch.Tensor, int]]:
+        """Each batch's positions in the epoch's permutation, (B,) int64 on the CPU, and how many are padding."""
+        out = []
+        for a, b in spans:
+            pad = self.batch_size - (b - a) if self.pad_last and 0 < b - a < self.batch_size else 0
+            pos = torch.arange(a, b)
+            if pad:  # the last partial batch, filled up with copies of its last sample
+                pos = torch.cat([pos, torch.full((pad,), b - 1)])
+            out.append((pos, pad))
+        return out
+
+    def _streamed(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Host batches gathered ``prefetch`` ahead by a background thread (a bounded queue), in order."""
         q: queue.Queue = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
@@ -192,8 +232,8 @@ class DeviceLoader:
 
         def work() -> None:
             try:
-                for a, b in spans:
-                    if not put(self._gather(idx[a:b])):
+                for rows in batches:
+                    if not put(self._gather(rows)):
                         return
                 put(_END)
             except BaseException as e:  # handed to the iterating thread, raised there
@@ -212,18 +252,29 @@ class DeviceLoader:
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         perm = self._permutation()
-        spans = self._spans()
+        batches = self._positions(self._spans())
+        plan = self._plan(len(perm))  # indexed by position in the permutation, like the batches
+
+        def planned(pos: torch.Tensor) -> object | None:
+            return None if plan is None else plan[pos.to(self.device)]
+
         if self.mode == "resident":
             perm_dev = perm.to(self.device, non_blocking=True)
-            for a, b in spans:
-                sel = perm_dev[a:b]
+            for pos, pad in batches:
+                sel = perm_dev[pos.to(self.device)]
                 x = self._images_dev.index_select(0, sel)  # (B, H, W, 3) uint8 on the device
                 y = self._labels_dev.index_select(0, sel)  # (B,) int64
-                yield self._finish(x), y
+                if pad:
+                    y[-pad:] = PAD_LABEL
+                yield self._finish(x, planned(pos)), y
             return
         idx = perm.numpy()
-        host = (self._gather(idx[a:b]) for a, b in spans) if self.mode == "host" else self._streamed(idx, spans)
-        for xt, yt in host:
+        rows = [idx[pos.numpy()] for pos, _ in batches]
+        host = (self._gather(r) for r in rows) if self.mode == "host" else self._streamed(rows)
+        for (pos, pad), (xt, yt) in zip(batches, host):
             x = xt.to(self.device, non_blocking=True)
             y = yt.to(self.device, non_blocking=True)
-            yield self._finish(x), y
+            if pad:
+                y = y.clone()
+                y[-pad:] = PAD_LABEL
+            yield self._finish(x, planned(pos)), y

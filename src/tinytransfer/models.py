@@ -323,6 +323,8 @@ class TransferModel(nn.Module):
 
     While every body parameter is frozen and the model trains with grad enabled, the body runs under
     ``torch.inference_mode()`` and its output is cloned: no graph, no saved activations, no backward through it.
+    Inside ``torch.compile`` (``torch.compiler.is_compiling()``) it runs under ``torch.no_grad()`` instead, detached:
+    the same effect, and a graph dynamo can trace (inference mode in compiled code is not supported everywhere).
     In eval mode (Grad-CAM, feature maps) the body runs normally so hooks and gradients inside it work; set
     ``frozen_body_fast = False`` to turn the shortcut off altogether.
     """
@@ -358,9 +360,13 @@ class TransferModel(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # x (B, 3, H, W) normalised float
         if (self.frozen_body_fast and self.training and torch.is_grad_enabled() and not x.requires_grad
                 and not any(p.requires_grad for p in self.body.parameters())):
-            with torch.inference_mode():
-                feats = self.body(x)  # (B, C, h, w) inference tensor
-            feats = feats.clone()  # a normal tensor the head can save for its backward
+            if torch.compiler.is_compiling():  # inference_mode has no place in a compiled graph: no_grad there
+                with torch.no_grad():
+                    feats = self.body(x).detach()  # (B, C, h, w), no graph behind it
+            else:
+                with torch.inference_mode():
+                    feats = self.body(x)  # (B, C, h, w) inference tensor
+                feats = feats.clone()  # a normal tensor the head can save for its backward
         else:
             feats = self.body(x)
         return self.head(feats)  # (B, num_classes)

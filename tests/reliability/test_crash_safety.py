@@ -7,6 +7,7 @@ import errno
 import os
 import resource
 import signal
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,13 +27,27 @@ from ._util import differences, rows, sets
 def file_size_limit(nbytes: int) -> Iterator[None]:
     """A real "disk full": the kernel refuses writes past ``nbytes`` (EFBIG) for this process, root included."""
     old = resource.getrlimit(resource.RLIMIT_FSIZE)
-    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # else the kernel kills the process
+    # else the kernel kills the process; only the main thread may set a handler, so a checkpoint writer thread
+    # relies on the test having ignored SIGXFSZ already (ignore_sigxfsz)
+    main = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN) if main else None
     resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, old[1]))
     try:
         yield
     finally:
         resource.setrlimit(resource.RLIMIT_FSIZE, old)
-        signal.signal(signal.SIGXFSZ, old_handler)
+        if main:
+            signal.signal(signal.SIGXFSZ, old_handler)
+
+
+@contextlib.contextmanager
+def ignore_sigxfsz() -> Iterator[None]:
+    """SIGXFSZ ignored process-wide, for a file size limit set on another thread (the checkpoint writer's)."""
+    old = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGXFSZ, old)
 
 
 class _HalfWriter:
@@ -161,7 +176,8 @@ def test_cli_full_disk_while_saving_is_one_line_and_keeps_last(run_tree: Path, t
 
     monkeypatch.setattr(checkpoint, "atomic_write_bytes", second_last_hits_a_full_disk)
     out = tmp_path / "run"
-    assert _train(run_tree, out) == 2
+    with ignore_sigxfsz():  # checkpoints are written on a background thread (asyncsave)
+        assert _train(run_tree, out) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "last.pt: could not save the checkpoint (File too large)" in err[0], err
     assert load_checkpoint(out / "last.pt")["epoch"] == 1  # the previous last.pt, whole
