@@ -397,13 +397,16 @@ class Run:
             raise UserError(f"{self.dir}: no metrics.csv in this run folder")
         return [Path(p) for p in plot_curves(self.dir)], table1_markdown(table1(self.dir))
 
-    def export(self, fmt: str = "torchscript", out: str | os.PathLike | None = None) -> Path:
-        """The model as TorchScript or a ``torch.export`` program (on the CPU), with a YAML sidecar."""
-        from .export import export_model
+    def export(self, fmt: str = "torchscript", out: str | os.PathLike | None = None, output: str = "logits") -> Path:
+        """The model as TorchScript, a ``torch.export`` program (YAML sidecar) or ONNX (``model.onnx`` + ``model.json``,
+        ``output`` logits or probabilities, checked against PyTorch with onnxruntime on images of the run's dataset
+        where onnxruntime is installed), on the CPU."""
+        from .export import export_model, sample_images
 
         model, view = load_model(self.checkpoint.path if self.checkpoint.path.is_file() else self.dir,
                                  device="cpu")
-        return export_model(model, view, self.dir, fmt, out)
+        samples = sample_images(view.input_size, view.config.data.root)[1] if fmt == "onnx" else None
+        return export_model(model, view, self.dir, fmt, out, output=output, samples=samples)
 
     def report(self, data: Dataset | None = None) -> Path:
         """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``."""

@@ -13,7 +13,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("tinytransfer")
 
-EXPORT_FORMATS = ("torchscript", "torch-export")
+EXPORT_FORMATS = ("torchscript", "torch-export", "onnx")
 
 DESCRIPTION = """\
 Turn an ImageNet-pretrained CNN into a classifier for Tiny ImageNet or any dataset in its layout (or one folder
@@ -148,7 +148,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    print(api.load(args.run, device="cpu").export(args.format, args.out))
+    print(api.load(args.run, device="cpu").export(args.format, args.out, output=args.output))
     return 0
 
 
@@ -248,9 +248,12 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--out", default="runs/lr-find")
     lf.set_defaults(func=cmd_lr_find)
 
-    ex = sub.add_parser("export", help="export the best model as TorchScript or a torch.export program")
+    ex = sub.add_parser("export", help="export the best model as TorchScript, a torch.export program or ONNX")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript",
+                    help="onnx: RUN/model.onnx + RUN/model.json, checked with onnxruntime where installed")
+    ex.add_argument("--output", choices=("logits", "probabilities"), default="logits",
+                    help="what the ONNX graph returns (softmax inside the graph for probabilities)")
     ex.add_argument("--out")
     ex.set_defaults(func=cmd_export)
 
