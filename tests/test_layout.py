@@ -16,7 +16,7 @@ STAGES = [
     {"weights", "keras_weights", "models"},
     {"schedule", "metrics", "optim"},
     {"checkpoint", "runfolder"},
-    {"engine", "lrfind"},
+    {"engine", "lrfind", "autolr"},
     {"predict", "cam", "plots", "report", "export", "outputs"},
     {"api"},
     {"cli", "__main__", "__init__"},

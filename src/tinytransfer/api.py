@@ -172,18 +172,21 @@ def _console(verbose: bool) -> Iterator[None]:
 def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           seed: int | None = None, deterministic: bool = False, device: str | None = None,
-          nproc: int | None = None, *, force: bool = False, progress: bool | None = None, finish: bool = True,
-          verbose: bool = True) -> "Run":
+          nproc: int | None = None, *, auto_lr: bool = False, force: bool = False, progress: bool | None = None,
+          finish: bool = True, verbose: bool = True) -> "Run":
     """Train ``recipe`` on the dataset folder ``data`` into the run folder ``out`` and return the :class:`Run`.
 
     ``out`` defaults to ``runs/<recipe>-<time>``. ``device`` None keeps the recipe's (``auto``: CUDA where present).
     A folder that already holds another run is refused (``force=True`` starts it over). ``progress``: a progress
     bar (None: only where stderr is a terminal). ``finish``: figures, Table 1, test predictions and report.html
-    afterwards. ``nproc`` > 1 (data-parallel training) is not available yet and is refused.
+    afterwards. ``nproc`` > 1 (data-parallel training) is not available yet and is refused. ``auto_lr``: every
+    phase's LR bounds come from an LR range test run before it (``auto_lr: true`` in each phase; see autolr.py).
     """
     if nproc not in (None, 1):
         raise UserError(f"nproc={nproc}: data-parallel training is not available in this version; use nproc=1")
     cfg = resolve_config(recipe, data, overrides, seed, deterministic, device)
+    if auto_lr:
+        cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / CONFIG_YAML).exists() and not force:
         if _read_run_config(run_dir) != to_dict(cfg):

@@ -48,7 +48,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             run = api.resume(args.resume, args.data, progress=progress, finish=not args.no_finish)
         else:
             run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
-                            force=args.force, progress=progress, finish=not args.no_finish)
+                            auto_lr=args.auto_lr, force=args.force, progress=progress, finish=not args.no_finish)
     except Interrupted as e:
         where = args.resume or args.out or "RUN_DIR"
         raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
@@ -181,6 +181,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--seed", type=int)
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-identical on CPU)")
+    t.add_argument("--auto-lr", action="store_true",
+                   help="each phase's LR bounds from an LR range test before it (same as phases.*.auto_lr=true)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     t.add_argument("--force", action="store_true", help="overwrite a run folder that holds another run")
     t.add_argument("--quiet", action="store_true", help="print only errors and the final line")

@@ -84,6 +84,8 @@ class PhaseConfig:
     patience_scope: str = "run"  # the best that patience compares with: run (whole run) | phase (restarts each phase, as Keras's EarlyStopping per fit())
     start_from_best: bool = True  # begin the phase from the best weights so far (the report's practice)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    auto_lr: bool = False  # before the phase, an LR range test on its model and data sets lr_min/lr_max (autolr.py)
+    auto_lr_steps: int = 100  # iterations of that range test (LR 1e-7 -> 1, exponential)
 
 
 @dataclass(frozen=True)
@@ -248,6 +250,8 @@ def validate(cfg: RunConfig) -> None:
         check(f"phases.{i}.patience_scope", p.patience_scope, _CHOICES["patience_scope"])
         if p.epochs < 0:
             raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
+        if p.auto_lr_steps < 5:
+            raise ConfigError(f"phases.{i}.auto_lr_steps: must be >= 5, got {p.auto_lr_steps}")
         if p.batch_size < 1:
             raise ConfigError(f"phases.{i}.batch_size: must be >= 1, got {p.batch_size}")
         if p.lr_max <= 0 or p.lr_min < 0:

@@ -32,7 +32,7 @@ from .loader import DeviceLoader
 from .metrics import topk_correct
 from .models import param_groups, set_trainable, train_mode
 from .optim import KerasAdam
-from .runfolder import BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
+from .runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .schedule import lr_at
 
 __all__ = [
@@ -355,7 +355,7 @@ def fit(
         if rank == 0:
             stack.enter_context(RunLock(run_dir))
             if resume is None:
-                for stale in (BEST_PT, LAST_PT):
+                for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON):
                     (run_dir / stale).unlink(missing_ok=True)
                 write_config(run_dir, cfg)
         return _fit(unwrap_model(model), data, cfg, run_dir, resume, rank, world_size, show_progress)
@@ -427,6 +427,12 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 optimizer.load_state_dict(resume["optimizer"])
             resume = None
             loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
+            if fresh_phase and phase.auto_lr:  # measured LR bounds; model and RNG states are put back (autolr.py)
+                from .autolr import auto_lr_phase
+
+                cfg = auto_lr_phase(model, loader, cfg, state.phase, run_dir, device=device, rank=rank,
+                                    generators=(shuffle_gen, aug_gen))
+                phase = cfg.phases[state.phase]
             while state.phase_epoch < phase.epochs:
                 row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
                                  show_progress and rank == 0)
