@@ -14,7 +14,7 @@ STAGES = [
     {"config", "fsutil"},
     {"decode", "cache", "data", "sources", "augment", "loader"},
     {"weights", "keras_weights", "models"},
-    {"schedule", "metrics", "optim"},
+    {"schedule", "metrics", "optim", "ema", "mixing"},
     {"checkpoint", "runfolder"},
     {"engine", "lrfind", "autolr"},
     {"predict", "cam", "plots", "report", "export", "outputs"},

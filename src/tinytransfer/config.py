@@ -86,6 +86,12 @@ class PhaseConfig:
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     auto_lr: bool = False  # before the phase, an LR range test on its model and data sets lr_min/lr_max (autolr.py)
     auto_lr_steps: int = 100  # iterations of that range test (LR 1e-7 -> 1, exponential)
+    ema: float = 0.0  # decay of a weight EMA (timm ModelEmaV3) updated every step, e.g. 0.999; 0 = off (ema.py)
+    ema_warmup: bool = True  # timm's EMA warm-up: decay min(ema, 1 - t^(-2/3)) at update t+1, so short phases average
+    mixup: float = 0.0  # Mixup alpha (timm.data.Mixup on device batches, soft-target loss); 0 = off (mixing.py)
+    cutmix: float = 0.0  # CutMix alpha; 0 = off; with mixup also on, each batch is one or the other (half and half)
+    mix_prob: float = 1.0  # probability that a batch is mixed at all (when mixup or cutmix is on)
+    lr_decay: float = 1.0  # layer-wise LR decay: the head at lr, the body block k blocks below it at lr x lr_decay^k; 1 = off
 
 
 @dataclass(frozen=True)
@@ -250,6 +256,12 @@ def validate(cfg: RunConfig) -> None:
         check(f"phases.{i}.patience_scope", p.patience_scope, _CHOICES["patience_scope"])
         if p.epochs < 0:
             raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
+        if not 0.0 <= p.ema < 1.0:
+            raise ConfigError(f"phases.{i}.ema: must be in [0, 1), got {p.ema}")
+        if p.mixup < 0 or p.cutmix < 0 or not 0.0 <= p.mix_prob <= 1.0:
+            raise ConfigError(f"phases.{i}: mixup and cutmix must be >= 0 and mix_prob in [0, 1]")
+        if not 0.0 < p.lr_decay <= 1.0:
+            raise ConfigError(f"phases.{i}.lr_decay: must be in (0, 1], got {p.lr_decay}")
         if p.auto_lr_steps < 5:
             raise ConfigError(f"phases.{i}.auto_lr_steps: must be >= 5, got {p.auto_lr_steps}")
         if p.batch_size < 1:

@@ -28,8 +28,10 @@ from .augment import make_transform
 from .checkpoint import FORMAT, load_checkpoint, save_checkpoint, unwrap_model
 from .config import PhaseConfig, RunConfig, to_dict
 from .data import Dataset, Split
+from .ema import start_ema
 from .loader import DeviceLoader
 from .metrics import topk_correct
+from .mixing import make_mixer
 from .models import param_groups, set_trainable, train_mode
 from .optim import KerasAdam
 from .runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
@@ -112,7 +114,7 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(model: nn.Module, phase: PhaseConfig, fused: bool = False) -> torch.optim.Optimizer:
     """A fresh optimizer over the trainable parameters (Keras recompiles the model at each phase)."""
-    groups = param_groups(model, phase.weight_decay)
+    groups = param_groups(model, phase.weight_decay, phase.lr_decay)
     extra: dict[str, Any] = {"fused": True} if fused else {}
     if phase.optimizer == "adam":
         return torch.optim.Adam(groups, lr=phase.lr_min, betas=phase.betas, **extra)
@@ -197,8 +199,13 @@ def train_one_epoch(
     max_steps: int = 0,
     stop: _Stop | None = None,
     progress: Callable[[dict], None] | None = None,
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ema: nn.Module | None = None,
 ) -> dict:
-    """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts."""
+    """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts.
+
+    ``mix``: (x, y) -> (x, soft targets) before the forward pass (mixing.BatchMixer; accuracy still counts ``y``);
+    ``ema``: a timm ModelEmaV3 updated after every optimizer step (ema.py)."""
     base = unwrap_model(model)
     phase_train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
@@ -216,10 +223,13 @@ def train_one_epoch(
         step_begin()
         lr = lr_at(state.step, phase, steps_per_epoch)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: layer-wise LR decay (models.param_groups)
+        target = y
+        if mix is not None:
+            x, target = mix(x, y)  # (B, classes) soft targets, label smoothing inside
         with autocast(device, amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=phase.label_smoothing)
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=0.0 if mix is not None else phase.label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         if sync_each_step:
             if not math.isfinite(loss.item()):
@@ -232,6 +242,8 @@ def train_one_epoch(
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, state.step), first_bad)
         loss.backward()
         optimizer.step()
+        if ema is not None:
+            ema.update(base, step=state.step + 1)  # the phase's 1-based update count (timm's warm-up)
         n = y.shape[0]
         loss_sum += loss.detach() * n
         correct += topk_correct(logits.detach(), y, (1, 5))
@@ -326,9 +338,10 @@ def _fmt_line(row: dict) -> str:
     """One fixed-column console line an epoch; the same values go to metrics.csv."""
     val = (f"val {row['val_loss']:7.4f} {100 * row['val_acc']:6.2f}% top5 {100 * row['val_top5']:6.2f}%"
            if row.get("val_acc") is not None else "val      -       -")
+    ema = f" | ema {100 * row['ema_val_acc']:6.2f}%" if row.get("ema_val_acc") is not None else ""
     return (f"phase {row['phase']:>2} epoch {row['epoch']:>4} step {row['step']:>7} lr {row['lr']:.2e} | "
             f"train {row['train_loss']:7.4f} {100 * row['train_acc']:6.2f}% | {val} | "
-            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s")
+            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s{ema}")
 
 
 def fit(
@@ -425,6 +438,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             optimizer = make_optimizer(model, phase, fused=fused)
             if not fresh_phase and resume is not None and resume.get("optimizer"):
                 optimizer.load_state_dict(resume["optimizer"])
+            ema = start_ema(model, phase, resume.get("ema") if resume is not None and not fresh_phase else None)
+            mix = make_mixer(phase, len(data.classes))
             resume = None
             loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
             if fresh_phase and phase.auto_lr:  # measured LR bounds; model and RNG states are put back (autolr.py)
@@ -435,15 +450,18 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 phase = cfg.phases[state.phase]
             while state.phase_epoch < phase.epochs:
                 row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
-                                 show_progress and rank == 0)
+                                 show_progress and rank == 0, mix=mix, ema=ema)
+                # the EMA weights count where they score better (best.pt then holds them)
+                use_ema = row.get("ema_val_acc") is not None and row["ema_val_acc"] > row["val_acc"]
+                score = row["ema_val_acc"] if use_ema else row["val_acc"]
                 # without a validation split the latest weights are the best known
-                improved = val_loader is None or row["val_acc"] > state.best_acc
+                improved = val_loader is None or score > state.best_acc
                 state.phase_epoch += 1
                 state.epoch += 1
-                patience_reset = _patience_improved(phase, state, row["val_acc"], improved)
+                patience_reset = _patience_improved(phase, state, score, improved)
                 if improved:
                     if val_loader is not None:
-                        state.best_acc = row["val_acc"]
+                        state.best_acc = score
                     state.best_epoch = state.epoch
                 state.bad_epochs = 0 if patience_reset else state.bad_epochs + 1
                 stop_phase = phase.patience > 0 and state.bad_epochs >= phase.patience
@@ -453,14 +471,18 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     writer.append(row)
                     log.info(_fmt_line(row))
                     if improved:
-                        save_checkpoint(_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / BEST_PT)
+                        best_ckpt = _checkpoint(ema.module if use_ema else model, optimizer, cfg, data, state, mean, std)
+                        best_ckpt["weights"] = "ema" if use_ema else "model"
+                        save_checkpoint(best_ckpt, run_dir / BEST_PT)
                     # last.pt points at the start of the next epoch (or the next phase)
                     nxt = TrainState(**vars(state))
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
                         nxt.phase_best_acc = -1.0
-                    save_checkpoint(_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
-                                    run_dir / LAST_PT)
+                    last_ckpt = _checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std)
+                    if ema is not None and not done_phase:  # a resumed phase continues its EMA
+                        last_ckpt["ema"] = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+                    save_checkpoint(last_ckpt, run_dir / LAST_PT)
                 if stop_phase:
                     log.info("early stopping: no val improvement for %d epochs in phase %d", phase.patience,
                              state.phase + 1)
@@ -488,7 +510,8 @@ def _patience_improved(phase: PhaseConfig, state: TrainState, val_acc: float | N
 
 def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
                optimizer: torch.optim.Optimizer, phase: PhaseConfig, state: TrainState, cfg: RunConfig,
-               device: torch.device, stop: _Stop, show_progress: bool) -> dict:
+               device: torch.device, stop: _Stop, show_progress: bool, *, mix: Callable | None = None,
+               ema: nn.Module | None = None) -> dict:
     total = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     bar = None
     if show_progress:
@@ -511,7 +534,7 @@ def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loade
 
     try:
         tr = train_one_epoch(net, loader, optimizer, phase, state, device=device, amp=cfg.amp,
-                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress)
+                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress, mix=mix, ema=ema)
     finally:
         if bar is not None:
             bar.close()
@@ -519,6 +542,7 @@ def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loade
         torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
     va = evaluate(net, val_loader, device=device, amp=cfg.amp) if val_loader is not None else None
+    ev = evaluate(ema.module, val_loader, device=device, amp=cfg.amp) if ema is not None and va else None
     seconds = time.perf_counter() - t0
     return {
         "phase": state.phase + 1,
@@ -533,6 +557,8 @@ def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loade
         "val_top5": va["top5"] if va else None,
         "seconds": seconds,
         "img_s": tr["n"] / max(train_s, 1e-9),
+        "ema_val_loss": ev["loss"] if ev else None,
+        "ema_val_acc": ev["acc"] if ev else None,
     }
 
 

@@ -512,16 +512,35 @@ def train_mode(model: nn.Module, bn_frozen_eval: bool = True) -> nn.Module:
     return model
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, lr_decay: float = 1.0) -> list[dict[str, Any]]:
     """Optimizer groups of the trainable parameters: weights with ``weight_decay``; biases and norm weights
-    (ndim ≤ 1) without. Empty groups are left out."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    (ndim ≤ 1) without. Empty groups are left out.
+
+    ``lr_decay`` < 1 (layer-wise LR decay): each group also carries ``lr_scale``, the factor the engine multiplies
+    the phase's LR by: 1 for the head, ``lr_decay ** k`` for the body block k blocks below it (the last block k = 1,
+    the first k = n, n blocks in :meth:`TransferModel.block_modules`), ``lr_decay ** n`` for body parameters
+    outside every block."""
+    if lr_decay == 1.0:
+        scales: dict[int, float] = {}
+    else:
+        m = _unwrap(model)
+        blocks = list(m.block_modules().values())
+        n = len(blocks)
+        scales = {id(p): lr_decay ** n for p in m.body.parameters()}
+        for k, modules in enumerate(blocks):
+            for module in modules:
+                scales.update({id(p): lr_decay ** (n - k) for p in module.parameters()})
+    by_key: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            by_key.setdefault((scales.get(id(p), 1.0), p.ndim <= 1), []).append(p)
+    groups = []
+    for (scale, no_decay), params in sorted(by_key.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if lr_decay != 1.0:
+            group["lr_scale"] = scale
+        groups.append(group)
+    return groups
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

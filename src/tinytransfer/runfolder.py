@@ -25,7 +25,7 @@ from torch import nn
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from .config import PhaseConfig, RunConfig, from_dict, to_dict
 from .fsutil import PidLock, atomic_write, atomic_write_text
-from .metrics import METRIC_COLUMNS
+from .metrics import METRIC_COLUMNS, OPTIONAL_COLUMNS
 from .schedule import step_size_of
 
 __all__ = [
@@ -116,7 +116,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         if header is None:
             raise ValueError(f"{path}: empty file; expected the header {','.join(METRIC_COLUMNS)}")
         header = [h.strip() for h in header]
-        missing = [c for c in METRIC_COLUMNS if c not in header]
+        missing = [c for c in METRIC_COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
         by_epoch: dict[int, dict] = {}
@@ -127,7 +127,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             if len(values) != len(header):
                 raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(values)}")
             raw = dict(zip(header, (v.strip() for v in values)))
-            row: dict[str, Any] = {}
+            row: dict[str, Any] = {c: math.nan for c in OPTIONAL_COLUMNS}
             for col, text in raw.items():
                 if col in _INT_COLUMNS:
                     row[col] = _parse_int(text, path, line, col)
@@ -267,7 +267,7 @@ class MetricsWriter:
 
 def _complete(row: dict) -> bool:
     """A row fully written (a kill during an append can leave half a line)."""
-    if None in row or any(row.get(k) is None for k in METRIC_COLUMNS):
+    if None in row or any(row.get(k) is None for k in METRIC_COLUMNS if k not in OPTIONAL_COLUMNS):
         return False
     try:
         int(row["epoch"]), int(row["phase"]), float(row["train_loss"])
