@@ -15,7 +15,7 @@ STAGES = [
     {"decode", "cache", "data", "sources", "augment", "loader"},
     {"weights", "keras_weights", "models"},
     {"schedule", "metrics", "optim", "ema", "mixing"},
-    {"checkpoint", "runfolder"},
+    {"checkpoint", "runfolder", "tb"},
     {"engine", "lrfind", "autolr"},
     {"predict", "cam", "plots", "report", "export", "outputs"},
     {"api"},

@@ -164,3 +164,77 @@ def test_layerwise_lr_decay_groups_and_steps(tree, tmp_path):
     assert seen == [[1e-3], [1e-3]]
     with pytest.raises(ConfigError, match="lr_decay"):
         from_dict({"phases": [{"lr_decay": 0.0}]})
+
+
+class FakeWriter:
+    """A SummaryWriter stand-in: (tag, value, step) of every scalar."""
+
+    def __init__(self, log_dir: str = "") -> None:
+        self.scalars: list[tuple[str, float, int]] = []
+        self.closed = False
+
+    def add_scalar(self, tag, value, step):
+        self.scalars.append((tag, float(value), int(step)))
+
+    def flush(self):
+        pass
+
+    def close(self):
+        self.closed = True
+
+
+def test_tensorboard_logs_epoch_metrics_and_iterations_and_continues_on_resume(tree, tmp_path, monkeypatch):
+    from tinytransfer import tb
+
+    writers: list[FakeWriter] = []
+    monkeypatch.setattr(tb, "_summary_writer", lambda log_dir: writers.append(FakeWriter(log_dir)) or writers[-1])
+    raw = dict(tiny_config(tree), tensorboard=True)
+    run(tree, tmp_path / "full", raw)
+    (w,) = writers
+    rows = read_rows(tmp_path / "full" / "metrics.csv")
+    steps = sum(int(max(r["step"] for r in rows if r["phase"] == ph)) for ph in ("1", "2"))
+    it = [s for t, _, s in w.scalars if t == "iter/loss"]
+    assert it == list(range(1, steps + 1)) and len([1 for t, *_ in w.scalars if t == "iter/lr"]) == steps
+    val = [(v, s) for t, v, s in w.scalars if t == "epoch/val_acc"]
+    assert val == [(pytest.approx(float(r["val_acc"]), abs=1e-6), int(r["epoch"])) for r in rows]
+    assert w.closed and not any(t.startswith("epoch/ema") for t, *_ in w.scalars)  # no EMA: no EMA scalars
+    lrs = [v for t, v, _ in w.scalars if t == "iter/lr"]
+    assert lrs[-1] == pytest.approx(1e-3)  # phase 2: constant 1e-3
+    # killed at epoch 3 and resumed: a second writer continues the iteration count where the first stopped
+    writers.clear()
+    run_killed_at_epoch(tree, tmp_path / "cut", raw, 3, monkeypatch)
+    ck = load_checkpoint(tmp_path / "cut" / "last.pt")
+    run(tree, tmp_path / "cut", raw, resume=ck)
+    first, second = writers
+    a = [s for t, _, s in first.scalars if t == "iter/loss"]
+    b = [s for t, _, s in second.scalars if t == "iter/loss"]
+    assert a + b == it
+    # off (the default): no writer, no folder
+    writers.clear()
+    run(tree, tmp_path / "off", tiny_config(tree))
+    assert writers == [] and not (tmp_path / "off" / "tensorboard").exists()
+
+
+def test_tensorboard_event_files_with_the_real_package(tree, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    raw = tiny_config(tree)
+    raw["phases"] = raw["phases"][:1]
+    run(tree, tmp_path / "r", dict(raw, tensorboard=True))
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard"))
+    acc.Reload()
+    tags = acc.Tags()["scalars"]
+    assert {"iter/lr", "iter/loss", "epoch/val_acc", "epoch/train_loss"} <= set(tags)
+    assert [e.step for e in acc.Scalars("epoch/val_acc")] == [1, 2]
+
+
+def test_tensorboard_without_the_package_stops_before_training(tree, tmp_path, monkeypatch):
+    import sys
+
+    from tinytransfer.config import ConfigError as Err
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    with pytest.raises(Err, match="tinytransfer\\[tensorboard\\]"):
+        run(tree, tmp_path / "r", dict(tiny_config(tree), tensorboard=True))
+    assert not (tmp_path / "r" / "metrics.csv").exists()

@@ -42,6 +42,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = _sets(args)
     if args.skip_bad_images:
         sets.append("data.skip_bad_images=true")
+    if args.tensorboard:
+        sets.append("tensorboard=true")
     progress = False if args.quiet else args.progress
     try:
         if args.resume:
@@ -183,6 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-identical on CPU)")
     t.add_argument("--auto-lr", action="store_true",
                    help="each phase's LR bounds from an LR range test before it (same as phases.*.auto_lr=true)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     t.add_argument("--force", action="store_true", help="overwrite a run folder that holds another run")
     t.add_argument("--quiet", action="store_true", help="print only errors and the final line")

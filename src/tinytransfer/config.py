@@ -109,6 +109,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model (falls back to eager if it fails)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
+    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (epoch metrics, LR and loss per iteration; tb.py)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig}

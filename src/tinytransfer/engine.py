@@ -36,6 +36,7 @@ from .models import param_groups, set_trainable, train_mode
 from .optim import KerasAdam
 from .runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .schedule import lr_at
+from .tb import TensorBoardLog, open_tensorboard
 
 __all__ = [
     "NonFiniteLoss",
@@ -200,12 +201,13 @@ def train_one_epoch(
     stop: _Stop | None = None,
     progress: Callable[[dict], None] | None = None,
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
-    ema: nn.Module | None = None,
+    after_step: Callable[[float, torch.Tensor], None] | None = None,
 ) -> dict:
     """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts.
 
     ``mix``: (x, y) -> (x, soft targets) before the forward pass (mixing.BatchMixer; accuracy still counts ``y``);
-    ``ema``: a timm ModelEmaV3 updated after every optimizer step (ema.py)."""
+    ``after_step(lr, loss)``: called after every optimizer step (``state.step`` not yet advanced), with the loss
+    still on the device (the weight EMA's update, TensorBoard's per-iteration log)."""
     base = unwrap_model(model)
     phase_train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
@@ -242,8 +244,8 @@ def train_one_epoch(
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, state.step), first_bad)
         loss.backward()
         optimizer.step()
-        if ema is not None:
-            ema.update(base, step=state.step + 1)  # the phase's 1-based update count (timm's warm-up)
+        if after_step is not None:
+            after_step(lr, loss.detach())
         n = y.shape[0]
         loss_sum += loss.detach() * n
         correct += topk_correct(logits.detach(), y, (1, 5))
@@ -404,6 +406,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         log.info("resuming at phase %d, epoch %d (step %d of the phase)", state.phase + 1, state.epoch, state.step)
     else:
         writer.truncate_after(0)
+    tb = open_tensorboard(run_dir, state.epoch) if cfg.tensorboard and rank == 0 else None
     net = model
     if cfg.compile:
         import torch._dynamo as dynamo  # (a plain "import torch._dynamo" would make torch local to fit)
@@ -450,7 +453,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 phase = cfg.phases[state.phase]
             while state.phase_epoch < phase.epochs:
                 row = _run_epoch(net, model, loader, val_loader, optimizer, phase, state, cfg, device, stop,
-                                 show_progress and rank == 0, mix=mix, ema=ema)
+                                 show_progress and rank == 0, mix=mix, ema=ema, tb=tb)
                 # the EMA weights count where they score better (best.pt then holds them)
                 use_ema = row.get("ema_val_acc") is not None and row["ema_val_acc"] > row["val_acc"]
                 score = row["ema_val_acc"] if use_ema else row["val_acc"]
@@ -470,6 +473,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 if rank == 0:
                     writer.append(row)
                     log.info(_fmt_line(row))
+                    if tb is not None:
+                        tb.epoch(row)
                     if improved:
                         best_ckpt = _checkpoint(ema.module if use_ema else model, optimizer, cfg, data, state, mean, std)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
@@ -494,6 +499,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             state.step = 0
             state.bad_epochs = 0
             state.phase_best_acc = -1.0
+    if tb is not None:
+        tb.close()
     return state
 
 
@@ -511,7 +518,7 @@ def _patience_improved(phase: PhaseConfig, state: TrainState, val_acc: float | N
 def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
                optimizer: torch.optim.Optimizer, phase: PhaseConfig, state: TrainState, cfg: RunConfig,
                device: torch.device, stop: _Stop, show_progress: bool, *, mix: Callable | None = None,
-               ema: nn.Module | None = None) -> dict:
+               ema: nn.Module | None = None, tb: TensorBoardLog | None = None) -> dict:
     total = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     bar = None
     if show_progress:
@@ -532,9 +539,16 @@ def _run_epoch(net: nn.Module, model: nn.Module, loader: DeviceLoader, val_loade
             bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['acc']:.3f}", lr=f"{info['lr']:.2e}",
                             img_s=f"{rate:.0f}")
 
+    def after_step(lr: float, loss: torch.Tensor) -> None:
+        if ema is not None:
+            ema.update(model, step=state.step + 1)  # the phase's 1-based update count (timm's warm-up)
+        if tb is not None:
+            tb.step(lr, loss)
+
     try:
         tr = train_one_epoch(net, loader, optimizer, phase, state, device=device, amp=cfg.amp,
-                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress, mix=mix, ema=ema)
+                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress, mix=mix,
+                             after_step=after_step if ema is not None or tb is not None else None)
     finally:
         if bar is not None:
             bar.close()
