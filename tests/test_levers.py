@@ -238,3 +238,27 @@ def test_tensorboard_without_the_package_stops_before_training(tree, tmp_path, m
     with pytest.raises(Err, match="tinytransfer\\[tensorboard\\]"):
         run(tree, tmp_path / "r", dict(tiny_config(tree), tensorboard=True))
     assert not (tmp_path / "r" / "metrics.csv").exists()
+
+
+@pytest.mark.parametrize("stem, side", [("default", 1), ("stride1", 2), ("nopool", 2), ("keep", 4)])
+def test_stem_that_keeps_resolution(stem, side):
+    # timm's test_resnet at 32 px: stride-2 conv, max-pool, then /16 in its stages -> 1x1; each halving removed doubles
+    m = create_model("timm:test_resnet", 3, head="paper", input_size=32, stem=stem, hidden=8)
+    assert m.feature_shape[1:] == (side, side)
+    assert m(torch.zeros(2, 3, 32, 32)).shape == (2, 3)
+
+
+def test_stem_keeps_pretrained_weights_and_refuses_where_it_does_not_apply():
+    torch.manual_seed(0)
+    a = create_model("timm:test_resnet", 3, head="pool", input_size=32)
+    torch.manual_seed(0)
+    b = create_model("timm:test_resnet", 3, head="pool", input_size=32, stem="keep")
+    assert all(torch.equal(a.state_dict()[k], v) for k, v in b.state_dict().items())  # same weights, same keys
+    lite = create_model("efficientnet_lite0", 3, head="pool", input_size=64, stem="stride1")
+    assert lite.feature_shape[1:] == (4, 4)  # 64 px: /16 instead of /32
+    with pytest.raises(ValueError, match="no early max-pool"):
+        create_model("efficientnet_lite0", 3, head="pool", input_size=64, stem="nopool")
+    with pytest.raises(ValueError, match="no ResNet/EfficientNet stem"):
+        create_model("vgg16", 3, head="pool", input_size=32, stem="stride1")
+    with pytest.raises(ConfigError, match="model.stem"):
+        from_dict({"model": {"stem": "wide"}})

@@ -62,6 +62,7 @@ class ModelConfig:
     bn_momentum: float = 0.01  # paper head BatchNorm momentum, PyTorch convention (= Keras momentum 0.99)
     bn_eps: float = 1e-3  # paper head BatchNorm epsilon (Keras's default)
     bn_variance: str = "unbiased"  # head BatchNorm running variance from the batch's unbiased (PyTorch) or biased (Keras) variance
+    stem: str = "default"  # ResNet/EfficientNet stem: default | stride1 (first conv stride 1) | nopool (no max-pool) | keep (both); ~4x compute per halving kept
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ _CHOICES = {
     "model.head": ("paper", "pool"),
     "model.head_init": ("keras", "torch"),
     "model.bn_variance": ("unbiased", "biased"),
+    "model.stem": ("default", "stride1", "nopool", "keep"),
     "optimizer": ("adam", "adam-keras", "adamw", "sgd"),
     "patience_scope": ("run", "phase"),
     "lr_policy": ("triangular", "constant", "onecycle"),
@@ -248,6 +250,7 @@ def validate(cfg: RunConfig) -> None:
     check("model.head", cfg.model.head, _CHOICES["model.head"])
     check("model.head_init", cfg.model.head_init, _CHOICES["model.head_init"])
     check("model.bn_variance", cfg.model.bn_variance, _CHOICES["model.bn_variance"])
+    check("model.stem", cfg.model.stem, _CHOICES["model.stem"])
     check("amp", cfg.amp, _CHOICES["amp"])
     check("channels_last", cfg.channels_last, _CHOICES["channels_last"])
     check("compile_mode", cfg.compile_mode, _CHOICES["compile_mode"])
