@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from tinytransfer.fsutil import atomic_write_text
 from tinytransfer.models import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stem_cost.json"
@@ -73,8 +74,8 @@ def main() -> None:
             print(f"{r['model']:>20} {r['stem']:>8} map {r['feature_map']} {r['gflops_per_image']:7.3f} GMAC/img  "
                   f"train {r['train_img_s']:7.1f} img/s  infer {r['infer_img_s']:7.1f} img/s", flush=True)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": platform.processor() or platform.machine(),
-                                   "threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")
+    atomic_write_text(RESULTS, json.dumps({"machine": platform.processor() or platform.machine(),
+                                           "threads": torch.get_num_threads(), "rows": rows}, indent=1) + "\n")
     print(f"written {RESULTS}")
 
 
