@@ -62,7 +62,7 @@ class ModelConfig:
     bn_momentum: float = 0.01  # paper head BatchNorm momentum, PyTorch convention (= Keras momentum 0.99)
     bn_eps: float = 1e-3  # paper head BatchNorm epsilon (Keras's default)
     bn_variance: str = "unbiased"  # head BatchNorm running variance from the batch's unbiased (PyTorch) or biased (Keras) variance
-    stem: str = "default"  # ResNet/EfficientNet stem: default | stride1 (first conv stride 1) | nopool (no max-pool) | keep (both); ~4x compute per halving kept
+    stem: str = "default"  # default | stride1 (first conv at stride 1) | nopool (no max-pool) | keep (both): ~4x compute each
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ class PhaseConfig:
     mixup: float = 0.0  # Mixup alpha (timm.data.Mixup on device batches, soft-target loss); 0 = off (mixing.py)
     cutmix: float = 0.0  # CutMix alpha; 0 = off; with mixup also on, each batch is one or the other (half and half)
     mix_prob: float = 1.0  # probability that a batch is mixed at all (when mixup or cutmix is on)
-    lr_decay: float = 1.0  # layer-wise LR decay: the head at lr, the body block k blocks below it at lr x lr_decay^k; 1 = off
+    lr_decay: float = 1.0  # layer-wise LR decay: head at lr, the body block k blocks below it at lr x lr_decay^k; 1 = off
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class RunConfig:
     compile: bool = False  # torch.compile the model (falls back to eager if it fails)
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
-    tensorboard: bool = False  # TensorBoard event files in RUN/tensorboard (epoch metrics, LR and loss per iteration; tb.py)
+    tensorboard: bool = False  # TensorBoard events in RUN/tensorboard: epoch metrics, LR and loss per iteration (tb.py)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig}

@@ -231,7 +231,8 @@ def train_one_epoch(
             x, target = mix(x, y)  # (B, classes) soft targets, label smoothing inside
         with autocast(device, amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), target, label_smoothing=0.0 if mix is not None else phase.label_smoothing)
+            smoothing = phase.label_smoothing if mix is None else 0.0  # the mixer's soft targets are smoothed
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         if sync_each_step:
             if not math.isfinite(loss.item()):
@@ -476,7 +477,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     if tb is not None:
                         tb.epoch(row)
                     if improved:
-                        best_ckpt = _checkpoint(ema.module if use_ema else model, optimizer, cfg, data, state, mean, std)
+                        best_ckpt = _checkpoint(ema.module if use_ema else model, optimizer, cfg, data, state, mean,
+                                                std)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
                         save_checkpoint(best_ckpt, run_dir / BEST_PT)
                     # last.pt points at the start of the next epoch (or the next phase)
