@@ -5,8 +5,7 @@ it fits the engine's batches and its resumable RNG streams.
   generator (one ``randint``), which the checkpoints save, so ``--resume`` repeats the same mixing and numpy's own
   global state is left as it was.
 - timm mixes batches of even size (it pairs image i with image B−1−i); the engine's last batch of an epoch can be
-  odd
-  (65 images at batch 64): the odd image out is kept unmixed, with its (smoothed) one-hot target.
+  odd (65 images at batch 64): the odd image out is kept unmixed, with its (smoothed) one-hot target.
 - The targets are soft (B, classes) probabilities with the phase's label smoothing inside (timm's ``mixup_target``);
   the engine's cross-entropy takes them as they are (no second smoothing). Training accuracy is counted against the
   original labels (for a mixed image: the label of the image it started from).
