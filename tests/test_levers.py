@@ -170,6 +170,7 @@ class FakeWriter:
     """A SummaryWriter stand-in: (tag, value, step) of every scalar."""
 
     def __init__(self, log_dir: str = "") -> None:
+        self.log_dir = log_dir
         self.scalars: list[tuple[str, float, int]] = []
         self.closed = False
 
@@ -262,3 +263,20 @@ def test_stem_keeps_pretrained_weights_and_refuses_where_it_does_not_apply():
         create_model("vgg16", 3, head="pool", input_size=32, stem="stride1")
     with pytest.raises(ConfigError, match="model.stem"):
         from_dict({"model": {"stem": "wide"}})
+
+
+def test_cli_tensorboard_flag_sets_the_field(tree, tmp_path, monkeypatch):
+    import yaml
+
+    from tinytransfer import tb
+    from tinytransfer.cli import main
+
+    writers: list[FakeWriter] = []
+    monkeypatch.setattr(tb, "_summary_writer", lambda log_dir: writers.append(FakeWriter(log_dir)) or writers[-1])
+    sets = ["model.backbone=timm:test_resnet", "model.head=pool", "model.pretrained=false", "model.input_size=32",
+            "phases.*.epochs=1", "phases.*.batch_size=16", "data.workers=1", "data.val_mode=official"]
+    out = tmp_path / "cli"
+    assert main(["train", "--recipe", "demo", "--data", str(tree), "--out", str(out), "--tensorboard", "--quiet",
+                 "--no-finish", *[x for s in sets for x in ("--set", s)]]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["tensorboard"] is True
+    assert len(writers) == 1 and writers[0].closed and str(out / "tensorboard") == writers[0].log_dir
