@@ -97,6 +97,9 @@ def test_auto_lr_run_records_its_bounds_and_trains_as_if_hand_set(tree, tmp_path
     assert cfg["phases"][0]["lr_max"] == 6e-4  # untouched
     assert run.checkpoint.config.phases[1].lr_max == pytest.approx(hi)  # checkpoints carry the chosen bounds
     assert "auto_lr" in (run.dir / "report.html").read_text() and "chosen LR" in (run.dir / "report.html").read_text()
+    with pytest.raises(tt.UserError, match="already holds this run"):  # measured bounds are still the same run
+        tt.train("vgg16-paper", tree, out=tmp_path / "auto", overrides=sets, seed=2, deterministic=True,
+                 verbose=False)
     # the same run with the chosen bounds set by hand: identical epochs (weights, BatchNorm, RNGs all put back)
     hand = tt.train("vgg16-paper", tree, out=tmp_path / "hand", seed=2, deterministic=True, verbose=False,
                     finish=False, overrides={**TINY, "phases.1.lr_min": lo, "phases.1.lr_max": hi})

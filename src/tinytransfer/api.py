@@ -142,6 +142,18 @@ def _read_run_config(run_dir: Path) -> dict:
     return raw
 
 
+def _same_run(stored: dict, cfg: RunConfig) -> bool:
+    """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
+    wrote there."""
+    new = to_dict(cfg)
+    phases = stored.get("phases")
+    if isinstance(phases, list) and len(phases) == len(new["phases"]):
+        stored = {**stored, "phases": [
+            {**p, "lr_min": n["lr_min"], "lr_max": n["lr_max"]} if n.get("auto_lr") and isinstance(p, dict) else p
+            for p, n in zip(phases, new["phases"])]}
+    return stored == new
+
+
 def load_data(cfg: RunConfig) -> Dataset:
     if not cfg.data.root:
         raise UserError("no dataset: pass data=DIR (--data DIR) or set data.root in the recipe")
@@ -189,7 +201,7 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
         cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / CONFIG_YAML).exists() and not force:
-        if _read_run_config(run_dir) != to_dict(cfg):
+        if not _same_run(_read_run_config(run_dir), cfg):
             raise UserError(f"{run_dir}: holds a different run; use --resume {run_dir} to continue it "
                             "or --force to overwrite it")
         if (run_dir / LAST_PT).is_file():
