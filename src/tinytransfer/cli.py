@@ -56,7 +56,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
                               f"tinytransfer train --resume {where}") from None
     best = run.metrics
-    acc = max((r["val_acc"] for r in best if r["val_acc"] == r["val_acc"]), default=float("nan"))
+    # the best validation score of either the trained or the EMA weights (best.pt holds whichever scored it)
+    acc = max((v for r in best for v in (r["val_acc"], r.get("ema_val_acc", float("nan"))) if v == v),
+              default=float("nan"))
     print(f"done: best val accuracy {100 * acc:.2f}% over {len(best)} epochs; run folder {run.dir}")
     return 0
 
