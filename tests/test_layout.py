@@ -14,9 +14,9 @@ STAGES = [
     {"config", "fsutil"},
     {"decode", "cache", "data", "sources", "augment", "loader"},
     {"weights", "keras_weights", "models"},
-    {"schedule", "metrics", "optim"},
-    {"checkpoint", "runfolder", "parallel", "asyncsave", "compilestats"},
-    {"engine", "lrfind"},
+    {"schedule", "metrics", "optim", "ema", "mixing"},
+    {"checkpoint", "runfolder", "parallel", "asyncsave", "compilestats", "tb"},
+    {"engine", "lrfind", "autolr"},
     {"predict", "cam", "plots", "report", "export", "outputs"},
     {"api"},
     {"cli", "__main__", "__init__"},
@@ -82,5 +82,5 @@ def test_contracts_list_the_checkpoint_keys_the_code_writes(tmp_path) -> None:
                                "input_size": 16}, "phases": [{"epochs": 1, "batch_size": 4}], "data": {"augment": "none"}})
     fit(create_model("timm:test_resnet", 2, head="pool", input_size=16), data, cfg, tmp_path / "run",
         show_progress=False)
-    for name in ("best.pt", "last.pt"):
-        assert set(load_checkpoint(tmp_path / "run" / name)) == keys, name
+    assert set(load_checkpoint(tmp_path / "run" / "last.pt")) == keys
+    assert set(load_checkpoint(tmp_path / "run" / "best.pt")) == keys | {"weights"}  # which weights it holds

@@ -6,9 +6,11 @@ and then predicted, visualised, plotted, reported and exported; error analysis i
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import shutil
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +21,7 @@ import yaml
 from PIL import Image
 
 from conftest import write_tiny_tree
+import tinytransfer as tt
 from tinytransfer import outputs
 from tinytransfer.runfolder import load_model
 from tinytransfer.cli import main
@@ -301,6 +304,83 @@ def test_export_torch_export_takes_any_batch_size(run, tmp_path):
     x = _random_input()
     with torch.no_grad():
         torch.testing.assert_close(prog(x), run.model.eval()(x), atol=1e-4, rtol=0)
+
+
+def _onnx_session(path: Path):
+    ort = pytest.importorskip("onnxruntime")
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _feed_from_sidecar(meta: dict, images: np.ndarray) -> np.ndarray:
+    """What a user without tinytransfer does with model.json: scale, normalise, HWC → CHW."""
+    assert meta["layout"] == "NCHW" and meta["channel_order"] == "RGB" and meta["dtype"] == "float32"
+    x = images.astype(np.float32) * meta["scale"]
+    x = (x - np.array(meta["mean"], np.float32)) / np.array(meta["std"], np.float32)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+
+
+def test_export_onnx_writes_model_and_sidecar_and_checks_parity(run, capsys):
+    pytest.importorskip("onnxruntime")
+    assert main(["export", str(run.dir), "--format", "onnx"]) == 0
+    path = run.dir / "model.onnx"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(path)
+    meta = json.loads((run.dir / "model.json").read_text())
+    assert meta["classes"] == run.classes and meta["names"] == list(run.ckpt.names)
+    assert meta["input_size"] == 32 and meta["scale"] == pytest.approx(1 / 255)
+    assert meta["mean"] == pytest.approx(list(run.ckpt.mean)) and meta["std"] == pytest.approx(list(run.ckpt.std))
+    assert meta["output"] == "logits" and meta["output_name"] == "logits" and meta["input_name"] == "input"
+    assert meta["parity"]["images"] > 0 and meta["parity"]["max_abs_diff"] <= 1e-4  # on the run's val images
+    # dynamic batch: 5 images (the export traced 2), fed from the sidecar alone, give the checkpoint's logits
+    images = np.stack([decode_image(f, 32) for f in sorted((run.tree / "test" / "images").iterdir())])
+    sess = _onnx_session(path)
+    assert sess.get_inputs()[0].shape[0] == "batch"
+    got = sess.run(None, {"input": _feed_from_sidecar(meta, images)})[0]
+    ref = predict_arrays(run.model, images, run.ckpt)  # tinytransfer's own probabilities
+    assert got.shape == (5, 3)
+    np.testing.assert_allclose(torch.from_numpy(got).softmax(1).numpy(), ref.numpy(), atol=1e-5)
+
+
+def test_export_onnx_probabilities_output(run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "p.onnx"
+    assert main(["export", str(run.dir), "--format", "onnx", "--output", "probabilities", "--out", str(out)]) == 0
+    meta = json.loads((tmp_path / "p.json").read_text())
+    assert meta["output"] == "probabilities" and meta["model"] == "p.onnx"
+    x = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    got = _onnx_session(out).run(None, {"input": _feed_from_sidecar(meta, x)})[0]
+    np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(got, predict_arrays(run.model, x, run.ckpt).numpy(), atol=1e-5)
+
+
+def test_export_onnx_parity_failure_writes_nothing(run, tmp_path, monkeypatch):
+    """A graph that does not compute the checkpoint's function fails the check; no model.onnx, no model.json."""
+    pytest.importorskip("onnxruntime")
+    from tinytransfer import export
+
+    real = export._onnx_bytes
+
+    def perturbed(model, size, output):
+        other = copy.deepcopy(model)
+        with torch.no_grad():
+            other.head[-1].bias.add_(1e-3)  # a tiny change, still 10x the 1e-4 tolerance
+        return real(other.eval(), size, output)
+
+    monkeypatch.setattr(export, "_onnx_bytes", perturbed)
+    out = tmp_path / "bad.onnx"
+    loaded = tt.load(run.dir, device="cpu")
+    with pytest.raises(export.ExportError, match="parity check failed"):
+        loaded.export("onnx", out)
+    assert not out.exists() and not (tmp_path / "bad.json").exists()
+    assert main(["export", str(run.dir), "--format", "onnx", "--out", str(out)]) == 2  # one error line
+
+
+def test_export_onnx_without_onnxruntime_says_unchecked(run, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # import fails as if not installed
+    out = tmp_path / "u.onnx"
+    tt.load(run.dir, device="cpu").export("onnx", out)
+    assert out.stat().st_size > 0
+    assert json.loads((tmp_path / "u.json").read_text())["parity"] is None
+    assert "not checked" in caplog.text
 
 
 def test_lr_find_writes_curve_and_suggestion(run, tmp_path, capsys):

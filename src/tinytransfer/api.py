@@ -143,6 +143,18 @@ def _read_run_config(run_dir: Path) -> dict:
     return raw
 
 
+def _same_run(stored: dict, cfg: RunConfig) -> bool:
+    """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
+    wrote there."""
+    new = to_dict(cfg)
+    phases = stored.get("phases")
+    if isinstance(phases, list) and len(phases) == len(new["phases"]):
+        stored = {**stored, "phases": [
+            {**p, "lr_min": n["lr_min"], "lr_max": n["lr_max"]} if n.get("auto_lr") and isinstance(p, dict) else p
+            for p, n in zip(phases, new["phases"])]}
+    return stored == new
+
+
 def load_data(cfg: RunConfig) -> Dataset:
     if not cfg.data.root:
         raise UserError("no dataset: pass data=DIR (--data DIR) or set data.root in the recipe")
@@ -173,21 +185,24 @@ def _console(verbose: bool) -> Iterator[None]:
 def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           seed: int | None = None, deterministic: bool = False, device: str | None = None,
-          nproc: int | None = None, *, force: bool = False, progress: bool | None = None, finish: bool = True,
-          verbose: bool = True) -> "Run":
+          nproc: int | None = None, *, auto_lr: bool = False, force: bool = False, progress: bool | None = None,
+          finish: bool = True, verbose: bool = True) -> "Run":
     """Train ``recipe`` on the dataset folder ``data`` into the run folder ``out`` and return the :class:`Run`.
 
     ``out`` defaults to ``runs/<recipe>-<time>``. ``device`` None keeps the recipe's (``auto``: CUDA where present).
     A folder that already holds another run is refused (``force=True`` starts it over). ``progress``: a progress
     bar (None: only where stderr is a terminal). ``finish``: figures, Table 1, test predictions and report.html
     afterwards. ``nproc``: data-parallel training in that many processes on this machine (torchrun's elastic agent;
-    one GPU each on CUDA). Under ``torchrun`` every rank calls ``train`` and rank 0 writes the folder.
+    one GPU each on CUDA). Under ``torchrun`` every rank calls ``train`` and rank 0 writes the folder. ``auto_lr``: every
+    phase's LR bounds come from an LR range test run before it (``auto_lr: true`` in each phase; see autolr.py).
     """
     cfg = resolve_config(recipe, data, overrides, seed, deterministic, device)
+    if auto_lr:
+        cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
     n = _check_procs(cfg, nproc)
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / CONFIG_YAML).exists() and not force and world().main:
-        if _read_run_config(run_dir) != to_dict(cfg):
+        if not _same_run(_read_run_config(run_dir), cfg):
             raise UserError(f"{run_dir}: holds a different run; use --resume {run_dir} to continue it "
                             "or --force to overwrite it")
         if (run_dir / LAST_PT).is_file():
@@ -482,13 +497,16 @@ class Run:
             raise UserError(f"{self.dir}: no metrics.csv in this run folder")
         return [Path(p) for p in plot_curves(self.dir)], table1_markdown(table1(self.dir))
 
-    def export(self, fmt: str = "torchscript", out: str | os.PathLike | None = None) -> Path:
-        """The model as TorchScript or a ``torch.export`` program (on the CPU), with a YAML sidecar."""
-        from .export import export_model
+    def export(self, fmt: str = "torchscript", out: str | os.PathLike | None = None, output: str = "logits") -> Path:
+        """The model as TorchScript, a ``torch.export`` program (YAML sidecar) or ONNX (``model.onnx`` + ``model.json``,
+        ``output`` logits or probabilities, checked against PyTorch with onnxruntime on images of the run's dataset
+        where onnxruntime is installed), on the CPU."""
+        from .export import export_model, sample_images
 
         model, view = load_model(self.checkpoint.path if self.checkpoint.path.is_file() else self.dir,
                                  device="cpu")
-        return export_model(model, view, self.dir, fmt, out)
+        samples = sample_images(view.input_size, view.config.data.root)[1] if fmt == "onnx" else None
+        return export_model(model, view, self.dir, fmt, out, output=output, samples=samples)
 
     def report(self, data: Dataset | None = None) -> Path:
         """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``."""

@@ -13,7 +13,7 @@ __all__ = ["main"]
 
 log = logging.getLogger("tinytransfer")
 
-EXPORT_FORMATS = ("torchscript", "torch-export")
+EXPORT_FORMATS = ("torchscript", "torch-export", "onnx")
 
 DESCRIPTION = """\
 Turn an ImageNet-pretrained CNN into a classifier for Tiny ImageNet or any dataset in its layout (or one folder
@@ -43,13 +43,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     sets = _sets(args)
     if args.skip_bad_images:
         sets.append("data.skip_bad_images=true")
+    if args.tensorboard:
+        sets.append("tensorboard=true")
     progress = False if args.quiet else args.progress
     try:
         if args.resume:
             run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish)
         else:
             run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
-                            args.nproc, force=args.force, progress=progress, finish=not args.no_finish)
+                            args.nproc, auto_lr=args.auto_lr, force=args.force, progress=progress,
+                            finish=not args.no_finish)
     except Interrupted as e:
         where = args.resume or args.out or "RUN_DIR"
         raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
@@ -57,7 +60,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if not world().main:
         return 0
     best = run.metrics
-    acc = max((r["val_acc"] for r in best if r["val_acc"] == r["val_acc"]), default=float("nan"))
+    # the best validation score of either the trained or the EMA weights (best.pt holds whichever scored it)
+    acc = max((v for r in best for v in (r["val_acc"], r.get("ema_val_acc", float("nan"))) if v == v),
+              default=float("nan"))
     print(f"done: best val accuracy {100 * acc:.2f}% over {len(best)} epochs; run folder {run.dir}")
     return 0
 
@@ -151,7 +156,7 @@ def cmd_lr_find(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    print(api.load(args.run, device="cpu").export(args.format, args.out))
+    print(api.load(args.run, device="cpu").export(args.format, args.out, output=args.output))
     return 0
 
 
@@ -184,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     t.add_argument("--seed", type=int)
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-identical on CPU)")
+    t.add_argument("--auto-lr", action="store_true",
+                   help="each phase's LR bounds from an LR range test before it (same as phases.*.auto_lr=true)")
+    t.add_argument("--tensorboard", action="store_true",
+                   help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     t.add_argument("--force", action="store_true", help="overwrite a run folder that holds another run")
     t.add_argument("--quiet", action="store_true", help="print only errors and the final line")
@@ -253,9 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     lf.add_argument("--out", default="runs/lr-find")
     lf.set_defaults(func=cmd_lr_find)
 
-    ex = sub.add_parser("export", help="export the best model as TorchScript or a torch.export program")
+    ex = sub.add_parser("export", help="export the best model as TorchScript, a torch.export program or ONNX")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript")
+    ex.add_argument("--format", choices=EXPORT_FORMATS, default="torchscript",
+                    help="onnx: RUN/model.onnx + RUN/model.json, checked with onnxruntime where installed")
+    ex.add_argument("--output", choices=("logits", "probabilities"), default="logits",
+                    help="what the ONNX graph returns (softmax inside the graph for probabilities)")
     ex.add_argument("--out")
     ex.set_defaults(func=cmd_export)
 

@@ -62,6 +62,7 @@ class ModelConfig:
     bn_momentum: float = 0.01  # paper head BatchNorm momentum, PyTorch convention (= Keras momentum 0.99)
     bn_eps: float = 1e-3  # paper head BatchNorm epsilon (Keras's default)
     bn_variance: str = "unbiased"  # head BatchNorm running variance from the batch's unbiased (PyTorch) or biased (Keras) variance
+    stem: str = "default"  # default | stride1 (first conv at stride 1) | nopool (no max-pool) | keep (both): ~4x compute each
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,14 @@ class PhaseConfig:
     patience_scope: str = "run"  # the best that patience compares with: run (whole run) | phase (restarts each phase, as Keras's EarlyStopping per fit())
     start_from_best: bool = True  # begin the phase from the best weights so far (the report's practice)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
+    auto_lr: bool = False  # before the phase, an LR range test on its model and data sets lr_min/lr_max (autolr.py)
+    auto_lr_steps: int = 100  # iterations of that range test (LR 1e-7 -> 1, exponential)
+    ema: float = 0.0  # decay of a weight EMA (timm ModelEmaV3) updated every step, e.g. 0.999; 0 = off (ema.py)
+    ema_warmup: bool = True  # timm's EMA warm-up: decay min(ema, 1 - t^(-2/3)) at update t+1, so short phases average
+    mixup: float = 0.0  # Mixup alpha (timm.data.Mixup on device batches, soft-target loss); 0 = off (mixing.py)
+    cutmix: float = 0.0  # CutMix alpha; 0 = off; with mixup also on, each batch is one or the other (half and half)
+    mix_prob: float = 1.0  # probability that a batch is mixed at all (when mixup or cutmix is on)
+    lr_decay: float = 1.0  # layer-wise LR decay: head at lr, the body block k blocks below it at lr x lr_decay^k; 1 = off
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,7 @@ class RunConfig:
     compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
     sync_bn: bool = False  # data-parallel on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
+    tensorboard: bool = False  # TensorBoard events in RUN/tensorboard: epoch metrics, LR and loss per iteration (tb.py)
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig}
@@ -218,6 +228,7 @@ _CHOICES = {
     "model.head": ("paper", "pool"),
     "model.head_init": ("keras", "torch"),
     "model.bn_variance": ("unbiased", "biased"),
+    "model.stem": ("default", "stride1", "nopool", "keep"),
     "optimizer": ("adam", "adam-keras", "adamw", "sgd"),
     "patience_scope": ("run", "phase"),
     "lr_policy": ("triangular", "constant", "onecycle"),
@@ -240,6 +251,7 @@ def validate(cfg: RunConfig) -> None:
     check("model.head", cfg.model.head, _CHOICES["model.head"])
     check("model.head_init", cfg.model.head_init, _CHOICES["model.head_init"])
     check("model.bn_variance", cfg.model.bn_variance, _CHOICES["model.bn_variance"])
+    check("model.stem", cfg.model.stem, _CHOICES["model.stem"])
     check("amp", cfg.amp, _CHOICES["amp"])
     check("channels_last", cfg.channels_last, _CHOICES["channels_last"])
     check("compile_mode", cfg.compile_mode, _CHOICES["compile_mode"])
@@ -249,6 +261,14 @@ def validate(cfg: RunConfig) -> None:
         check(f"phases.{i}.patience_scope", p.patience_scope, _CHOICES["patience_scope"])
         if p.epochs < 0:
             raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
+        if not 0.0 <= p.ema < 1.0:
+            raise ConfigError(f"phases.{i}.ema: must be in [0, 1), got {p.ema}")
+        if p.mixup < 0 or p.cutmix < 0 or not 0.0 <= p.mix_prob <= 1.0:
+            raise ConfigError(f"phases.{i}: mixup and cutmix must be >= 0 and mix_prob in [0, 1]")
+        if not 0.0 < p.lr_decay <= 1.0:
+            raise ConfigError(f"phases.{i}.lr_decay: must be in (0, 1], got {p.lr_decay}")
+        if p.auto_lr_steps < 5:
+            raise ConfigError(f"phases.{i}.auto_lr_steps: must be >= 5, got {p.auto_lr_steps}")
         if p.batch_size < 1:
             raise ConfigError(f"phases.{i}.batch_size: must be >= 1, got {p.batch_size}")
         if p.lr_max <= 0 or p.lr_min < 0:

@@ -31,13 +31,16 @@ from .checkpoint import FORMAT, load_checkpoint, unwrap_model
 from .compilestats import dynamo_counts, fell_back, since
 from .config import PhaseConfig, RunConfig, to_dict
 from .data import Dataset, Split
+from .ema import start_ema
 from .loader import PAD_LABEL, DeviceLoader
 from .metrics import topk_correct
+from .mixing import make_mixer
 from .models import param_groups, set_trainable, train_mode
 from .optim import KerasAdam
 from .parallel import Dist, agree, all_reduce_sum
-from .runfolder import BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
+from .runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .schedule import lr_at
+from .tb import TensorBoardLog, open_tensorboard
 
 __all__ = [
     "NonFiniteLoss",
@@ -116,7 +119,7 @@ def resolve_device(name: str) -> torch.device:
 
 def make_optimizer(model: nn.Module, phase: PhaseConfig, fused: bool = False) -> torch.optim.Optimizer:
     """A fresh optimizer over the trainable parameters (Keras recompiles the model at each phase)."""
-    groups = param_groups(model, phase.weight_decay)
+    groups = param_groups(model, phase.weight_decay, phase.lr_decay)
     extra: dict[str, Any] = {"fused": True} if fused else {}
     if phase.optimizer == "adam":
         return torch.optim.Adam(groups, lr=phase.lr_min, betas=phase.betas, **extra)
@@ -210,9 +213,15 @@ def train_one_epoch(
     stop: _Stop | None = None,
     progress: Callable[[dict], None] | None = None,
     dist: Dist = Dist(),
+    mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    after_step: Callable[[float, torch.Tensor], None] | None = None,
 ) -> dict:
     """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts,
-    summed over the ranks under data-parallel training (``dist``)."""
+    summed over the ranks under data-parallel training (``dist``).
+
+    ``mix``: (x, y) -> (x, soft targets) before the forward pass (mixing.BatchMixer; accuracy still counts ``y``);
+    ``after_step(lr, loss)``: called after every optimizer step (``state.step`` not yet advanced), with the loss
+    still on the device (the weight EMA's update, TensorBoard's per-iteration log)."""
     base = unwrap_model(model)
     phase_train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
@@ -230,10 +239,14 @@ def train_one_epoch(
         step_begin()
         lr = lr_at(state.step, phase, steps_per_epoch)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: layer-wise LR decay (models.param_groups)
+        target = y
+        if mix is not None:
+            x, target = mix(x, y)  # (B, classes) soft targets, label smoothing inside
         with autocast(device, amp):
             logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=phase.label_smoothing)
+            smoothing = phase.label_smoothing if mix is None else 0.0  # the mixer's soft targets are smoothed
+            loss = F.cross_entropy(logits.float(), target, label_smoothing=smoothing)
         optimizer.zero_grad(set_to_none=True)
         if sync_each_step:
             if not math.isfinite(loss.item()):
@@ -246,6 +259,8 @@ def train_one_epoch(
             first_bad = torch.where(bad & (first_bad < 0), torch.full_like(first_bad, state.step), first_bad)
         loss.backward()
         optimizer.step()
+        if after_step is not None:
+            after_step(lr, loss.detach())
         n = y.shape[0]
         loss_sum += loss.detach() * n
         correct += topk_correct(logits.detach(), y, (1, 5))
@@ -350,9 +365,10 @@ def _fmt_line(row: dict) -> str:
     """One fixed-column console line an epoch; the same values go to metrics.csv."""
     val = (f"val {row['val_loss']:7.4f} {100 * row['val_acc']:6.2f}% top5 {100 * row['val_top5']:6.2f}%"
            if row.get("val_acc") is not None else "val      -       -")
+    ema = f" | ema {100 * row['ema_val_acc']:6.2f}%" if row.get("ema_val_acc") is not None else ""
     return (f"phase {row['phase']:>2} epoch {row['epoch']:>4} step {row['step']:>7} lr {row['lr']:.2e} | "
             f"train {row['train_loss']:7.4f} {100 * row['train_acc']:6.2f}% | {val} | "
-            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s")
+            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s{ema}")
 
 
 def fit(
@@ -384,7 +400,7 @@ def fit(
         if dist.main:
             stack.enter_context(RunLock(run_dir))
             if resume is None:
-                for stale in (BEST_PT, LAST_PT):
+                for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON):
                     (run_dir / stale).unlink(missing_ok=True)
                 write_config(run_dir, cfg)
         return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress)
@@ -432,6 +448,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:
             log.warning("sync_bn: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorm sees its own share")
+    tb = open_tensorboard(run_dir, state.epoch) if cfg.tensorboard and rank == 0 else None
     # Compiled, every batch has one shape (no dynamic-shape recompiles, no new CUDA graphs for a last partial
     # batch): evaluation pads its last batch (and counts only the real images), training drops its last one
     static = cfg.compile and len(data.train) >= max(p.batch_size for p in cfg.phases)
@@ -462,25 +479,36 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             optimizer = make_optimizer(model, phase, fused=fused)
             if not fresh_phase and resume is not None and resume.get("optimizer"):
                 optimizer.load_state_dict(resume["optimizer"])
+            ema = start_ema(model, phase, resume.get("ema") if resume is not None and not fresh_phase else None)
+            mix = make_mixer(phase, len(data.classes))
             resume = None
             loader.batch_size = max(1, phase.batch_size // world_size)  # phases may differ in batch size
+            if fresh_phase and phase.auto_lr:  # measured LR bounds; model and RNG states are put back (autolr.py)
+                from .autolr import auto_lr_phase
+
+                cfg = auto_lr_phase(model, loader, cfg, state.phase, run_dir, device=device, rank=rank,
+                                    generators=(shuffle_gen, aug_gen))
+                phase = cfg.phases[state.phase]
             compiled = [dynamo_counts()] if cfg.compile else []  # at the phase's start, after its first epoch
             while state.phase_epoch < phase.epochs:
                 if dist.active:  # per-rank streams that depend on (seed, rank, epoch) only: any N resumes exactly
                     torch.manual_seed(_stream_seed(cfg.seed, rank, state.epoch))
                     aug_gen.manual_seed(_stream_seed(cfg.seed + 1, rank, state.epoch))
                 row = _run_epoch(net, eval_net, loader, val_loader, optimizer, phase, state, cfg, device, stop,
-                                 show_progress, dist)
+                                 show_progress, dist, mix=mix, ema=ema, tb=tb)
                 if len(compiled) == 1:
                     compiled.append(dynamo_counts())
+                # the EMA weights count where they score better (best.pt then holds them)
+                use_ema = row.get("ema_val_acc") is not None and row["ema_val_acc"] > row["val_acc"]
+                score = row["ema_val_acc"] if use_ema else row["val_acc"]
                 # without a validation split the latest weights are the best known
-                improved = val_loader is None or row["val_acc"] > state.best_acc
+                improved = val_loader is None or score > state.best_acc
                 state.phase_epoch += 1
                 state.epoch += 1
-                patience_reset = _patience_improved(phase, state, row["val_acc"], improved)
+                patience_reset = _patience_improved(phase, state, score, improved)
                 if improved:
                     if val_loader is not None:
-                        state.best_acc = row["val_acc"]
+                        state.best_acc = score
                     state.best_epoch = state.epoch
                 state.bad_epochs = 0 if patience_reset else state.bad_epochs + 1
                 stop_phase = phase.patience > 0 and state.bad_epochs >= phase.patience
@@ -491,15 +519,22 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     writer.append(row)
                     log.info(_fmt_line(row))
                     saves = []
+                    if tb is not None:
+                        tb.epoch(row)
                     if improved:
-                        saves.append((_checkpoint(model, optimizer, cfg, data, state, mean, std), run_dir / BEST_PT))
+                        best_ckpt = _checkpoint(ema.module if use_ema else model, optimizer, cfg, data, state, mean,
+                                                std)
+                        best_ckpt["weights"] = "ema" if use_ema else "model"
+                        saves.append((best_ckpt, run_dir / BEST_PT))
                     # last.pt points at the start of the next epoch (or the next phase)
                     nxt = TrainState(**vars(state))
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
                         nxt.phase_best_acc = -1.0
-                    saves.append((_checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std),
-                                  run_dir / LAST_PT))
+                    last_ckpt = _checkpoint(model, None if done_phase else optimizer, cfg, data, nxt, mean, std)
+                    if ema is not None and not done_phase:  # a resumed phase continues its EMA
+                        last_ckpt["ema"] = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+                    saves.append((last_ckpt, run_dir / LAST_PT))
                     saver.submit(saves)  # snapshot now, serialise + fsync + rename in the background
                     log.debug("checkpoint: %.3f s on the training thread so far", saver.blocked_s)
                 if stop_phase:
@@ -515,6 +550,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             state.step = 0
             state.bad_epochs = 0
             state.phase_best_acc = -1.0
+    if tb is not None:
+        tb.close()
     return state
 
 
@@ -569,7 +606,8 @@ def _log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]
 
 def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
                optimizer: torch.optim.Optimizer, phase: PhaseConfig, state: TrainState, cfg: RunConfig,
-               device: torch.device, stop: _Stop, show_progress: bool, dist: Dist) -> dict:
+               device: torch.device, stop: _Stop, show_progress: bool, dist: Dist, *, mix: Callable | None = None,
+               ema: nn.Module | None = None, tb: TensorBoardLog | None = None) -> dict:
     total = len(loader) if not cfg.max_steps_per_epoch else min(len(loader), cfg.max_steps_per_epoch)
     bar = None
     if show_progress:
@@ -590,9 +628,16 @@ def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_lo
             bar.set_postfix(loss=f"{info['loss']:.3f}", acc=f"{info['acc']:.3f}", lr=f"{info['lr']:.2e}",
                             img_s=f"{rate:.0f}")
 
+    def after_step(lr: float, loss: torch.Tensor) -> None:
+        if ema is not None:
+            ema.update(unwrap_model(eval_net), step=state.step + 1)  # the phase's 1-based update count (timm's warm-up)
+        if tb is not None:
+            tb.step(lr, loss)
+
     try:
         tr = train_one_epoch(net, loader, optimizer, phase, state, device=device, amp=cfg.amp,
-                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress, dist=dist)
+                             max_steps=cfg.max_steps_per_epoch, stop=stop, progress=progress, dist=dist, mix=mix,
+                             after_step=after_step if ema is not None or tb is not None else None)
     finally:
         if bar is not None:
             bar.close()
@@ -600,6 +645,7 @@ def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_lo
         torch.cuda.synchronize()
     train_s = time.perf_counter() - t0
     va = evaluate(eval_net, val_loader, device=device, amp=cfg.amp, dist=dist) if val_loader is not None else None
+    ev = evaluate(ema.module, val_loader, device=device, amp=cfg.amp, dist=dist) if ema is not None and va else None
     seconds = time.perf_counter() - t0
     return {
         "phase": state.phase + 1,
@@ -614,6 +660,8 @@ def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_lo
         "val_top5": va["top5"] if va else None,
         "seconds": seconds,
         "img_s": tr["n"] / max(train_s, 1e-9),
+        "ema_val_loss": ev["loss"] if ev else None,
+        "ema_val_acc": ev["acc"] if ev else None,
     }
 
 

@@ -49,7 +49,7 @@ def lr_range_test(
             x, y = next(it)
         lr = range_test_lr(step, num_steps, lr_start, lr_end)
         for g in optimizer.param_groups:
-            g["lr"] = lr
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # layer-wise LR decay, as in training
         with autocast(device, amp):
             loss = F.cross_entropy(model(x).float(), y)
         optimizer.zero_grad(set_to_none=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["METRIC_COLUMNS", "confusion_matrix", "topk_correct"]
+__all__ = ["METRIC_COLUMNS", "OPTIONAL_COLUMNS", "confusion_matrix", "topk_correct"]
 
 # One row an epoch; plots read only this file. Accuracies are fractions in [0, 1].
 METRIC_COLUMNS = (
@@ -12,7 +12,9 @@ METRIC_COLUMNS = (
     "train_loss", "train_acc", "train_top5",
     "val_loss", "val_acc", "val_top5",
     "seconds", "img_s",
+    "ema_val_loss", "ema_val_acc",
 )
+OPTIONAL_COLUMNS = ("ema_val_loss", "ema_val_acc")  # empty without a weight EMA; absent from older files
 
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> torch.Tensor:

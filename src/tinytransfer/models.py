@@ -34,6 +34,7 @@ from .weights import (LITE0_STAGE_DEPTHS, keras_vgg16_file, lite0_state, load_ch
 __all__ = [
     "BACKBONES",
     "HEADS",
+    "STEMS",
     "BackboneSpec",
     "HEAD_INITS",
     "KerasBatchNorm1d",
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, [0, 1] units
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("paper", "pool")
+# stems that keep resolution: "stride1" (first conv at stride 1), "nopool" (no early max-pool), "keep" (both)
+STEMS = ("default", "stride1", "nopool", "keep")
 HEAD_INITS = ("keras", "torch")  # paper head Linear init: Keras glorot_uniform + zero bias | PyTorch's nn.Linear default
 BN_VARIANCES = ("unbiased", "biased")  # head BatchNorm running-variance update: PyTorch's | Keras's
 KERAS_WEIGHTS = "keras"  # weights="keras": Keras's VGG16 ImageNet file (downloaded once when pretrained)
@@ -372,6 +375,29 @@ class TransferModel(nn.Module):
         return self.head(feats)  # (B, num_classes)
 
 
+def keep_resolution(body: nn.Module, stem: str, name: str = "backbone") -> nn.Module:
+    """Make ``body``'s stem shrink the image less, in place, keeping its (pretrained) weights: ``stride1`` runs the
+    first convolution at stride 1, ``nopool`` replaces the stem's max-pool by the identity, ``keep`` does both,
+    ``default`` nothing. For timm ResNets (``conv1`` [+ ``maxpool``]) and EfficientNets (``conv_stem``, which has no
+    pool). Each halving removed makes every later feature map 2× wider and taller: about 4× the compute."""
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
+    if stem == "default":
+        return body
+    first = getattr(body, "conv1", None) or getattr(body, "conv_stem", None)
+    if isinstance(first, nn.Sequential):  # deep stems (resnet*d, test_resnet): the first conv of the sequence
+        first = next((m for m in first.modules() if isinstance(m, nn.Conv2d)), None)
+    if not isinstance(first, nn.Conv2d):
+        raise ValueError(f"stem {stem!r}: {name} has no ResNet/EfficientNet stem (conv1 or conv_stem) to change")
+    if stem in ("stride1", "keep"):
+        first.stride = (1, 1)
+    if stem in ("nopool", "keep"):
+        if not isinstance(getattr(body, "maxpool", None), nn.Module) or isinstance(body.maxpool, nn.Identity):
+            raise ValueError(f"stem {stem!r}: {name} has no early max-pool (try stem=stride1)")
+        body.maxpool = nn.Identity()
+    return body
+
+
 def _feature_shape(body: nn.Module, input_size: int) -> tuple[int, int, int]:
     """(C, h, w) of the body's output for one (1, 3, input_size, input_size) input."""
     was_training = body.training
@@ -391,7 +417,7 @@ def _feature_shape(body: nn.Module, input_size: int) -> tuple[int, int, int]:
 def create_model(name: str, num_classes: int, *, pretrained: bool = False, weights: str | None = None,
                  head: str = "paper", dropout: float = 0.4, hidden: int = 512, input_size: int = 64,
                  head_init: str = "keras", bn_momentum: float = 0.01, bn_eps: float = 1e-3,
-                 bn_variance: str = "unbiased") -> TransferModel:
+                 bn_variance: str = "unbiased", stem: str = "default") -> TransferModel:
     """Backbone ``name`` (see :data:`BACKBONES`, or ``timm:<model>``) with a new ``head`` for ``num_classes``.
 
     ``weights``: a local weights file for the backbone (a state dict, or a Keras ``.h5`` for vgg16; wins over
@@ -399,7 +425,7 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
     (downloaded once into :func:`tinytransfer.weights.weights_cache_dir`; without ``pretrained`` nothing is fetched).
     ``input_size``: the input side in pixels; the ``paper`` head's width is C·h·w at that size.
     ``head_init``, ``bn_momentum`` (PyTorch convention), ``bn_eps``, ``bn_variance``: the paper head's Linear init
-    and BatchNorm settings (see :func:`_paper_head`).
+    and BatchNorm settings (see :func:`_paper_head`). ``stem``: see :func:`keep_resolution`.
     """
     if head not in HEADS:
         raise ValueError(f"unknown head {head!r}; valid: {', '.join(HEADS)}")
@@ -412,7 +438,7 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
             weights = None
         elif spec.name != "vgg16":
             raise ValueError(f"weights=keras is Keras's VGG16 file; backbone {name} cannot use it (use vgg16)")
-    body = spec.build(pretrained, weights or None)
+    body = keep_resolution(spec.build(pretrained, weights or None), stem, name)
     c, h, w = _feature_shape(body, input_size)
     found = tuple(spec.block_modules(body))
     if spec.blocks and spec.blocks != found:
@@ -444,7 +470,7 @@ def model_from_config(m: ModelConfig, num_classes: int, *, load_weights: bool = 
     return create_model(m.backbone, num_classes, pretrained=m.pretrained and load_weights,
                         weights=(m.weights or None) if load_weights else None, head=m.head, dropout=m.dropout,
                         hidden=m.hidden, input_size=m.input_size, head_init=m.head_init, bn_momentum=m.bn_momentum,
-                        bn_eps=m.bn_eps, bn_variance=m.bn_variance)
+                        bn_eps=m.bn_eps, bn_variance=m.bn_variance, stem=m.stem)
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -518,16 +544,35 @@ def train_mode(model: nn.Module, bn_frozen_eval: bool = True) -> nn.Module:
     return model
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def param_groups(model: nn.Module, weight_decay: float, lr_decay: float = 1.0) -> list[dict[str, Any]]:
     """Optimizer groups of the trainable parameters: weights with ``weight_decay``; biases and norm weights
-    (ndim ≤ 1) without. Empty groups are left out."""
-    decay: list[nn.Parameter] = []
-    no_decay: list[nn.Parameter] = []
+    (ndim ≤ 1) without. Empty groups are left out.
+
+    ``lr_decay`` < 1 (layer-wise LR decay): each group also carries ``lr_scale``, the factor the engine multiplies
+    the phase's LR by: 1 for the head, ``lr_decay ** k`` for the body block k blocks below it (the last block k = 1,
+    the first k = n, n blocks in :meth:`TransferModel.block_modules`), ``lr_decay ** n`` for body parameters
+    outside every block."""
+    if lr_decay == 1.0:
+        scales: dict[int, float] = {}
+    else:
+        m = _unwrap(model)
+        blocks = list(m.block_modules().values())
+        n = len(blocks)
+        scales = {id(p): lr_decay ** n for p in m.body.parameters()}
+        for k, modules in enumerate(blocks):
+            for module in modules:
+                scales.update({id(p): lr_decay ** (n - k) for p in module.parameters()})
+    by_key: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for p in model.parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
+            by_key.setdefault((scales.get(id(p), 1.0), p.ndim <= 1), []).append(p)
+    groups = []
+    for (scale, no_decay), params in sorted(by_key.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
+        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
+        if lr_decay != 1.0:
+            group["lr_scale"] = scale
+        groups.append(group)
+    return groups
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:

@@ -36,7 +36,7 @@ import yaml
 
 from . import plots
 from .fsutil import atomic_write_text
-from .runfolder import base_word, fmt_lr, read_config, read_metrics, table1_rows
+from .runfolder import base_word, fmt_lr, read_auto_lr, read_config, read_metrics, table1_rows
 
 log = logging.getLogger(__name__)
 
@@ -227,6 +227,26 @@ def _summary_section(table: list[dict] | None) -> str:
                   numeric=(4, 5, 6, 7, 8, 9, 10))
 
 
+def _auto_lr_part(run_dir: Path) -> str:
+    """The LR bounds auto_lr measured, beside the recipe's (empty where no phase used auto_lr)."""
+    records = read_auto_lr(run_dir)
+    if not records:
+        return ""
+
+    def lr(v: Any) -> str:
+        return "–" if v is None else fmt_lr(float(v))
+
+    rows = [[k, r.get("name", ""), f"{lr(r['recipe'][0])} → {lr(r['recipe'][1])}", lr(r.get("steepest")),
+             lr(r.get("min_loss")), f"{lr(r['chosen'][0])} → {lr(r['chosen'][1])}"
+             + ("" if r.get("measured", True) else " (no descent: recipe's kept)"), r.get("steps", ""),
+             r.get("seconds", "")]
+            for k, r in sorted(records.items(), key=lambda kv: int(kv[0]))]
+    rule = next(iter(records.values())).get("rule", "")
+    return ("<h3>Learning rates from the LR range test (auto_lr)</h3>"
+            + _table(("phase", "name", "recipe's LR", "steepest descent", "min loss", "chosen LR", "steps",
+                      "seconds"), rows) + f"<p>Rule: {_e(rule)}.</p>")
+
+
 def _final_section(rows: list[dict] | None, analysis: dict | None, extra: Mapping | None) -> str:
     items: list[tuple[str, str]] = []
     if rows:
@@ -399,7 +419,7 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
         "<main>",
         _section("headline", "Result", _headline_section(rows, cfg, splits)),
         _section("config", "Configuration", _config_section(cfg)),
-        _section("summary", "Training summary (Table 1)", _summary_section(table)),
+        _section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)),
         _section("curves", "Curves", curves),
         _section("final", "Final metrics", _final_section(rows, analysis, extra)),
         _section("errors", "Error analysis", _errors_section(run_dir, analysis)),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import math
 import os
@@ -24,12 +25,13 @@ from torch import nn
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from .config import PhaseConfig, RunConfig, from_dict, to_dict
 from .fsutil import PidLock, atomic_write, atomic_write_text
-from .metrics import METRIC_COLUMNS
+from .metrics import METRIC_COLUMNS, OPTIONAL_COLUMNS
 from .schedule import step_size_of
 
 __all__ = [
     "BEST_PT",
     "CONFIG_YAML",
+    "AUTO_LR_JSON",
     "LAST_PT",
     "METRICS_CSV",
     "TABLE1_COLUMNS",
@@ -43,12 +45,14 @@ __all__ = [
     "load_model",
     "phase_config",
     "phase_spans",
+    "read_auto_lr",
     "read_config",
     "read_metrics",
     "run_dir_of",
     "table1",
     "table1_markdown",
     "table1_rows",
+    "write_auto_lr",
     "write_config",
     "write_lr_find",
 ]
@@ -66,6 +70,7 @@ TABLE1_CSV = "table1.csv"
 PREDICTIONS_CSV = "predictions.csv"
 ANALYSIS_JSON = "analysis.json"
 REPORT_HTML = "report.html"
+AUTO_LR_JSON = "auto_lr.json"  # LR range tests of auto_lr phases: {"<phase, 1-based>": {recipe, chosen, curve, ...}}
 
 _INT_COLUMNS = ("phase", "epoch", "step")
 # Table 1 as CSV: one row a phase that ran. Accuracies are fractions; LRs as floats; step_size in iterations.
@@ -111,7 +116,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
         if header is None:
             raise ValueError(f"{path}: empty file; expected the header {','.join(METRIC_COLUMNS)}")
         header = [h.strip() for h in header]
-        missing = [c for c in METRIC_COLUMNS if c not in header]
+        missing = [c for c in METRIC_COLUMNS if c not in header and c not in OPTIONAL_COLUMNS]
         if missing:
             raise ValueError(f"{path}: line 1: missing column(s) {', '.join(missing)}")
         by_epoch: dict[int, dict] = {}
@@ -122,7 +127,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
             if len(values) != len(header):
                 raise ValueError(f"{path}: line {line}: expected {len(header)} fields, got {len(values)}")
             raw = dict(zip(header, (v.strip() for v in values)))
-            row: dict[str, Any] = {}
+            row: dict[str, Any] = {c: math.nan for c in OPTIONAL_COLUMNS}
             for col, text in raw.items():
                 if col in _INT_COLUMNS:
                     row[col] = _parse_int(text, path, line, col)
@@ -262,7 +267,7 @@ class MetricsWriter:
 
 def _complete(row: dict) -> bool:
     """A row fully written (a kill during an append can leave half a line)."""
-    if None in row or any(row.get(k) is None for k in METRIC_COLUMNS):
+    if None in row or any(row.get(k) is None for k in METRIC_COLUMNS if k not in OPTIONAL_COLUMNS):
         return False
     try:
         int(row["epoch"]), int(row["phase"]), float(row["train_loss"])
@@ -373,6 +378,28 @@ def write_lr_find(folder: str | os.PathLike, result: Mapping) -> Path:
     w.writerow(["lr", "loss", "smoothed"])
     w.writerows(zip(result["lr"], result["loss"], result["smoothed"]))
     atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_auto_lr(run_dir: str | os.PathLike) -> dict:
+    """``auto_lr.json``: ``{"<phase>": record}`` (phase 1-based); {} where there is none or it is unreadable."""
+    path = Path(run_dir) / AUTO_LR_JSON
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        log.warning("%s: unreadable (%s); ignored", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_auto_lr(run_dir: str | os.PathLike, phase: int, record: Mapping) -> Path:
+    """Add (or replace) phase ``phase``'s (1-based) record in ``auto_lr.json``, atomically."""
+    path = Path(run_dir) / AUTO_LR_JSON
+    data = read_auto_lr(run_dir)
+    data[str(phase)] = dict(record)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
     return path
 
 
