@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinytransfer import engine, lrfind
+from tinytransfer import engine, lrfind, steps
 from tinytransfer.checkpoint import load_checkpoint
 from tinytransfer.config import from_dict
 from tinytransfer.data import load_dataset
@@ -185,7 +185,7 @@ def test_non_finite_loss_stops_with_step_and_keeps_last_good(tree, tmp_path, mon
         calls["n"] += 1
         return out * float("nan") if calls["n"] == 5 else out  # step 5 of phase 1 = epoch 2, step 4 (0-based)
 
-    monkeypatch.setattr(engine.F, "cross_entropy", poisoned)
+    monkeypatch.setattr(steps.F, "cross_entropy", poisoned)
     with pytest.raises(engine.NonFiniteLoss, match=r"phase 1 .*step 4"):
         run(tree, tmp_path / "r", raw)
     ck = load_checkpoint(tmp_path / "r" / "last.pt")
@@ -249,7 +249,7 @@ def test_compile_mode_reaches_torch_compile_and_marks_cuda_graph_steps(tree, tmp
     run(tree, tmp_path / "r", raw)
     assert modes == ["reduce-overhead"]
     assert len(marks) == 2 * (3 + 1)
-    engine._step_marker(torch.nn.Linear(2, 2))()  # an eager model: no CUDA-graph marks
+    steps._step_marker(torch.nn.Linear(2, 2))()  # an eager model: no CUDA-graph marks
     assert len(marks) == 8
 
 

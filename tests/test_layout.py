@@ -13,12 +13,12 @@ PKG = Path(tinytransfer.__file__).parent
 STAGES = [
     {"config", "fsutil"},
     {"decode", "cache", "data", "sources", "augment", "loader"},
-    {"weights", "keras_weights", "models"},
+    {"weights", "keras_weights", "heads", "models"},
     {"schedule", "metrics", "optim", "ema", "mixing"},
     {"checkpoint", "runfolder", "parallel", "asyncsave", "compilestats", "tb"},
-    {"engine", "lrfind", "autolr"},
+    {"steps", "engine", "lrfind", "autolr"},
     {"predict", "cam", "plots", "report", "export", "outputs"},
-    {"api"},
+    {"run", "api"},
     {"cli", "__main__", "__init__"},
 ]
 STAGE = {m: i for i, group in enumerate(STAGES) for m in group}

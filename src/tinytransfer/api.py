@@ -21,28 +21,26 @@ import random
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
 from torch import nn
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .config import RunConfig, apply_overrides, from_dict, list_recipes, load_recipe, to_dict
-from .data import Dataset, Split, load_configured
-from .engine import evaluate as evaluate_loader
-from .engine import fit, resolve_device, split_loader
+from .checkpoint import load_checkpoint
+from .config import RunConfig, from_dict, list_recipes, to_dict
+from .engine import fit
 from .models import BACKBONES, TIMM_PREFIX, model_from_config
-from .parallel import barrier, launch, setup, teardown, world
 from .models import create_model as _create_model_impl
-from .runfolder import (CONFIG_YAML, LAST_PT, METRICS_CSV, PREDICTIONS_CSV, CheckpointView, load_model, read_config,
-                        read_metrics, run_dir_of, table1, table1_markdown)
+from .parallel import barrier, launch, setup, teardown, world
+from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
+from .runfolder import CONFIG_YAML, LAST_PT
+from .steps import resolve_device
 
 __all__ = [
     "Prediction",
+    "resolve_config",
     "Run",
     "UserError",
     "create_model",
@@ -57,24 +55,6 @@ __all__ = [
 
 log = logging.getLogger("tinytransfer")
 
-ImageLike = Any  # a path (file or folder), a PIL image, an (H, W, 3) uint8 array, or a (B, 3, H, W) tensor batch
-
-
-class UserError(ValueError):
-    """An error the user can fix (a bad argument, a folder that holds another run); one line, no traceback."""
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One image's prediction."""
-
-    file: str  # the path, or "<i>" for the i-th in-memory image
-    wnid: str  # top-1 class id (wnid or folder name)
-    name: str  # its human-readable name
-    prob: float  # its probability
-    top5: tuple[tuple[str, float], ...]  # (class id, probability) of the top 5, best first
-
-
 def list_backbones() -> list[str]:
     """Backbone names ``create_model`` knows; any timm model is also reachable as ``timm:<name>``."""
     return sorted(BACKBONES) + [f"{TIMM_PREFIX}<name>"]
@@ -84,37 +64,6 @@ def create_model(backbone: str, num_classes: int, pretrained: bool = False, weig
                  head: str = "paper", **kwargs: Any) -> nn.Module:
     """A backbone with a new head (``paper`` or ``pool``); ``kwargs``: dropout, hidden, input_size."""
     return _create_model_impl(backbone, num_classes, pretrained=pretrained, weights=weights, head=head, **kwargs)
-
-
-# ---- configuration ------------------------------------------------------------------------------------------------
-
-
-def resolve_config(recipe: str | os.PathLike | RunConfig | Mapping, data: str | os.PathLike | None = None,
-                   overrides: Mapping[str, Any] | Sequence[str] | None = None, seed: int | None = None,
-                   deterministic: bool = False, device: str | None = None) -> RunConfig:
-    """The run's configuration: a shipped recipe name, a YAML path, a RunConfig or a raw dict, then ``data``,
-    ``overrides`` (``{"phases.0.epochs": 3}`` or ``["phases.0.epochs=3"]``), ``seed``, ``deterministic`` and
-    ``device`` applied in that order (each only where given)."""
-    if isinstance(recipe, RunConfig):
-        raw = to_dict(recipe)
-    elif isinstance(recipe, Mapping):
-        raw = dict(recipe)
-    else:
-        raw = load_recipe(os.fspath(recipe))
-    sets: dict[str, Any] = {}
-    if data is not None:
-        sets["data.root"] = str(Path(data).resolve())
-    raw = apply_overrides(raw, sets) if sets else raw
-    if overrides:
-        raw = apply_overrides(raw, overrides if isinstance(overrides, Mapping) else list(overrides))
-    last: dict[str, Any] = {}
-    if seed is not None:
-        last["seed"] = int(seed)
-    if deterministic:
-        last["deterministic"] = True
-    if device:
-        last["device"] = device
-    return from_dict(apply_overrides(raw, last) if last else raw)
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
@@ -132,17 +81,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _read_run_config(run_dir: Path) -> dict:
-    """config.yaml of a run folder; UserError naming the file when it is not a run configuration."""
-    try:
-        raw = read_config(run_dir)
-    except (yaml.YAMLError, ValueError) as e:
-        raise UserError(f"{run_dir / CONFIG_YAML}: not a run configuration ({str(e).splitlines()[0]})") from None
-    if not raw:
-        raise UserError(f"{run_dir / CONFIG_YAML}: empty run configuration")
-    return raw
-
-
 def _same_run(stored: dict, cfg: RunConfig) -> bool:
     """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
     wrote there."""
@@ -153,12 +91,6 @@ def _same_run(stored: dict, cfg: RunConfig) -> bool:
             {**p, "lr_min": n["lr_min"], "lr_max": n["lr_max"]} if n.get("auto_lr") and isinstance(p, dict) else p
             for p, n in zip(phases, new["phases"])]}
     return stored == new
-
-
-def load_data(cfg: RunConfig) -> Dataset:
-    if not cfg.data.root:
-        raise UserError("no dataset: pass data=DIR (--data DIR) or set data.root in the recipe")
-    return load_configured(cfg.data)
 
 
 @contextlib.contextmanager
@@ -202,7 +134,7 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
     n = _check_procs(cfg, nproc)
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if (run_dir / CONFIG_YAML).exists() and not force and world().main:
-        if not _same_run(_read_run_config(run_dir), cfg):
+        if not _same_run(read_run_config(run_dir), cfg):
             raise UserError(f"{run_dir}: holds a different run; use --resume {run_dir} to continue it "
                             "or --force to overwrite it")
         if (run_dir / LAST_PT).is_file():
@@ -234,7 +166,7 @@ def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .engine import Interrupted
+    from .steps import Interrupted
 
     log.info("data-parallel training in %d processes", n)
     try:
@@ -277,7 +209,7 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, npr
     run_dir = Path(run)
     if not (run_dir / CONFIG_YAML).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")
-    raw = _read_run_config(run_dir)
+    raw = read_run_config(run_dir)
     if data is not None:
         raw.setdefault("data", {})["root"] = str(Path(data).resolve())
     cfg = from_dict(raw)
@@ -334,187 +266,6 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
 
 
 
-# ---- a finished (or running) run ----------------------------------------------------------------------------------
-
-
-def load(run: str | os.PathLike, which: str = "best", device: str = "auto") -> "Run":
-    """A run folder (or one of its checkpoint files) as a :class:`Run`."""
-    return Run(run, which=which, device=device)
-
-
-class Run:
-    """A run folder and its best (or last) checkpoint: metrics, the model, predict, evaluate, report."""
-
-    def __init__(self, run: str | os.PathLike, which: str = "best", device: str = "auto") -> None:
-        path = Path(run)
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such run folder or checkpoint")
-        self.dir = run_dir_of(path)
-        self._which = path if path.is_file() else which
-        self.device = resolve_device(device)
-        self._model: nn.Module | None = None
-        self._view: CheckpointView | None = None
-
-    def __repr__(self) -> str:
-        return f"Run({str(self.dir)!r})"
-
-    # -- what the folder holds
-    @property
-    def checkpoint(self) -> CheckpointView:
-        """The typed view of the checkpoint this Run uses (``best.pt`` unless told otherwise)."""
-        if self._view is None:
-            self._load()
-        assert self._view is not None
-        return self._view
-
-    @property
-    def config(self) -> RunConfig:
-        if (self.dir / CONFIG_YAML).is_file():
-            return from_dict(_read_run_config(self.dir))
-        return self.checkpoint.config
-
-    @property
-    def metrics(self) -> list[dict]:
-        """metrics.csv, one dict an epoch, numbers typed (an empty cell is NaN)."""
-        path = self.dir / METRICS_CSV
-        return read_metrics(path) if path.is_file() else []
-
-    @property
-    def best_acc(self) -> float:
-        """Best validation top-1 (a fraction) over the epochs run: the checkpoint's exact value (metrics.csv keeps
-        6 digits), or metrics.csv's where the checkpoint has none."""
-        if self.checkpoint.best_acc >= 0:
-            return float(self.checkpoint.best_acc)
-        vals = [r["val_acc"] for r in self.metrics if r["val_acc"] == r["val_acc"]]
-        return max(vals) if vals else float("nan")
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.checkpoint.classes)
-
-    @property
-    def names(self) -> list[str]:
-        return list(self.checkpoint.names)
-
-    @property
-    def model(self) -> nn.Module:
-        """The trained network in eval mode, on this Run's device."""
-        if self._model is None:
-            self._load()
-        assert self._model is not None
-        return self._model
-
-    def _load(self) -> None:
-        which = self._which
-        self._model, self._view = load_model(which if isinstance(which, Path) else self.dir,
-                                             which=which if isinstance(which, str) else "best", device=self.device)
-
-    # -- using it
-    def predict(self, images: ImageLike | Sequence[ImageLike], tta: bool = False,
-                skip_bad: bool = False) -> list[Prediction]:
-        """Predictions for file paths, folders, PIL images, (H, W, 3) uint8 arrays or a (B, 3, H, W) uint8/float
-        tensor batch (float in 0..255, as pixels). ``tta``: average over the image and its flip (where the recipe's
-        augmentation flips) and small shifts. An unreadable file raises ValueError naming it (``skip_bad``: it is
-        logged and left out)."""
-        from .predict import gather_images, predict_arrays
-
-        files, arrays = gather_images(images, self.checkpoint.image_size, skip_bad=skip_bad)
-        probs = predict_arrays(self.model, arrays, self.checkpoint, device=self.device, tta=tta)
-        return _predictions(files, probs, self.classes, self.names)
-
-    def evaluate(self, split: str = "val", data: str | os.PathLike | None = None, tta: bool = False) -> dict:
-        """``{"top1", "top5", "loss", "images"}`` of the checkpoint on a split of the run's dataset (``data``: the
-        dataset's new place, if it moved)."""
-        cfg = self.checkpoint.config
-        if data is not None:
-            cfg = resolve_config(cfg, data)
-        ds = load_data(cfg)
-        part: Split | None = getattr(ds, split, None)
-        if part is None or not len(part):
-            raise UserError(f"{cfg.data.root}: no {split} split")
-        if list(ds.classes) != self.classes:
-            raise UserError(f"{cfg.data.root}: its classes differ from the checkpoint's")
-        if tta:
-            from .predict import predict_arrays
-
-            probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=True)
-            y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
-            top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
-            return {"top1": float((top5[:, 0] == y).float().mean()),
-                    "top5": float((top5 == y[:, None]).any(1).float().mean()),
-                    "loss": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
-                    "images": len(y)}
-        res = evaluate_loader(self.model, split_loader(part, cfg, self.model, self.device), device=self.device,
-                              amp=cfg.amp)
-        return {"top1": res["acc"], "top5": res["top5"], "loss": res["loss"], "images": res["n"]}
-
-    def predict_split(self, split: str = "test", out: str | os.PathLike | None = None,
-                      data: str | os.PathLike | None = None, tta: bool = False) -> tuple[Path, list[Prediction]]:
-        """Predict every image of a split of the run's dataset into ``predictions.csv`` (or ``out``)."""
-        from .predict import predict_arrays, top_k_rows, write_predictions
-
-        cfg = self.checkpoint.config if data is None else resolve_config(self.checkpoint.config, data)
-        part: Split | None = getattr(load_data(cfg), split, None)
-        if part is None or not len(part):
-            raise UserError(f"{cfg.data.root}: no {split} split")
-        probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=tta)
-        path = Path(out) if out else self.dir / PREDICTIONS_CSV
-        write_predictions(top_k_rows(list(part.files), probs, self.classes, self.names), path)
-        return path, _predictions(list(part.files), probs, self.classes, self.names)
-
-    def visualize(self, image: str | os.PathLike, out: str | os.PathLike | None = None,
-                  layers: Sequence[str] | None = None, label: str | None = None,
-                  cam_layer: str | None = None) -> list[Path]:
-        """Feature maps of conv ``layers`` and Grad-CAM overlays for one image file (``label``: its true class id,
-        for a second overlay). Returns the PNGs written into ``out`` (default: the run folder)."""
-        from .cam import conv_layers
-        from .outputs import visualize
-        from .predict import read_image
-
-        model = self.model
-        if layers:
-            valid = set(dict(model.named_modules()))
-            bad = [name for name in layers if name not in valid]
-            if bad:
-                raise UserError(f"unknown layer {bad[0]!r}; the model's convolution layers are: "
-                                + ", ".join(conv_layers(model)))
-        true = None
-        if label:
-            if label not in self.classes:
-                raise UserError(f"label {label}: not one of the run's classes")
-            true = self.classes.index(label)
-        folder = Path(out) if out else self.dir
-        folder.mkdir(parents=True, exist_ok=True)
-        return [Path(p) for p in visualize(model, self.checkpoint, read_image(image, self.checkpoint.image_size),
-                                           folder, tag=Path(image).stem, layers=list(layers) if layers else None,
-                                           true_label=true, cam_layer=cam_layer, device=self.device)]
-
-    def plot(self) -> tuple[list[Path], str]:
-        """Redraw the curves from metrics.csv and rewrite Table 1; returns the PNGs and Table 1 as Markdown."""
-        from .plots import plot_curves
-
-        if not (self.dir / METRICS_CSV).is_file():
-            raise UserError(f"{self.dir}: no metrics.csv in this run folder")
-        return [Path(p) for p in plot_curves(self.dir)], table1_markdown(table1(self.dir))
-
-    def export(self, fmt: str = "torchscript", out: str | os.PathLike | None = None, output: str = "logits") -> Path:
-        """The model as TorchScript, a ``torch.export`` program (YAML sidecar) or ONNX (``model.onnx`` + ``model.json``,
-        ``output`` logits or probabilities, checked against PyTorch with onnxruntime on images of the run's dataset
-        where onnxruntime is installed), on the CPU."""
-        from .export import export_model, sample_images
-
-        model, view = load_model(self.checkpoint.path if self.checkpoint.path.is_file() else self.dir,
-                                 device="cpu")
-        samples = sample_images(view.input_size, view.config.data.root)[1] if fmt == "onnx" else None
-        return export_model(model, view, self.dir, fmt, out, output=output, samples=samples)
-
-    def report(self, data: Dataset | None = None) -> Path:
-        """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``."""
-        from .outputs import finish_run
-
-        return Path(finish_run(self.dir, data, device=str(self.device)))
-
-
 def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data: str | os.PathLike | None = None,
             overrides: Mapping[str, Any] | Sequence[str] | None = None, *, phase: int = 0, steps: int = 100,
             start: float = 1e-7, end: float = 1.0, out: str | os.PathLike = "runs/lr-find") -> dict:
@@ -560,14 +311,4 @@ def demo(data: str | os.PathLike = "data/digits", out: str | os.PathLike | None 
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     return train("demo", root, out, overrides, force=True, progress=progress, verbose=verbose)
 
-
-def _predictions(files: list[str], probs: torch.Tensor, classes: list[str], names: list[str]) -> list[Prediction]:
-    out = []
-    if not len(files):
-        return out
-    top_p, top_i = probs.topk(min(5, probs.shape[1]), dim=1)
-    for f, ps, idx in zip(files, top_p.tolist(), top_i.tolist()):
-        out.append(Prediction(file=f, wnid=classes[idx[0]], name=names[idx[0]], prob=float(ps[0]),
-                              top5=tuple((classes[j], float(p)) for j, p in zip(idx, ps))))
-    return out
 

@@ -37,7 +37,7 @@ def _sets(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .engine import Interrupted
+    from .steps import Interrupted
     from .parallel import world
 
     sets = _sets(args)
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
-    from .engine import Interrupted, NonFiniteLoss, retain_host_memory
+    from .steps import Interrupted, NonFiniteLoss, retain_host_memory
     from .parallel import DistError
 
     retain_host_memory()  # CPU tensors: reuse freed blocks instead of re-faulting them every step (VGG16 step +10-21 %)

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import PhaseConfig
-from .engine import autocast, make_optimizer, phase_train_mode
+from .steps import autocast, make_optimizer, phase_train_mode
 from .loader import DeviceLoader
 from .models import set_trainable, unwrap_model
 from .schedule import range_test_lr

@@ -24,10 +24,10 @@ from types import MappingProxyType
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .config import ModelConfig
+from .heads import HEAD_INITS, STEMS, KerasBatchNorm1d, keep_resolution, paper_head, pool_head
 from .weights import (LITE0_STAGE_DEPTHS, keras_vgg16_file, lite0_state, load_checked, load_state_file,
                       vgg_state_from_file, vgg_state_from_keras_h5)
 
@@ -58,9 +58,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, [
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("paper", "pool")
 # stems that keep resolution: "stride1" (first conv at stride 1), "nopool" (no early max-pool), "keep" (both)
-STEMS = ("default", "stride1", "nopool", "keep")
-HEAD_INITS = ("keras", "torch")  # paper head Linear init: Keras glorot_uniform + zero bias | PyTorch's nn.Linear default
-BN_VARIANCES = ("unbiased", "biased")  # head BatchNorm running-variance update: PyTorch's | Keras's
 KERAS_WEIGHTS = "keras"  # weights="keras": Keras's VGG16 ImageNet file (downloaded once when pretrained)
 TIMM_PREFIX = "timm:"
 
@@ -270,57 +267,6 @@ def get_backbone(name: str) -> BackboneSpec:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-class KerasBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d whose running variance follows the biased batch variance, as Keras's BatchNormalization does on
-    a Dense output (PyTorch's follows the unbiased one: a factor B/(B−1) apart). Same parameters and buffers, so
-    state dicts are interchangeable; evaluation is PyTorch's own."""
-
-    def forward(self, x: Tensor) -> Tensor:  # x (B, C)
-        if not (self.training and self.track_running_stats):
-            return super().forward(x)
-        out = F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)  # batch statistics
-        with torch.no_grad():
-            var, mean = torch.var_mean(x.detach().float(), dim=0, correction=0)  # biased, as Keras
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
-            self.num_batches_tracked.add_(1)
-        return out
-
-
-def _paper_head(in_features: int, num_classes: int, hidden: int, dropout: float, *, init: str = "keras",
-                bn_momentum: float = 0.01, bn_eps: float = 1e-3, bn_variance: str = "unbiased") -> nn.Sequential:
-    """Flatten → [Linear(hidden) → ReLU → BatchNorm1d → Dropout] × 2 → Linear(num_classes); softmax in the loss.
-
-    The defaults are Keras's, as the report's model had them: Dense glorot-uniform kernels with zero biases
-    (``init="keras"``; ``"torch"`` keeps nn.Linear's own init), BatchNormalization momentum 0.99 (PyTorch momentum
-    0.01) and epsilon 1e-3. ``bn_variance="biased"`` also updates the running variance as Keras does.
-    """
-    if init not in HEAD_INITS:
-        raise ValueError(f"unknown head init {init!r}; valid: {', '.join(HEAD_INITS)}")
-    if bn_variance not in BN_VARIANCES:
-        raise ValueError(f"unknown bn_variance {bn_variance!r}; valid: {', '.join(BN_VARIANCES)}")
-    norm = KerasBatchNorm1d if bn_variance == "biased" else nn.BatchNorm1d
-    layers: list[nn.Module] = [nn.Flatten()]  # (B, C, h, w) -> (B, C·h·w)
-    width = in_features
-    for _ in range(2):
-        layers += [nn.Linear(width, hidden), nn.ReLU(inplace=True),
-                   norm(hidden, eps=bn_eps, momentum=bn_momentum), nn.Dropout(dropout)]
-        width = hidden
-    layers.append(nn.Linear(width, num_classes))  # (B, num_classes) logits
-    head = nn.Sequential(*layers)
-    if init == "keras":
-        for m in head.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.xavier_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
-    return head
-
-
-def _pool_head(channels: int, num_classes: int, dropout: float) -> nn.Sequential:
-    """AdaptiveAvgPool2d(1) → Flatten → Dropout → Linear: (B, C, h, w) -> (B, num_classes)."""
-    return nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels, num_classes))
-
-
 class TransferModel(nn.Module):
     """``head(body(x))``: body (B, 3, H, W) -> (B, C, h, w), head -> (B, num_classes) logits.
 
@@ -375,29 +321,6 @@ class TransferModel(nn.Module):
         return self.head(feats)  # (B, num_classes)
 
 
-def keep_resolution(body: nn.Module, stem: str, name: str = "backbone") -> nn.Module:
-    """Make ``body``'s stem shrink the image less, in place, keeping its (pretrained) weights: ``stride1`` runs the
-    first convolution at stride 1, ``nopool`` replaces the stem's max-pool by the identity, ``keep`` does both,
-    ``default`` nothing. For timm ResNets (``conv1`` [+ ``maxpool``]) and EfficientNets (``conv_stem``, which has no
-    pool). Each halving removed makes every later feature map 2× wider and taller: about 4× the compute."""
-    if stem not in STEMS:
-        raise ValueError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
-    if stem == "default":
-        return body
-    first = getattr(body, "conv1", None) or getattr(body, "conv_stem", None)
-    if isinstance(first, nn.Sequential):  # deep stems (resnet*d, test_resnet): the first conv of the sequence
-        first = next((m for m in first.modules() if isinstance(m, nn.Conv2d)), None)
-    if not isinstance(first, nn.Conv2d):
-        raise ValueError(f"stem {stem!r}: {name} has no ResNet/EfficientNet stem (conv1 or conv_stem) to change")
-    if stem in ("stride1", "keep"):
-        first.stride = (1, 1)
-    if stem in ("nopool", "keep"):
-        if not isinstance(getattr(body, "maxpool", None), nn.Module) or isinstance(body.maxpool, nn.Identity):
-            raise ValueError(f"stem {stem!r}: {name} has no early max-pool (try stem=stride1)")
-        body.maxpool = nn.Identity()
-    return body
-
-
 def _feature_shape(body: nn.Module, input_size: int) -> tuple[int, int, int]:
     """(C, h, w) of the body's output for one (1, 3, input_size, input_size) input."""
     was_training = body.training
@@ -448,10 +371,10 @@ def create_model(name: str, num_classes: int, *, pretrained: bool = False, weigh
     if spec.blocks != found or spec.channels != c:  # timm:* specs learn their blocks and width here
         spec = dataclasses.replace(spec, blocks=found, channels=c)
     if head == "paper":
-        head_module = _paper_head(c * h * w, num_classes, hidden, dropout, init=head_init, bn_momentum=bn_momentum,
+        head_module = paper_head(c * h * w, num_classes, hidden, dropout, init=head_init, bn_momentum=bn_momentum,
                                   bn_eps=bn_eps, bn_variance=bn_variance)
     else:
-        head_module = _pool_head(c, num_classes, dropout)
+        head_module = pool_head(c, num_classes, dropout)
     model = TransferModel(body, head_module, spec, head_name=head, num_classes=num_classes, input_size=input_size,
                           feature_shape=(c, h, w))
     log.info("model %s + %s head: feature map %d×%d×%d, %s parameters (body %s)", name, head, c, h, w,

@@ -89,7 +89,7 @@ def visualize(model: nn.Module, ckpt: CheckpointView, image: np.ndarray, out_dir
 def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, device: str = "auto",
                n_visual: int = 3) -> str:
     """Figures, Table 1, predictions.csv (test), analysis.json (val), feature maps, Grad-CAM, report.html."""
-    from .engine import resolve_device
+    from .steps import resolve_device
 
     run_dir = Path(run_dir)
     dev = resolve_device(device)
