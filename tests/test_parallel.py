@@ -175,3 +175,18 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_last_epoch(tree, tmp_path):
     epoch = load_checkpoint(out / "last.pt")["epoch"]
     assert 1 <= epoch <= len(_rows(out)) < 18
     assert not (out / ".lock").exists() or int((out / ".lock").read_text().split()[0]) != proc.pid
+
+
+def test_a_rank_that_cannot_see_its_device_is_one_line(tree, tmp_path):
+    """--device cuda with no GPU visible: the rank says so and the launcher reports it in one line."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the rank would see it")  # pragma: no cover - the CPU CI has none
+    out = tmp_path / "nodev"
+    p = subprocess.run([*CMD, "--data", str(tree), "--out", str(out), "--nproc", "2", "--device", "cuda",
+                        *_sets(SETS)], capture_output=True, text=True, env=ENV, timeout=180)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "has no CUDA device" in err[0], p.stderr
+    assert not out.exists() or not any(out.iterdir())
