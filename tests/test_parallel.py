@@ -190,3 +190,18 @@ def test_a_rank_that_cannot_see_its_device_is_one_line(tree, tmp_path):
     err = p.stderr.strip().splitlines()
     assert len(err) == 1 and "has no CUDA device" in err[0], p.stderr
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_reported_failure_is_the_cause_not_its_echo():
+    from types import SimpleNamespace
+
+    from tinytransfer.api import _root_failure
+
+    echo = SimpleNamespace(message="RuntimeError: [gloo/transport/tcp/pair.cc:545] Read error: Connection reset by peer",
+                           timestamp=10, exitcode=1)
+    cause = SimpleNamespace(message={"message": "CheckpointError: run: another run (pid 7) is writing"},
+                            timestamp=11, exitcode=1)
+    rank, failure, lines = _root_failure({1: echo, 0: cause})
+    assert rank == 0 and lines == ["CheckpointError: run: another run (pid 7) is writing"]
+    plain = SimpleNamespace(message="ValueError: bad", timestamp=5, exitcode=1)
+    assert _root_failure({0: cause, 1: plain})[0] == 1  # two real errors: the earlier

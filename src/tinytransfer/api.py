@@ -174,15 +174,29 @@ def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: 
     except SignalException as e:  # Ctrl-C / SIGTERM to the launcher: the agent has stopped every rank
         raise Interrupted(f"stopped by signal {e.sigval}") from None
     except ChildFailedError as e:
-        rank, failure = e.get_first_failure()
-        text = failure.message if isinstance(failure.message, str) else (failure.message or {}).get("message", "")
-        lines = [x for x in str(text or "").strip().splitlines() if x.strip()]
+        rank, failure, lines = _root_failure(e.failures)
         raise UserError(f"data-parallel training failed on rank {rank} (exit code {failure.exitcode})"
                         + (f": {lines[0][:300]}" if lines else "; its output above says why")) from None
     run = Run(run_dir, device=cfg.device)
     if finish:
         run.report()
     return run
+
+
+def _root_failure(failures: Mapping[int, Any]) -> tuple[int, Any, list[str]]:
+    """The failure that says why: a rank's own error before the others' lost connections (a rank that dies makes
+    its peers fail in their next collective, sometimes first), then the earliest."""
+
+    def text(f: Any) -> list[str]:
+        msg = f.message if isinstance(f.message, str) else (f.message or {}).get("message", "")
+        return [x for x in str(msg or "").strip().splitlines() if x.strip()]
+
+    def echo(lines: list[str]) -> bool:
+        joined = " ".join(lines)
+        return any(k in joined for k in ("Connection reset", "Connection closed", "gloo", "NCCL", "ProcessGroup"))
+
+    rank = min(failures, key=lambda r: (echo(text(failures[r])), failures[r].timestamp, r))
+    return rank, failures[rank], text(failures[rank])
 
 
 def _rank_main(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None) -> None:
