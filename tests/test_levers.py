@@ -217,7 +217,6 @@ def test_tensorboard_logs_epoch_metrics_and_iterations_and_continues_on_resume(t
 
 
 def test_tensorboard_event_files_with_the_real_package(tree, tmp_path):
-    pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     raw = tiny_config(tree)
