@@ -33,6 +33,7 @@ from torch import Tensor
 
 __all__ = [
     "AUGMENTS",
+    "flips",
     "CONVENTIONS",
     "AugmentPlan",
     "apply_keras_transform",
@@ -58,6 +59,14 @@ _PRESETS: dict[str, tuple | None] = {
     "flip": None,
     "none": None,
 }
+
+
+def flips(name: str) -> bool:
+    """Whether preset ``name`` mirrors images horizontally in training (so a mirrored view is in-distribution)."""
+    preset = _PRESETS[name]
+    if preset is None:
+        return name == "flip"
+    return bool(preset[2]) if len(preset) > 2 else True
 
 
 def _uniform(u: Tensor, low: float, high: float) -> Tensor:

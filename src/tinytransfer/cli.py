@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from . import api
+from .export import EXPORT_FORMATS
 
 __all__ = ["main"]
 
 log = logging.getLogger("tinytransfer")
 
-EXPORT_FORMATS = ("torchscript", "torch-export", "onnx")
 
 DESCRIPTION = """\
 Turn an ImageNet-pretrained CNN into a classifier for Tiny ImageNet or any dataset in its layout (or one folder

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .augment import make_transform
+from .augment import flips, make_transform
 from .decode import IMAGE_EXTENSIONS, DataError, decode_image, to_rgb
 from .runfolder import CheckpointView
 
@@ -23,8 +23,6 @@ __all__ = ["IMAGE_SUFFIXES", "collect_images", "gather_images", "predict_arrays"
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset(IMAGE_EXTENSIONS)  # what collect_images picks up inside folders
-# augment presets that flip horizontally in training: a flipped view is in the training distribution (TTA)
-FLIPPING_AUGMENTS = ("keras", "keras3", "keras-radians", "flip")
 
 
 def read_image(path: str | os.PathLike, size: int) -> np.ndarray:
@@ -119,7 +117,7 @@ def predict_arrays(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: Ch
     """Softmax probabilities (N, classes) float32 on the CPU for uint8 images (N, H, W, 3), or a (N, 3, H, W)
     tensor in pixel units, no augmentation; ``tta`` averages the probabilities of :func:`tta_views`."""
     tf = make_transform("none", ckpt.mean, ckpt.std, input_size=ckpt.input_size)
-    flips = ckpt.config.data.augment in FLIPPING_AUGMENTS
+    mirror = flips(ckpt.config.data.augment)  # a mirrored view only where training mirrored images
     model.eval()
     out = []
     for i in range(0, len(images), batch_size):
@@ -127,7 +125,7 @@ def predict_arrays(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: Ch
             x = images[i : i + batch_size].to(device).float()  # (B, 3, H, W) 0..255
         else:
             x = torch.from_numpy(np.array(images[i : i + batch_size])).to(device).permute(0, 3, 1, 2).float()
-        views = tta_views(x, flips) if tta else [x]
+        views = tta_views(x, mirror) if tta else [x]
         p = sum(model(tf(v, None)).float().softmax(dim=1) for v in views) / len(views)
         out.append(p.cpu())
     if not out:

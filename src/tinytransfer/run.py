@@ -18,6 +18,7 @@ from .checkpoint import CheckpointError
 from .config import RunConfig, apply_overrides, from_dict, load_recipe, to_dict
 from .data import Dataset, Split, load_configured
 from .engine import split_loader
+from .metrics import topk_correct
 from .runfolder import (CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, CheckpointView, load_model, read_config,
                         read_metrics, run_dir_of, table1, table1_markdown)
 from .steps import evaluate as evaluate_loader
@@ -193,9 +194,8 @@ class Run:
 
             probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=True)
             y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
-            top5 = probs.topk(min(5, probs.shape[1]), dim=1).indices
-            return {"top1": float((top5[:, 0] == y).float().mean()),
-                    "top5": float((top5 == y[:, None]).any(1).float().mean()),
+            c1, c5 = (int(c) for c in topk_correct(probs, y, (1, 5)))
+            return {"top1": c1 / len(y), "top5": c5 / len(y),
                     "loss": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
                     "images": len(y)}
         res = evaluate_loader(self.model, split_loader(part, cfg, self.model, self.device), device=self.device,
@@ -205,16 +205,17 @@ class Run:
     def predict_split(self, split: str = "test", out: str | os.PathLike | None = None,
                       data: str | os.PathLike | None = None, tta: bool = False) -> tuple[Path, list[Prediction]]:
         """Predict every image of a split of the run's dataset into ``predictions.csv`` (or ``out``)."""
-        from .predict import predict_arrays, top_k_rows, write_predictions
+        from .predict import predict_arrays, write_predictions
 
         cfg = self.checkpoint.config if data is None else resolve_config(self.checkpoint.config, data)
         part: Split | None = getattr(load_data(cfg), split, None)
         if part is None or not len(part):
             raise UserError(f"{cfg.data.root}: no {split} split")
         probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=tta)
+        preds = _predictions(list(part.files), probs, self.classes, self.names)
         path = Path(out) if out else self.dir / PREDICTIONS_CSV
-        write_predictions(top_k_rows(list(part.files), probs, self.classes, self.names), path)
-        return path, _predictions(list(part.files), probs, self.classes, self.names)
+        write_predictions(preds, path)
+        return path, preds
 
     def visualize(self, image: str | os.PathLike, out: str | os.PathLike | None = None,
                   layers: Sequence[str] | None = None, label: str | None = None,

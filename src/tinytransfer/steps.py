@@ -259,11 +259,16 @@ def train_one_epoch(
         if stop is not None and agree(stop.signum is not None, dist, device):  # every rank stops at the same step
             raise Interrupted(f"stopped by signal {stop.signum or 'on another rank'} during epoch {state.epoch + 1}")
     _check_finite(first_bad, phase, state, steps_per_epoch)
+    return {**_reduced(loss_sum, correct, seen, dist), "lr": lr}
+
+
+def _reduced(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, dist: Dist) -> dict:
+    """Mean loss, top-1, top-5 and the image count from this rank's sums, all-reduced over the ranks (one sync)."""
     sums = all_reduce_sum(torch.stack([loss_sum.double(), *correct.double(),
-                                       torch.tensor(float(seen), device=device, dtype=torch.float64)]), dist)
-    loss_total, c1, c5, seen_all = sums.tolist()
-    seen_all = max(seen_all, 1.0)
-    return {"loss": loss_total / seen_all, "acc": c1 / seen_all, "top5": c5 / seen_all, "n": int(seen_all), "lr": lr}
+                                       torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64)]), dist)
+    loss_total, c1, c5, n = sums.tolist()
+    n = max(n, 1.0)
+    return {"loss": loss_total / n, "acc": c1 / n, "top5": c5 / n, "n": int(n)}
 
 
 @torch.no_grad()
@@ -287,8 +292,4 @@ def evaluate(model: nn.Module, loader: DeviceLoader, *, device: torch.device, am
             seen += y.shape[0]
     if getattr(loader, "pad_last", False):
         seen = loader.num_samples  # the real images, without the padding of the last batch
-    sums = all_reduce_sum(torch.stack([loss_sum.double(), *correct.double(),
-                                       torch.tensor(float(seen), device=device, dtype=torch.float64)]), dist)
-    loss_total, c1, c5, n = sums.tolist()
-    n = max(n, 1.0)
-    return {"loss": loss_total / n, "acc": c1 / n, "top5": c5 / n, "n": int(n)}
+    return _reduced(loss_sum, correct, seen, dist)
