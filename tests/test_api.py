@@ -175,3 +175,22 @@ def test_piped_run_logs_a_few_lines_an_epoch(tree, tmp_path):
     assert q.returncode == 0 and q.stderr.strip() == "", q.stderr
     assert [line for line in q.stdout.splitlines() if line.strip()] == [q.stdout.strip()]
     assert q.stdout.startswith("done: best val accuracy")
+
+
+def test_demo_trains_the_demo_recipe_without_the_flip_on_digits(tmp_path, monkeypatch):
+    from tinytransfer import api, sources
+    from tinytransfer.config import load_recipe
+    from tinytransfer.run import resolve_config
+
+    calls = []
+    monkeypatch.setattr(sources, "build_demo_dataset", lambda d: str(tmp_path / "digits"))
+    monkeypatch.setattr(api, "train", lambda recipe, root, out, overrides, **kw: calls.append((recipe, overrides)))
+    api.demo(tmp_path / "digits", tmp_path / "run")
+    api.demo(tmp_path / "digits", tmp_path / "run", ["data.augment=flip", "phases.0.epochs=1"])
+    shipped = resolve_config(load_recipe("demo"))
+    assert shipped.data.augment == "keras"  # the recipe, for photos, mirrors
+    plain = resolve_config(calls[0][0], tmp_path, calls[0][1])
+    assert plain.data.augment == "keras-noflip"  # digits do not
+    assert plain.phases == shipped.phases and plain.model == shipped.model  # otherwise the recipe as shipped
+    user = resolve_config(calls[1][0], tmp_path, calls[1][1])
+    assert user.data.augment == "flip" and user.phases[0].epochs == 1  # the user's overrides win

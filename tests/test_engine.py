@@ -373,3 +373,11 @@ def test_frozen_body_shortcut_compiles_without_a_graph_break():
     torch.testing.assert_close(out, ref)
     for g, p in zip(grads, model.head.parameters()):
         torch.testing.assert_close(g, p.grad)
+
+
+def test_a_later_phase_naming_no_block_fails_before_any_training(tree, tmp_path):
+    raw = tiny_config(tree)
+    raw["phases"][1]["train"] = "from:blocks.4"  # a Lite0 block; the tiny model is a ResNet
+    with pytest.raises(ValueError, match=r"phase 2 \(all\): train: unknown block 'blocks.4'.*blocks: "):
+        run(tree, tmp_path / "r", raw)
+    assert not (tmp_path / "r" / "last.pt").exists() and not (tmp_path / "r" / "metrics.csv").exists()

@@ -273,7 +273,8 @@ def test_cli_tensorboard_flag_sets_the_field(tree, tmp_path, monkeypatch):
     writers: list[FakeWriter] = []
     monkeypatch.setattr(tb, "_summary_writer", lambda log_dir: writers.append(FakeWriter(log_dir)) or writers[-1])
     sets = ["model.backbone=timm:test_resnet", "model.head=pool", "model.pretrained=false", "model.input_size=32",
-            "phases.*.epochs=1", "phases.*.batch_size=16", "data.workers=1", "data.val_mode=official"]
+            "phases.*.epochs=1", "phases.*.batch_size=16", "data.workers=1", "data.val_mode=official",
+            "phases.1.train=all"]  # the demo recipe fine-tunes from a Lite0 block; this is a ResNet
     out = tmp_path / "cli"
     assert main(["train", "--recipe", "demo", "--data", str(tree), "--out", str(out), "--tensorboard", "--quiet",
                  "--no-finish", *[x for s in sets for x in ("--set", s)]]) == 0

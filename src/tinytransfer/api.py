@@ -314,15 +314,21 @@ def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", dat
     return res
 
 
+DEMO_DIGITS_AUGMENT = "keras-noflip"  # the demo recipe's warp without the mirror: a mirrored digit is another glyph
+
+
 def demo(data: str | os.PathLike = "data/digits", out: str | os.PathLike | None = None,
          overrides: Mapping[str, Any] | Sequence[str] | None = None, *, progress: bool | None = None,
          verbose: bool = True) -> "Run":
     """The whole pipeline offline: the digits dataset written to ``data`` → the ``demo`` recipe (EfficientNet-Lite0
-    with its bundled ImageNet weights) → predictions → report.html."""
+    with its bundled ImageNet weights) → predictions → report.html. Digits are not mirror-symmetric, so the recipe's
+    augmentation runs without its horizontal flip here (``overrides`` may set ``data.augment`` back)."""
+    from .config import apply_overrides, load_recipe
     from .sources import build_demo_dataset
 
     root = build_demo_dataset(os.fspath(data))
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
-    return train("demo", root, out, overrides, force=True, progress=progress, verbose=verbose)
+    recipe = apply_overrides(load_recipe("demo"), {"data.augment": DEMO_DIGITS_AUGMENT})
+    return train(recipe, root, out, overrides, force=True, progress=progress, verbose=verbose)
 
 

@@ -30,7 +30,7 @@ from .data import Dataset, Split
 from .ema import start_ema
 from .loader import DeviceLoader
 from .mixing import make_mixer
-from .models import set_trainable
+from .models import check_trainable, set_trainable
 from .parallel import Dist
 from .runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .steps import (Interrupted, NonFiniteLoss, StopOnSignal, TrainState, autocast, evaluate, make_optimizer,
@@ -159,6 +159,11 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         if p.batch_size % world_size:
             raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
                              "processes (the recipe's batch is the global batch)")
+    for i, p in enumerate(cfg.phases):  # a bad setting of a later phase fails now, not after the earlier ones
+        try:
+            check_trainable(model, p.train)
+        except ValueError as e:
+            raise ValueError(f"phase {i + 1} ({p.name}): train: {e}") from None
     device = dist.device if dist.active else resolve_device(cfg.device)
     model.to(device)
     # channels_last: faster on CUDA and with oneDNN on the CPU alike (VGG16 unfrozen 41 → 51 img/s, Lite0 209 → 344)

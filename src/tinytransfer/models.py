@@ -420,6 +420,21 @@ def _set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
         p.requires_grad_(flag)
 
 
+def check_trainable(model: nn.Module, train: str) -> None:
+    """Raise ValueError, naming the valid settings, where ``train`` does not name a part of this model (checked for
+    every phase before the first one trains, so a later phase cannot fail after minutes of training)."""
+    m = _unwrap(model)
+    if train in ("all", "head"):
+        return
+    blocks = list(m.block_modules())
+    if train.startswith("from:"):
+        if train[len("from:"):] in blocks:
+            return
+        raise ValueError(f"unknown block {train[len('from:'):]!r} for {m.spec.name}; blocks: {', '.join(blocks)}")
+    raise ValueError(f"unknown train setting {train!r}; valid: head, all, from:<block> with block in "
+                     f"{', '.join(blocks)}")
+
+
 def set_trainable(model: nn.Module, train: str) -> int:
     """Set ``requires_grad``: ``"head"`` (body frozen), ``"all"``, or ``"from:<block>"`` (that block of the body,
     the later ones and the head trainable; earlier blocks frozen). Returns the number of trainable parameters."""
