@@ -44,7 +44,7 @@ def test_accuracy(run_dir: str, data: str, tta: bool = False) -> float:
     return sum(p.wnid == truth[os.path.basename(str(p.file))] for p in preds) / len(preds)
 
 
-def run_variant(spec: str, data: str, out_root: str, threads: int | None) -> dict:
+def run_variant(spec: str, data: str, out_root: str, threads: int | None, tta: bool = False) -> dict:
     recipe, *sets = shlex.split(spec)
     run_dir = os.path.join(out_root, f"run{abs(hash(spec)) % 10**8}")
     cmd = [sys.executable, "-m", "tinytransfer", "train", "--recipe", recipe, "--data", data, "--out", run_dir,
@@ -62,8 +62,11 @@ def run_variant(spec: str, data: str, out_root: str, threads: int | None) -> dic
     import tinytransfer as tt
 
     run = tt.load(run_dir)
-    return {"variant": spec, "wall_s": round(wall, 1), "val_top1": round(run.best_acc, 4),
-            "test_top1": round(test_accuracy(run_dir, data), 4), "run": run_dir}
+    row = {"variant": spec, "wall_s": round(wall, 1), "val_top1": round(run.best_acc, 4),
+           "test_top1": round(test_accuracy(run_dir, data), 4), "run": run_dir}
+    if tta:
+        row["test_top1_tta"] = round(test_accuracy(run_dir, data, tta=True), 4)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variant", action="append", required=True, help='"RECIPE key=value ..." (repeatable)')
     ap.add_argument("--out", help="where the runs go (default: a temporary folder)")
     ap.add_argument("--threads", type=int, help="OMP_NUM_THREADS for the runs")
+    ap.add_argument("--tta", action="store_true", help="also score the test split with test-time augmentation")
     ap.add_argument("--out-json", default="demo_recipes.json")
     a = ap.parse_args(argv)
     out_root = a.out or tempfile.mkdtemp(prefix="demo-recipes-")
@@ -79,12 +83,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{cpu_name()}, {os.cpu_count()} cores; data {a.data}")
     print(f"{'variant':60s} {'wall s':>7s} {'val':>7s} {'test':>7s}")
     for spec in a.variant:
-        r = run_variant(spec, a.data, out_root, a.threads)
+        r = run_variant(spec, a.data, out_root, a.threads, a.tta)
         rows.append(r)
         if "error" in r:
             print(f"{spec:60s} failed: {r['error']}")
         else:
-            print(f"{spec:60s} {r['wall_s']:7.1f} {r['val_top1']:7.4f} {r['test_top1']:7.4f}", flush=True)
+            tta = f" {r['test_top1_tta']:7.4f} (TTA)" if "test_top1_tta" in r else ""
+            print(f"{spec:60s} {r['wall_s']:7.1f} {r['val_top1']:7.4f} {r['test_top1']:7.4f}{tta}", flush=True)
     with open(a.out_json, "w", encoding="utf-8") as f:
         json.dump({"cpu": cpu_name(), "cores": os.cpu_count(), "data": a.data, "rows": rows}, f, indent=1)
     return 0
