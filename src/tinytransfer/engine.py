@@ -155,11 +155,10 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         show_progress = sys.stderr.isatty()
     show_progress = show_progress and dist.main
     rank, world_size = dist.rank, dist.world_size
-    for p in cfg.phases:
+    for i, p in enumerate(cfg.phases):  # a bad setting of a later phase fails now, not after the earlier ones
         if p.batch_size % world_size:
             raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
                              "processes (the recipe's batch is the global batch)")
-    for i, p in enumerate(cfg.phases):  # a bad setting of a later phase fails now, not after the earlier ones
         try:
             check_trainable(model, p.train)
         except ValueError as e:

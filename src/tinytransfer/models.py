@@ -438,26 +438,22 @@ def check_trainable(model: nn.Module, train: str) -> None:
 def set_trainable(model: nn.Module, train: str) -> int:
     """Set ``requires_grad``: ``"head"`` (body frozen), ``"all"``, or ``"from:<block>"`` (that block of the body,
     the later ones and the head trainable; earlier blocks frozen). Returns the number of trainable parameters."""
+    check_trainable(model, train)
     m = _unwrap(model)
     if train == "all":
         _set_requires_grad(m.parameters(), True)
     elif train == "head":
         _set_requires_grad(m.body.parameters(), False)
         _set_requires_grad(m.head.parameters(), True)
-    elif train.startswith("from:"):
+    else:  # from:<block>
         start = train[len("from:"):]
         blocks = m.block_modules()
-        if start not in blocks:
-            raise ValueError(f"unknown block {start!r} for {m.spec.name}; blocks: {', '.join(blocks)}")
         _set_requires_grad(m.body.parameters(), False)  # parameters outside every block stay frozen
         names = list(blocks)
         for name in names[names.index(start):]:
             for module in blocks[name]:
                 _set_requires_grad(module.parameters(), True)
         _set_requires_grad(m.head.parameters(), True)
-    else:
-        raise ValueError(f"unknown train setting {train!r}; valid: head, all, from:<block> with block in "
-                         f"{', '.join(m.block_names)}")
     n = count_params(m, trainable_only=True)
     log.info("trainable %s: %s of %s parameters", train, f"{n:,}", f"{count_params(m):,}")
     return n
