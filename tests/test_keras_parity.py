@@ -23,7 +23,8 @@ from torch import nn
 
 from tinytransfer.config import PhaseConfig
 from tinytransfer.engine import make_optimizer
-from tinytransfer.models import create_model, set_trainable, train_mode
+from tinytransfer.freezing import set_trainable, train_mode
+from tinytransfer.models import create_model
 from tinytransfer.schedule import lr_at
 from tinytransfer.weights import keras_dense_weight
 

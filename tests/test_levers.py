@@ -14,7 +14,8 @@ from tinytransfer.config import ConfigError, PhaseConfig, from_dict
 from tinytransfer.data import load_dataset
 from tinytransfer.ema import make_ema
 from tinytransfer.mixing import BatchMixer, make_mixer
-from tinytransfer.models import create_model, param_groups, set_trainable
+from tinytransfer.freezing import param_groups, set_trainable
+from tinytransfer.models import create_model
 
 
 @pytest.fixture
