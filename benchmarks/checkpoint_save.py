@@ -34,8 +34,7 @@ from tinytransfer import engine  # noqa: E402
 from tinytransfer.asyncsave import AsyncCheckpointWriter  # noqa: E402
 from tinytransfer.checkpoint import FORMAT, save_checkpoint  # noqa: E402
 from tinytransfer.config import PhaseConfig  # noqa: E402
-from tinytransfer.freezing import set_trainable  # noqa: E402
-from tinytransfer.models import create_model  # noqa: E402
+from tinytransfer.models import create_model, set_trainable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "checkpoint_save.json"
 

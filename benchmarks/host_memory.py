@@ -33,8 +33,7 @@ from tinytransfer import engine
 from tinytransfer.augment import make_transform
 from tinytransfer.config import PhaseConfig
 from tinytransfer.loader import DeviceLoader
-from tinytransfer.freezing import set_trainable
-from tinytransfer.models import create_model
+from tinytransfer.models import create_model, set_trainable
 from throughput import HEADS, synthetic_split
 
 if SETTING == "retain":

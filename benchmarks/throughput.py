@@ -56,8 +56,7 @@ from tinytransfer.augment import make_transform  # noqa: E402
 from tinytransfer.config import PhaseConfig  # noqa: E402
 from tinytransfer.data import Split  # noqa: E402
 from tinytransfer.loader import DeviceLoader  # noqa: E402
-from tinytransfer.freezing import set_trainable  # noqa: E402
-from tinytransfer.models import create_model  # noqa: E402
+from tinytransfer.models import create_model, set_trainable  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 HEADS = {"vgg16": "paper", "vgg16_bn": "paper"}  # others: global-pool head

@@ -101,7 +101,7 @@ def test_grad_cam_leaves_a_frozen_model_as_it_found_it() -> None:
     for p in model.parameters():
         p.requires_grad_(False)
     model.train()
-    model[1].eval()  # a frozen BatchNorm kept in eval inside a training model (freezing.train_mode does this)
+    model[1].eval()  # a frozen BatchNorm kept in eval inside a training model (models.train_mode does this)
     flags = [m.training for m in model.modules()]
     x = torch.randn(1, 3, 16, 16)
     with torch.no_grad():  # the caller's no_grad does not stop Grad-CAM

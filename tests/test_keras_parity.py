@@ -23,8 +23,7 @@ from torch import nn
 
 from tinytransfer.config import PhaseConfig
 from tinytransfer.engine import make_optimizer
-from tinytransfer.freezing import set_trainable, train_mode
-from tinytransfer.models import create_model
+from tinytransfer.models import create_model, set_trainable, train_mode
 from tinytransfer.schedule import lr_at
 from tinytransfer.weights import keras_dense_weight
 

@@ -13,7 +13,7 @@ PKG = Path(tinytransfer.__file__).parent
 STAGES = [
     {"config", "fsutil"},
     {"decode", "cache", "data", "sources", "augment", "loader"},
-    {"weights", "keras_weights", "heads", "models", "freezing"},
+    {"weights", "keras_weights", "heads", "models"},
     {"schedule", "metrics", "optim", "ema", "mixing"},
     {"checkpoint", "runfolder", "parallel", "asyncsave", "compilestats", "tb"},
     {"steps", "engine", "lrfind", "autolr"},

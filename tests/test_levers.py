@@ -14,8 +14,7 @@ from tinytransfer.config import ConfigError, PhaseConfig, from_dict
 from tinytransfer.data import load_dataset
 from tinytransfer.ema import make_ema
 from tinytransfer.mixing import BatchMixer, make_mixer
-from tinytransfer.freezing import param_groups, set_trainable
-from tinytransfer.models import create_model
+from tinytransfer.models import create_model, param_groups, set_trainable
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from .data import Dataset, Split
 from .ema import start_ema
 from .loader import DeviceLoader
 from .mixing import make_mixer
-from .freezing import check_trainable, set_trainable
+from .models import check_trainable, set_trainable
 from .parallel import Dist
 from .runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, MetricsWriter, RunLock, write_config
 from .steps import (Interrupted, NonFiniteLoss, StopOnSignal, TrainState, autocast, evaluate, make_optimizer,

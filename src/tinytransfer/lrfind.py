@@ -12,8 +12,7 @@ from torch import nn
 from .config import PhaseConfig
 from .steps import autocast, make_optimizer, phase_train_mode
 from .loader import DeviceLoader
-from .freezing import set_trainable
-from .models import unwrap_model
+from .models import set_trainable, unwrap_model
 from .schedule import range_test_lr
 
 __all__ = ["lr_range_test"]

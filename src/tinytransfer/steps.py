@@ -19,7 +19,7 @@ from .checkpoint import unwrap_model
 from .config import PhaseConfig
 from .loader import PAD_LABEL, DeviceLoader
 from .metrics import topk_correct
-from .freezing import param_groups, train_mode
+from .models import param_groups, train_mode
 from .optim import KerasAdam
 from .parallel import Dist, agree, all_reduce_sum
 from .schedule import lr_at
@@ -221,7 +221,7 @@ def train_one_epoch(
         step_begin()
         lr = lr_at(state.step, phase, steps_per_epoch)
         for g in optimizer.param_groups:
-            g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: layer-wise LR decay (freezing.param_groups)
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # lr_scale: layer-wise LR decay (models.param_groups)
         target = y
         if mix is not None:
             x, target = mix(x, y)  # (B, classes) soft targets, label smoothing inside
