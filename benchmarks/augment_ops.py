@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from pipeline import ops_per_batch  # noqa: E402
 from throughput import synthetic_split  # noqa: E402
-from tinytransfer.augment import make_transform  # noqa: E402
-from tinytransfer.loader import DeviceLoader  # noqa: E402
+
+from tinytransfer.data.augment import make_transform  # noqa: E402
+from tinytransfer.data.loader import DeviceLoader  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

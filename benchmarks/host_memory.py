@@ -29,11 +29,11 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 sys.path[:0] = [SRC, BENCH]
-from tinytransfer import engine
-from tinytransfer.augment import make_transform
+from tinytransfer.training import engine
+from tinytransfer.data.augment import make_transform
 from tinytransfer.config import PhaseConfig
-from tinytransfer.loader import DeviceLoader
-from tinytransfer.models import create_model, set_trainable
+from tinytransfer.data.loader import DeviceLoader
+from tinytransfer.models.backbones import create_model, set_trainable
 from throughput import HEADS, synthetic_split
 
 if SETTING == "retain":

@@ -49,8 +49,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Results, stoppable  # noqa: E402
 
-from tinytransfer.data import load_dataset  # noqa: E402
-from tinytransfer.loader import DeviceLoader  # noqa: E402
+from tinytransfer.data.dataset import load_dataset  # noqa: E402
+from tinytransfer.data.loader import DeviceLoader  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pipeline.json"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics, [0, 1] units, on both sides
@@ -90,9 +90,8 @@ def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0, workers:
         for lo, hi in chunks:
             _write_chunk(str(root), wnids, lo, hi, size, seed)
         return root
-    from concurrent.futures import ProcessPoolExecutor
-
     import signal
+    from concurrent.futures import ProcessPoolExecutor
 
     # the workers leave SIGINT to us (no traceback from each of them); a stop cancels the chunks not started
     pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
@@ -260,8 +259,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace, res: Results) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("tinytransfer.data").setLevel(logging.ERROR)  # the generated tree has no val/ on purpose
-    from tinytransfer.augment import make_transform  # written alongside; imported when needed
+    logging.getLogger("tinytransfer.data.dataset").setLevel(logging.ERROR)  # the generated tree has no val/ on purpose
+    from tinytransfer.data.augment import make_transform  # written alongside; imported when needed
 
     if args.threads:
         torch.set_num_threads(args.threads)

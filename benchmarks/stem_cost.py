@@ -20,7 +20,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tinytransfer.fsutil import atomic_write_text
-from tinytransfer.models import create_model
+from tinytransfer.models.backbones import create_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stem_cost.json"
 STEMS = {"resnet50": ("default", "stride1", "nopool", "keep"), "efficientnet_lite0": ("default", "stride1")}

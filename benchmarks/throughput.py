@@ -50,13 +50,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Results, stoppable  # noqa: E402
-from tinytransfer import engine  # noqa: E402
-from tinytransfer.compilestats import dynamo_counts, dynamo_disabled, fell_back, since  # noqa: E402
-from tinytransfer.augment import make_transform  # noqa: E402
+
 from tinytransfer.config import PhaseConfig  # noqa: E402
-from tinytransfer.data import Split  # noqa: E402
-from tinytransfer.loader import DeviceLoader  # noqa: E402
-from tinytransfer.models import create_model, set_trainable  # noqa: E402
+from tinytransfer.data.augment import make_transform  # noqa: E402
+from tinytransfer.data.dataset import Split  # noqa: E402
+from tinytransfer.data.loader import DeviceLoader  # noqa: E402
+from tinytransfer.models.backbones import create_model, set_trainable  # noqa: E402
+from tinytransfer.training import engine  # noqa: E402
+from tinytransfer.training.compilestats import dynamo_counts, dynamo_disabled, fell_back, since  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 HEADS = {"vgg16": "paper", "vgg16_bn": "paper"}  # others: global-pool head

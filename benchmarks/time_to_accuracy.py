@@ -167,7 +167,7 @@ def main() -> int:
 
             data = str(make_tree(work / "synthetic", a.synthetic))
         elif not data:
-            from tinytransfer.sources import build_demo_dataset
+            from tinytransfer.data.sources import build_demo_dataset
 
             data = build_demo_dataset(work / "digits")
     except KeyboardInterrupt:

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import write_tiny_tree
+from PIL import Image
 
 import tinytransfer as tt
 from tinytransfer.cli import main
@@ -178,8 +177,9 @@ def test_piped_run_logs_a_few_lines_an_epoch(tree, tmp_path):
 
 
 def test_demo_trains_the_demo_recipe_without_the_flip_on_digits(tmp_path, monkeypatch):
-    from tinytransfer import api, sources
+    from tinytransfer import api
     from tinytransfer.config import load_recipe
+    from tinytransfer.data import sources
     from tinytransfer.run import resolve_config
 
     calls = []

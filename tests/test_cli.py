@@ -7,8 +7,8 @@ import csv
 import pytest
 import yaml
 
-from tinytransfer.checkpoint import load_checkpoint
 from tinytransfer.cli import main
+from tinytransfer.runs.checkpoint import load_checkpoint
 
 TINY_SETS = [
     "model.backbone=timm:test_resnet", "model.head=pool", "model.pretrained=false", "model.input_size=32",

@@ -3,8 +3,7 @@
 import pytest
 import yaml
 
-from tinytransfer.config import (ConfigError, RunConfig, apply_overrides, from_dict, list_recipes, load_recipe,
-                                 to_dict)
+from tinytransfer.config import ConfigError, RunConfig, apply_overrides, from_dict, list_recipes, load_recipe, to_dict
 
 
 def test_paper_recipe_is_table_1():

@@ -9,53 +9,87 @@ import tinytransfer
 
 PKG = Path(tinytransfer.__file__).parent
 
-# Each module may import only modules of its own stage or an earlier one (docs/CONTRACTS.md).
+# The package's stages in data-flow order (docs/internals.md): a module may import only from its own stage or an
+# earlier one. A stage is a folder, or for the modules on top, a group of them.
 STAGES = [
     {"config", "fsutil"},
-    {"decode", "cache", "data", "sources", "augment", "loader"},
-    {"weights", "keras_weights", "heads", "models"},
-    {"schedule", "metrics", "optim", "ema", "mixing"},
-    {"checkpoint", "runfolder", "parallel", "asyncsave", "compilestats", "tb"},
-    {"steps", "engine", "lrfind", "autolr"},
-    {"predict", "cam", "plots", "report", "export", "outputs"},
+    {"data"},
+    {"models"},
+    {"runs"},
+    {"training"},
+    {"outputs"},
     {"run", "api"},
     {"cli", "__main__", "__init__"},
 ]
 STAGE = {m: i for i, group in enumerate(STAGES) for m in group}
+FOLDERS = ("data", "models", "runs", "training", "outputs")
+MAX_LINES = 400
+
+
+def _modules() -> list[Path]:
+    return sorted(p for p in PKG.rglob("*.py"))
+
+
+def _stage_of(path: Path) -> str:
+    """The stage a file belongs to: its folder, or its own name on top."""
+    rel = path.relative_to(PKG)
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
 
 def _imports(path: Path) -> list[tuple[str, list[str], int]]:
-    """(module, names, line) of every relative import in ``path``, lazy ones inside functions included."""
+    """(stage, names, line) of every import of the package in ``path``, lazy ones inside functions included."""
+    rel = path.relative_to(PKG)
+    here = list(rel.parts[:-1])  # the package path of ``path`` below tinytransfer
     out = []
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                out.append((node.module.split(".")[0], [a.name for a in node.names], node.lineno))
-            else:  # from . import x
-                out += [(a.name, [], node.lineno) for a in node.names]
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = here[: len(here) - (node.level - 1)]
+            target = base + (node.module.split(".") if node.module else [])
+        elif node.module and node.module.split(".")[0] == "tinytransfer":
+            target = node.module.split(".")[1:]
+        else:
+            continue
+        if target:
+            out.append((target[0], [a.name for a in node.names], node.lineno))
+        else:  # from . import x (on top)
+            out += [(a.name, [], node.lineno) for a in node.names]
     return out
 
 
 def test_every_module_has_a_stage() -> None:
-    modules = {p.stem for p in PKG.glob("*.py")}
-    assert modules - set(STAGE) == set(), "add new modules to STAGES (and docs/CONTRACTS.md)"
+    stages = {_stage_of(p) for p in _modules()}
+    assert stages - set(STAGE) == set(), "add new top-level modules or folders to STAGES (and docs/internals.md)"
+    assert {p.name for p in PKG.iterdir() if p.is_dir() and (p / "__init__.py").exists()} == set(FOLDERS)
 
 
 def test_imports_flow_one_way() -> None:
     bad = []
-    for path in sorted(PKG.glob("*.py")):
-        me = STAGE[path.stem]
+    for path in _modules():
+        me = STAGE[_stage_of(path)]
         for mod, _, line in _imports(path):
             if mod in STAGE and STAGE[mod] > me:
-                bad.append(f"{path.name}:{line} imports the later stage {mod}")
+                bad.append(f"{path.relative_to(PKG)}:{line} imports the later stage {mod}")
     assert bad == []
 
 
 def test_no_module_imports_another_modules_private_name() -> None:
-    bad = [f"{path.name}:{line} imports {name} from {mod}"
-           for path in sorted(PKG.glob("*.py")) for mod, names, line in _imports(path)
+    bad = [f"{path.relative_to(PKG)}:{line} imports {name} from {mod}"
+           for path in _modules() for mod, names, line in _imports(path)
            for name in names if name.startswith("_") and not name.startswith("__")]
     assert bad == []
+
+
+def test_every_folder_says_what_it_holds_and_may_import() -> None:
+    for folder in FOLDERS:
+        doc = ast.get_docstring(ast.parse((PKG / folder / "__init__.py").read_text()))
+        assert doc and "Imports" in doc, f"{folder}/__init__.py must say what it holds and what it may import"
+
+
+def test_the_test_folders_mirror_the_package() -> None:
+    tests = Path(__file__).parent
+    assert {f for f in FOLDERS if (tests / f).is_dir()} == set(FOLDERS)
 
 
 def test_contracts_list_the_checkpoint_keys_the_code_writes(tmp_path) -> None:
@@ -63,11 +97,11 @@ def test_contracts_list_the_checkpoint_keys_the_code_writes(tmp_path) -> None:
 
     import torch
 
-    from tinytransfer.checkpoint import load_checkpoint
     from tinytransfer.config import from_dict
-    from tinytransfer.data import Dataset, Split
-    from tinytransfer.engine import fit
-    from tinytransfer.models import create_model
+    from tinytransfer.data.dataset import Dataset, Split
+    from tinytransfer.models.backbones import create_model
+    from tinytransfer.runs.checkpoint import load_checkpoint
+    from tinytransfer.training.engine import fit
 
     doc = (PKG.parents[1] / "docs" / "CONTRACTS.md").read_text()
     listed = re.search(r"<!-- checkpoint-keys -->(.*?)<!-- /checkpoint-keys -->", doc, re.S)

@@ -5,7 +5,7 @@ Runs under a separate TensorFlow environment (never a dependency of tinytransfer
     python3 -m venv /work/tfvenv && /work/tfvenv/bin/pip install tensorflow-cpu numpy
     /work/tfvenv/bin/python benchmarks/peers/keras_golden.py
 
-and writes ``tests/golden/keras_vgg16_steps.npz`` (a few kB), which ``tests/test_keras_parity.py`` replays with
+and writes ``tests/golden/keras_vgg16_steps.npz`` (a few kB), which ``tests/training/test_keras_parity.py`` replays with
 tinytransfer's own model code. Weights and batches are not stored: both sides redraw them from the numpy rule in
 ``tests/golden/seeded_vgg16.py`` (its docstring has the rule).
 

@@ -12,8 +12,19 @@ reproduced, then faster and better recipes. The Python API::
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the names below, for type checkers; at run time they load on first use (see __getattr__)
-    from .api import (Prediction, Run, UserError, create_model, demo, list_backbones, list_recipes, load, lr_find,
-                      resume, train)
+    from .api import (
+        Prediction,
+        Run,
+        UserError,
+        create_model,
+        demo,
+        list_backbones,
+        list_recipes,
+        load,
+        lr_find,
+        resume,
+        train,
+    )
 
 __version__ = "0.1.0"
 

@@ -28,15 +28,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import load_checkpoint
 from .config import RunConfig, from_dict, list_recipes, to_dict
-from .engine import fit
-from .models import BACKBONES, TIMM_PREFIX, model_from_config
-from .models import create_model as _create_model_impl
-from .parallel import barrier, launch, setup, teardown, world
+from .models.backbones import BACKBONES, TIMM_PREFIX, model_from_config
+from .models.backbones import create_model as _create_model_impl
 from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
-from .runfolder import CONFIG_YAML, LAST_PT
-from .steps import resolve_device
+from .runs.checkpoint import load_checkpoint
+from .runs.runfolder import CONFIG_YAML, LAST_PT
+from .training.engine import fit
+from .training.parallel import barrier, launch, setup, teardown, world
+from .training.steps import resolve_device
 
 __all__ = [
     "Prediction",
@@ -166,7 +166,7 @@ def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .steps import Interrupted
+    from .training.steps import Interrupted
 
     log.info("data-parallel training in %d processes", n)
     try:
@@ -285,12 +285,12 @@ def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", dat
             start: float = 1e-7, end: float = 1.0, out: str | os.PathLike = "runs/lr-find") -> dict:
     """Smith's LR range test on a phase of ``recipe``: ``lr_find.csv`` and ``lr_find.png`` in ``out``; returns
     ``{"lr", "loss", "smoothed", "suggested"}``."""
-    from .augment import make_transform
-    from .engine import input_norm
-    from .lrfind import lr_range_test
-    from .loader import DeviceLoader
-    from .plots import plot_lr_find
-    from .runfolder import write_lr_find
+    from .data.augment import make_transform
+    from .data.loader import DeviceLoader
+    from .outputs.plots import plot_lr_find
+    from .runs.runfolder import write_lr_find
+    from .training.engine import input_norm
+    from .training.lrfind import lr_range_test
 
     cfg = resolve_config(recipe, data, overrides)
     if not 0 <= phase < len(cfg.phases):
@@ -324,7 +324,7 @@ def demo(data: str | os.PathLike = "data/digits", out: str | os.PathLike | None 
     with its bundled ImageNet weights) → predictions → report.html. Digits are not mirror-symmetric, so the recipe's
     augmentation runs without its horizontal flip here (``overrides`` may set ``data.augment`` back)."""
     from .config import apply_overrides, load_recipe
-    from .sources import build_demo_dataset
+    from .data.sources import build_demo_dataset
 
     root = build_demo_dataset(os.fspath(data))
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"

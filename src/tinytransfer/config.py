@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import yaml
 
 __all__ = [
+    "step_size_of",
     "ConfigError",
     "DataConfig",
     "ModelConfig",
@@ -115,6 +116,11 @@ class RunConfig:
 
 
 _SECTIONS = {"data": DataConfig, "model": ModelConfig}
+
+
+def step_size_of(phase: PhaseConfig, steps_per_epoch: int) -> int:
+    """The phase's CLR half cycle in iterations; 0 in the recipe means two epochs' worth."""
+    return phase.step_size if phase.step_size > 0 else max(1, 2 * steps_per_epoch)
 
 
 def _hints(cls: type) -> dict[str, Any]:

@@ -14,8 +14,7 @@ import socket
 import time
 import uuid
 from pathlib import Path
-from typing import Any
-from typing import Callable
+from typing import Any, Callable
 
 _log = logging.getLogger(__name__)
 

@@ -14,15 +14,23 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import CheckpointError
 from .config import RunConfig, apply_overrides, from_dict, load_recipe, to_dict
-from .data import Dataset, Split, load_configured
-from .engine import split_loader
-from .metrics import topk_correct
-from .runfolder import (CONFIG_YAML, METRICS_CSV, PREDICTIONS_CSV, CheckpointView, load_model, read_config,
-                        read_metrics, run_dir_of, table1, table1_markdown)
-from .steps import evaluate as evaluate_loader
-from .steps import resolve_device
+from .data.dataset import Dataset, Split, load_configured
+from .runs.checkpoint import CheckpointError
+from .runs.metricsfile import read_metrics, table1, table1_markdown
+from .runs.runfolder import (
+    CONFIG_YAML,
+    METRICS_CSV,
+    PREDICTIONS_CSV,
+    CheckpointView,
+    load_model,
+    read_config,
+    run_dir_of,
+)
+from .training.engine import split_loader
+from .training.metrics import topk_correct
+from .training.steps import evaluate as evaluate_loader
+from .training.steps import resolve_device
 
 __all__ = ["Prediction", "Run", "UserError", "load", "load_data", "read_run_config", "resolve_config"]
 
@@ -171,7 +179,7 @@ class Run:
         tensor batch (float in 0..255, as pixels). ``tta``: average over the image and its flip (where the recipe's
         augmentation flips) and small shifts. An unreadable file raises ValueError naming it (``skip_bad``: it is
         logged and left out)."""
-        from .predict import gather_images, predict_arrays
+        from .outputs.predict import gather_images, predict_arrays
 
         files, arrays = gather_images(images, self.checkpoint.image_size, skip_bad=skip_bad)
         probs = predict_arrays(self.model, arrays, self.checkpoint, device=self.device, tta=tta)
@@ -190,7 +198,7 @@ class Run:
         if list(ds.classes) != self.classes:
             raise UserError(f"{cfg.data.root}: its classes differ from the checkpoint's")
         if tta:
-            from .predict import predict_arrays
+            from .outputs.predict import predict_arrays
 
             probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=True)
             y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
@@ -205,7 +213,7 @@ class Run:
     def predict_split(self, split: str = "test", out: str | os.PathLike | None = None,
                       data: str | os.PathLike | None = None, tta: bool = False) -> tuple[Path, list[Prediction]]:
         """Predict every image of a split of the run's dataset into ``predictions.csv`` (or ``out``)."""
-        from .predict import predict_arrays, write_predictions
+        from .outputs.predict import predict_arrays, write_predictions
 
         cfg = self.checkpoint.config if data is None else resolve_config(self.checkpoint.config, data)
         part: Split | None = getattr(load_data(cfg), split, None)
@@ -222,9 +230,9 @@ class Run:
                   cam_layer: str | None = None) -> list[Path]:
         """Feature maps of conv ``layers`` and Grad-CAM overlays for one image file (``label``: its true class id,
         for a second overlay). Returns the PNGs written into ``out`` (default: the run folder)."""
-        from .cam import conv_layers
-        from .outputs import visualize
-        from .predict import read_image
+        from .outputs.cam import conv_layers
+        from .outputs.finish import visualize
+        from .outputs.predict import read_image
 
         model = self.model
         if layers:
@@ -246,7 +254,7 @@ class Run:
 
     def plot(self) -> tuple[list[Path], str]:
         """Redraw the curves from metrics.csv and rewrite Table 1; returns the PNGs and Table 1 as Markdown."""
-        from .plots import plot_curves
+        from .outputs.plots import plot_curves
 
         if not (self.dir / METRICS_CSV).is_file():
             raise UserError(f"{self.dir}: no metrics.csv in this run folder")
@@ -256,7 +264,7 @@ class Run:
         """The model as TorchScript, a ``torch.export`` program (YAML sidecar) or ONNX (``model.onnx`` + ``model.json``,
         ``output`` logits or probabilities, checked against PyTorch with onnxruntime on images of the run's dataset
         where onnxruntime is installed), on the CPU."""
-        from .export import export_model, sample_images
+        from .outputs.export import export_model, sample_images
 
         model, view = load_model(self.checkpoint.path if self.checkpoint.path.is_file() else self.dir,
                                  device="cpu")
@@ -265,7 +273,7 @@ class Run:
 
     def report(self, data: Dataset | None = None) -> Path:
         """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``."""
-        from .outputs import finish_run
+        from .outputs.finish import finish_run
 
         return Path(finish_run(self.dir, data, device=str(self.device)))
 

@@ -1,7 +1,7 @@
 """The generation rule behind ``keras_vgg16_steps.npz``: weights and batches from a numpy seed, no TensorFlow.
 
 Both sides of the Keras parity check import this file: ``benchmarks/peers/keras_golden.py`` (under TensorFlow) and
-``tests/test_keras_parity.py`` (under PyTorch). Nothing here is stored; everything is redrawn from the seed.
+``tests/training/test_keras_parity.py`` (under PyTorch). Nothing here is stored; everything is redrawn from the seed.
 
 The model is the report's: Keras VGG16 base (include_top=False) at 64×64 → Flatten → [Dense 512 relu →
 BatchNormalization → Dropout] × 2 → Dense 200 (softmax). Its weights, in Keras layout and Keras layer order

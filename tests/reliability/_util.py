@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from tinytransfer.checkpoint import load_checkpoint
+from tinytransfer.runs.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 SLOW_CLI = HERE / "slow_cli.py"  # the real CLI with a sleep between training batches (see that file)

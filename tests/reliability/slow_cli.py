@@ -11,7 +11,8 @@ import os
 import sys
 import time
 
-from tinytransfer import cli, loader
+from tinytransfer import cli
+from tinytransfer.data import loader
 
 _PAUSE = float(os.environ.get("TINYTRANSFER_STEP_SLEEP", "0.05"))
 _iter = loader.DeviceLoader.__iter__

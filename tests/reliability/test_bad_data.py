@@ -1,6 +1,6 @@
 """One generated tree with every kind of bad input at once, read by the worker pool (several chunks).
 
-tests/test_data.py covers each problem alone (corrupt, truncated, not an image, missing folder, unusual modes);
+tests/data/test_data.py covers each problem alone (corrupt, truncated, not an image, missing folder, unusual modes);
 here they come together, at a size that spreads them over the decoding chunks: the default stops with one line
 listing the first problems, ``skip_bad_images`` skips exactly the bad files and keeps every other image
 pixel-exact and with its own label (no row shifted by the compaction, no garbage).
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tinytransfer.data import DataError, load_dataset
+from tinytransfer.data.dataset import DataError, load_dataset
 
 SIZE = 32
 
@@ -87,7 +87,7 @@ def test_messy_tree_default_stops_with_one_line_listing_bad_files(messy: tuple[P
 def test_messy_tree_skip_drops_exactly_the_bad_files_and_keeps_every_pixel(
         messy: tuple[Path, set[str]], caplog: pytest.LogCaptureFixture) -> None:
     root, bad = messy
-    with caplog.at_level(logging.WARNING, logger="tinytransfer.data"):
+    with caplog.at_level(logging.WARNING, logger="tinytransfer.data.dataset"):
         ds = load_dataset(root, workers=2, skip_bad_images=True)
     assert len(ds.skipped) == len(bad) == 5
     assert {b for b in bad for s in ds.skipped if b in s} == bad  # each bad file named once, in its own message

@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tinytransfer import cache, data, decode
-from tinytransfer.checkpoint import CheckpointError
+from tinytransfer.data import cache, decode
+from tinytransfer.data import dataset as data
 from tinytransfer.fsutil import process_start_time
-from tinytransfer.runfolder import RunLock
+from tinytransfer.runs.checkpoint import CheckpointError
+from tinytransfer.runs.runfolder import RunLock
 
 
 @pytest.fixture
@@ -60,7 +61,7 @@ def _build(root: str, out: str) -> None:
 
 def test_two_processes_building_one_cache_end_with_one_valid_cache(make_tiny_tree, tmp_path: Path,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
-    """tests/test_data.py races two threads; here two processes (other pids in the temp names) race."""
+    """tests/data/test_data.py races two threads; here two processes (other pids in the temp names) race."""
     root = make_tiny_tree(n_classes=3, train_per_class=12, n_val=6, n_test=0, size=32)
     ctx = multiprocessing.get_context("fork")
     both = ctx.Barrier(2, timeout=20)

@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
-from tinytransfer import checkpoint, data, fsutil
-from tinytransfer.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
-from tinytransfer.runfolder import RunLock
+from tinytransfer import fsutil
 from tinytransfer.cli import main
+from tinytransfer.data import dataset as data
+from tinytransfer.runs import checkpoint
+from tinytransfer.runs.checkpoint import FORMAT, CheckpointError, load_checkpoint, save_checkpoint
+from tinytransfer.runs.runfolder import RunLock
 
 from ._util import differences, rows, sets
 
@@ -200,7 +202,7 @@ def test_cli_full_disk_while_building_the_cache_is_one_line(make_tiny_tree, tmp_
 @pytest.mark.parametrize("partial", ["1,", "1", "2,1"], ids=["empty-epoch", "no-epoch", "truncated-row"])
 def test_resume_survives_a_metrics_row_cut_by_a_kill(tmp_path: Path, partial: str) -> None:
     """kill -9 inside MetricsWriter.append (epoch 2's row) leaves part of a line; last.pt is still at epoch 1."""
-    from tinytransfer.runfolder import MetricsWriter
+    from tinytransfer.runs.metricsfile import MetricsWriter
 
     w = MetricsWriter(tmp_path / "metrics.csv")
     w.append({"phase": 1, "epoch": 1, "step": 6, "lr": 0.1, "train_loss": 1.0})

@@ -14,13 +14,24 @@ from pathlib import Path
 
 import pytest
 
-import tinytransfer.engine  # noqa: F401 - imported now, so that the in-process CLI calls below take milliseconds
-import tinytransfer.models  # noqa: F401   while the subprocess they race runs on
-from tinytransfer.checkpoint import load_checkpoint
+import tinytransfer.models.backbones  # noqa: F401   while the subprocess they race runs on
+import tinytransfer.training.engine  # noqa: F401 - imported now, so that the in-process CLI calls below take milliseconds
 from tinytransfer.cli import main
+from tinytransfer.runs.checkpoint import load_checkpoint
 
-from ._util import (EPOCHS, assert_same_run, comparable, differences, finish, resume_argv, rows, sets, start,
-                    train_argv, wait_for_new)
+from ._util import (
+    EPOCHS,
+    assert_same_run,
+    comparable,
+    differences,
+    finish,
+    resume_argv,
+    rows,
+    sets,
+    start,
+    train_argv,
+    wait_for_new,
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tinytransfer.checkpoint import load_checkpoint
 from tinytransfer.cli import main
+from tinytransfer.runs.checkpoint import load_checkpoint
 
 from ._util import rows, sets
 

@@ -12,10 +12,11 @@ import torch
 import yaml
 from PIL import Image
 
-from tinytransfer import data, sources
-from tinytransfer.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from tinytransfer.cli import main
 from tinytransfer.config import from_dict, to_dict
+from tinytransfer.data import dataset as data
+from tinytransfer.data import sources
+from tinytransfer.runs.checkpoint import FORMAT, CheckpointError, load_checkpoint
 
 from ._util import sets
 

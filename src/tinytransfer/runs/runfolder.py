@@ -1,0 +1,196 @@
+"""The run folder's one owner: its file names, ``config.yaml``, the lock, the LR-finder files, and a typed view of its
+checkpoints (``metrics.csv`` and Table 1: :mod:`.metricsfile`).
+
+Whatever writes one of these files also reads it, here. Every write is atomic (:mod:`tinytransfer.fsutil`). Figures
+(:mod:`tinytransfer.plots`) and the HTML page (:mod:`tinytransfer.report`) read the folder through this module.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
+from ..config import PhaseConfig, RunConfig, from_dict, to_dict
+from ..fsutil import PidLock, atomic_write, atomic_write_text
+
+__all__ = [
+    "BEST_PT",
+    "CONFIG_YAML",
+    "AUTO_LR_JSON",
+    "LAST_PT",
+    "METRICS_CSV",
+    "CheckpointView",
+    "RunLock",
+    "checkpoint_view",
+    "load_model",
+    "read_auto_lr",
+    "read_config",
+    "run_dir_of",
+    "write_auto_lr",
+    "write_config",
+    "write_lr_find",
+]
+
+log = logging.getLogger(__name__)
+
+# ---- file names ---------------------------------------------------------------------------------------------------
+CONFIG_YAML = "config.yaml"  # the resolved RunConfig (to_dict), written by fit before the first epoch
+METRICS_CSV = "metrics.csv"  # one row an epoch: METRIC_COLUMNS
+BEST_PT = "best.pt"  # checkpoint of the best validation accuracy
+LAST_PT = "last.pt"  # checkpoint at the start of the next epoch (resume point)
+LOCK = ".lock"  # the owner's pid while a run writes the folder
+TABLE1_MD = "table1.md"
+TABLE1_CSV = "table1.csv"
+PREDICTIONS_CSV = "predictions.csv"
+ANALYSIS_JSON = "analysis.json"
+REPORT_HTML = "report.html"
+AUTO_LR_JSON = "auto_lr.json"  # LR range tests of auto_lr phases: {"<phase, 1-based>": {recipe, chosen, curve, ...}}
+
+
+def run_dir_of(run: str | os.PathLike) -> Path:
+    """The run folder of ``run``, which names the folder itself or a checkpoint file in it."""
+    return Path(run) if Path(run).is_dir() else Path(run).parent
+
+
+# ---- config.yaml --------------------------------------------------------------------------------------------------
+
+
+def write_config(run_dir: str | os.PathLike, cfg: RunConfig) -> Path:
+    """``config.yaml``: the resolved configuration, atomically."""
+    path = Path(run_dir) / CONFIG_YAML
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    return path
+
+
+# ---- config.yaml (read) ------------------------------------------------------------------------------------------
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """``config.yaml`` of a run folder as a plain dict; ``{}`` if the file is absent."""
+    path = Path(run_dir) / CONFIG_YAML
+    if not path.is_file():
+        return {}
+    with open(path) as f:
+        cfg = yaml.safe_load(f)
+    if cfg is None:
+        return {}
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
+    return cfg
+
+
+# ---- the lock -----------------------------------------------------------------------------------------------------
+
+
+class RunLock(PidLock):
+    """``run_dir/.lock``: one live run writes a run folder (see :class:`fsutil.PidLock`)."""
+
+    error = CheckpointError
+    what = "run"
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        super().__init__(Path(run_dir) / LOCK)
+
+
+def write_lr_find(folder: str | os.PathLike, result: Mapping) -> Path:
+    """``lr_find.csv`` (lr, loss, smoothed) of an LR range test."""
+    path = Path(folder) / "lr_find.csv"
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["lr", "loss", "smoothed"])
+    w.writerows(zip(result["lr"], result["loss"], result["smoothed"]))
+    atomic_write_text(path, buf.getvalue())
+    return path
+
+
+def read_auto_lr(run_dir: str | os.PathLike) -> dict:
+    """``auto_lr.json``: ``{"<phase>": record}`` (phase 1-based); {} where there is none or it is unreadable."""
+    path = Path(run_dir) / AUTO_LR_JSON
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as e:
+        log.warning("%s: unreadable (%s); ignored", path, e)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def write_auto_lr(run_dir: str | os.PathLike, phase: int, record: Mapping) -> Path:
+    """Add (or replace) phase ``phase``'s (1-based) record in ``auto_lr.json``, atomically."""
+    path = Path(run_dir) / AUTO_LR_JSON
+    data = read_auto_lr(run_dir)
+    data[str(phase)] = dict(record)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
+    return path
+
+
+# ---- a typed view of a checkpoint ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointView:
+    """What callers need of a checkpoint, typed: no ``ckpt["config"]["model"]["input_size"]`` paths elsewhere."""
+
+    path: Path  # the checkpoint file
+    raw: dict = field(repr=False)  # the plain dict as saved (weights, optimizer, counters)
+    config: RunConfig  # the run's resolved configuration
+    classes: tuple[str, ...]  # wnids / folder names, in model output order
+    names: tuple[str, ...]  # human-readable class names
+    mean: tuple[float, float, float]  # input normalisation, [0, 1] units
+    std: tuple[float, float, float]
+    image_size: int  # side the images were decoded at for training (pixels)
+    epoch: int  # global epochs completed when it was written
+    best_acc: float  # best validation top-1 so far (fraction; -1 when unknown)
+
+    @property
+    def input_size(self) -> int:
+        """The model's input side in pixels (batches are resized on the device to it)."""
+        return int(self.config.model.input_size)
+
+    @property
+    def state_dict(self) -> dict:
+        return self.raw["model"]
+
+    @classmethod
+    def from_dict(cls, ckpt: Mapping, path: str | os.PathLike = "") -> "CheckpointView":
+        cfg = from_dict(dict(ckpt["config"]))
+        return cls(path=Path(path), raw=dict(ckpt), config=cfg, classes=tuple(ckpt["classes"]),
+                   names=tuple(ckpt.get("names") or ckpt["classes"]), mean=tuple(ckpt["mean"]),
+                   std=tuple(ckpt["std"]), image_size=int(ckpt.get("image_size") or cfg.model.input_size),
+                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)))
+
+
+def checkpoint_view(run: str | os.PathLike, which: str = "best") -> CheckpointView:
+    """Load ``best.pt``/``last.pt`` of a run folder (or a checkpoint file) as a :class:`CheckpointView`."""
+    path = find_checkpoint(run, which)
+    ckpt = load_checkpoint(path)
+    try:
+        return CheckpointView.from_dict(ckpt, path)
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: incomplete checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_model(run: str | os.PathLike, which: str = "best",
+               device: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointView]:
+    """Rebuild the model from a checkpoint's config (nothing downloaded), load its weights, eval mode, on ``device``."""
+    from ..models.backbones import model_from_config
+
+    view = checkpoint_view(run, which)
+    model = model_from_config(view.config.model, len(view.classes), load_weights=False)
+    model.load_state_dict(view.state_dict)
+    model.to(device).eval()
+    return model, view

@@ -1,0 +1,58 @@
+"""What a checkpoint holds of a training run: the weights, the optimizer, the loop's counters, every random generator,
+the resolved config and the data's classes, as a plain dict that ``torch.load(weights_only=True)`` reads back."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..config import RunConfig, to_dict
+from ..data.dataset import Dataset
+from ..runs.checkpoint import FORMAT
+from .steps import TrainState
+
+__all__ = ["checkpoint_state", "rng_state", "set_rng_state"]
+
+
+def rng_state(shuffle: torch.Generator, aug: torch.Generator) -> dict:
+    """Every random generator a run draws from (CPU, CUDA, the shuffle and augmentation generators)."""
+    out = {"torch": torch.get_rng_state(), "shuffle": shuffle.get_state(), "aug": aug.get_state()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(rng: dict, shuffle: torch.Generator, aug: torch.Generator) -> None:
+    """Restore what :func:`rng_state` saved."""
+    if not rng:
+        return
+    torch.set_rng_state(rng["torch"])
+    shuffle.set_state(rng["shuffle"])
+    aug.set_state(rng["aug"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, cfg: RunConfig, data: Dataset,
+                state: TrainState, mean: tuple, std: tuple) -> dict:
+    """The checkpoint dict (docs/internals.md lists its keys): plain tensors and Python values only."""
+    return {
+        "format": FORMAT,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else {},
+        "phase": state.phase,
+        "phase_epoch": state.phase_epoch,
+        "epoch": state.epoch,
+        "step": state.step,
+        "best_acc": state.best_acc,
+        "best_epoch": state.best_epoch,
+        "phase_best_acc": state.phase_best_acc,
+        "bad_epochs": state.bad_epochs,
+        "rng": state.rng,
+        "config": to_dict(cfg),
+        "classes": list(data.classes),
+        "names": list(data.names),
+        "image_size": int(data.image_size),
+        "mean": list(mean),
+        "std": list(std),
+    }
