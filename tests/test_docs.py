@@ -1,6 +1,6 @@
-"""The documentation holds together: every relative link in README.md and docs/*.md resolves (file and #anchor), the
-README stays a front door (at most 200 lines, every page of docs/ reachable from it), and its command list names
-real commands."""
+"""The documentation holds together: every relative link in README.md and docs/*.md resolves (file and #anchor), every
+Python file they name exists (modules move: the docs must follow), the README stays a front door (at most 200 lines,
+every page of docs/ reachable from it), and its command list names real commands."""
 
 from __future__ import annotations
 
@@ -15,6 +15,8 @@ README = ROOT / "README.md"
 DOCS = sorted((ROOT / "docs").glob("*.md"))
 PAGES = [README, *DOCS]
 MAX_README_LINES = 200
+EXTERNAL_FILES = {"keras/src/applications/vgg16.py"}  # files of other projects that the docs cite
+SEARCHED = ("", "src/tinytransfer", "benchmarks", "tests")  # where a path named in the docs may be relative to
 
 _FENCE = re.compile(r"^(```|~~~).*?^\1", re.M | re.S)
 _CODE = re.compile(r"`[^`\n]*`")
@@ -84,6 +86,38 @@ def test_the_link_checker_catches_a_missing_file_and_a_missing_anchor(tmp_path, 
         "a.md: b.md#nope: no heading with anchor #nope in b.md",
         "a.md: b.md#twice-2: no heading with anchor #twice-2 in b.md",
     ]
+
+
+_PY_FILE = re.compile(r"(?<![\w./-])([\w./-]*\w\.py)\b")
+
+
+def missing_files(text: str, root: Path) -> list[str]:
+    """The ``.py`` files named in ``text`` that exist nowhere: a path with a folder must exist below one of
+    ``SEARCHED``; a bare name anywhere under them."""
+    missing = []
+    for name in sorted(set(_PY_FILE.findall(text)) - EXTERNAL_FILES):
+        if "/" in name:
+            found = any((root / base / name).is_file() for base in SEARCHED)
+        else:
+            found = any(next((root / base).rglob(name), None) for base in SEARCHED[1:] if (root / base).is_dir())
+        if not found:
+            missing.append(name)
+    return missing
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[str(p.relative_to(ROOT)) for p in PAGES])
+def test_every_python_file_named_exists(page: Path) -> None:
+    assert missing_files(page.read_text(encoding="utf-8"), ROOT) == []
+
+
+def test_the_file_checker_catches_a_moved_module(tmp_path) -> None:
+    (tmp_path / "src" / "tinytransfer" / "data").mkdir(parents=True)
+    (tmp_path / "src" / "tinytransfer" / "data" / "augment.py").write_text("")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "pipeline.py").write_text("")
+    text = ("`data/augment.py`, `src/tinytransfer/data/augment.py`, augment.py, `benchmarks/pipeline.py`, "
+            "pipeline.py, keras/src/applications/vgg16.py; gone: `augment.py` as data/keras_warp.py, models.py")
+    assert missing_files(text, tmp_path) == ["data/keras_warp.py", "models.py"]
 
 
 def test_readme_is_a_front_door() -> None:
