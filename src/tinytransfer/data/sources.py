@@ -43,12 +43,7 @@ _DEMO_MARKER = ".tinytransfer-demo.json"
 
 def _holds_something(folder: str) -> bool:
     """Whether ``folder`` exists and holds anything (a file is "something" too)."""
-    if not os.path.lexists(folder):
-        return False
-    if not os.path.isdir(folder):
-        return True
-    with os.scandir(folder) as it:
-        return any(True for _ in it)
+    return os.path.lexists(folder) and (not os.path.isdir(folder) or bool(os.listdir(folder)))
 
 
 def _digit_jpeg(img8: np.ndarray, path: str) -> None:
@@ -63,9 +58,8 @@ def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, force: bool
     Ten made-up wnids ``d0000000``..``d0000009`` named "zero".."nine" in words.txt; a stratified split with
     ``seed``: about 60 % train/<wnid>/images, 25 % val/images (+ val_annotations.txt), 15 % test/images
     (unlabelled). 64×64 RGB JPEGs, bicubic from 8×8. Idempotent: a complete tree with the same seed is kept.
-    ``out_dir`` must be absent, empty or a digits set written here before (its marker file says so, even when
-    the writing was interrupted); anything else is refused unless ``force``: a user's dataset is never
-    overwritten by accident.
+    ``out_dir`` must be absent, empty or a digits set written here before (its marker, written first, says so);
+    anything else is refused unless ``force``: a user's dataset is never overwritten by accident.
     """
     from sklearn.datasets import load_digits
 

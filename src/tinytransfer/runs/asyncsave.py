@@ -96,34 +96,37 @@ class AsyncCheckpointWriter:
         self._pool: list[torch.Tensor] = []  # host buffers of the snapshots, reused from one submit to the next
         self.stats = {"snapshot_s": 0.0, "wait_s": 0.0, "write_s": 0.0, "files": 0}
 
-    def submit(self, items: list[tuple[dict, str | os.PathLike]], then: Callable[[], None] | None = None) -> None:
-        """Snapshot the ``(checkpoint dict, path)`` pairs now and write them, in order, in the background; then
-        call ``then`` there (e.g. append the epoch's metrics row), only once every file is on disk."""
+    def submit(self, items: list[tuple[dict, str | os.PathLike] | Callable[[], None]]) -> None:
+        """Snapshot the ``(checkpoint dict, path)`` pairs now and write them, in order, in the background. An item
+        may also be a function of no arguments (e.g. append the epoch's metrics row): it runs there, in its turn,
+        only once the files before it are on disk, and not at all if one of them failed."""
         self.wait()
         t0 = time.perf_counter()
-        snaps = snapshot([(ckpt, os.fspath(path)) for ckpt, path in items], pool=self._pool)
+        snaps = snapshot([it if callable(it) else (it[0], os.fspath(it[1])) for it in items], pool=self._pool)
         self.stats["snapshot_s"] += time.perf_counter() - t0
         if not self.background:
-            self._write(snaps, then)
+            self._write(snaps)
             self._raise()
             return
-        self._thread = threading.Thread(target=self._write, args=(snaps, then), name="tinytransfer-checkpoint")
+        self._thread = threading.Thread(target=self._write, args=(snaps,), name="tinytransfer-checkpoint")
         self._thread.start()
 
-    def _write(self, snaps: list[tuple[dict, str]], then: Callable[[], None] | None = None) -> None:
+    def _write(self, snaps: list) -> None:
         t0 = time.perf_counter()
         try:
-            for ckpt, path in snaps:
+            for item in snaps:
+                if callable(item):
+                    try:
+                        item()
+                    except Exception as e:  # not a checkpoint's fault: say so, and name the file where known
+                        where = getattr(e, "filename", None) or "after the checkpoint"
+                        raise CheckpointError(f"{where}: {type(e).__name__}: {str(e)[:160]} (the checkpoints "
+                                              "before it were saved)") from e
+                    continue
+                ckpt, path = item
                 self._path = path
                 checkpoint.save_checkpoint(ckpt, path)
                 self.stats["files"] += 1
-            if then is not None:
-                try:
-                    then()
-                except Exception as e:  # not the checkpoint's fault: say so, and name the file where known
-                    where = getattr(e, "filename", None) or "after the checkpoint"
-                    self._error = CheckpointError(f"{where}: {type(e).__name__}: {str(e)[:160]} (the checkpoints "
-                                                  "were saved)")
         except BaseException as e:  # handed to the training thread by wait()
             self._error = e
         finally:

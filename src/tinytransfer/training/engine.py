@@ -29,7 +29,7 @@ from ..data.mixing import make_mixer
 from ..models.freezing import check_trainable, set_trainable
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import CheckpointError, load_checkpoint, unwrap_model
-from ..runs.metricsfile import MetricsWriter, read_metrics
+from ..runs.metricsfile import MetricsWriter
 from ..runs.runfolder import BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_problem, write_config
 from ..runs.tb import TensorBoardLog, open_tensorboard
 from .compilestats import dynamo_counts, fell_back, since
@@ -162,9 +162,6 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         set_rng_state(state.rng, shuffle_gen, aug_gen)
         if dist.main:
             writer.truncate_after(state.epoch)
-            row = resume.get("metrics_row")  # last.pt's epoch: its row is missing where a kill fell between the two
-            if row and not any(r["epoch"] == state.epoch for r in read_metrics(writer.path) if writer.path.exists()):
-                writer.append(row)
         log.info("resuming at phase %d, epoch %d (step %d of the phase)", state.phase + 1, state.epoch, state.step)
     elif dist.main:
         writer.truncate_after(0)
@@ -250,6 +247,9 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                                                 std)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
                         saves.append((best_ckpt, run_dir / BEST_PT))
+                    # the row once best.pt is on disk (the report's headline is a model in the folder), before
+                    # last.pt (a kill before last.pt resumes the epoch before, which drops this row)
+                    saves.append(lambda row=row: writer.append(row))
                     # last.pt points at the start of the next epoch (or the next phase)
                     nxt = TrainState(**vars(state))
                     if done_phase:
@@ -258,10 +258,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     last_ckpt = checkpoint_state(model, None if done_phase else optimizer, cfg, data, nxt, mean, std)
                     if ema is not None and not done_phase:  # a resumed phase continues its EMA
                         last_ckpt["ema"] = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
-                    last_ckpt["metrics_row"] = row  # resume appends it where a kill came between last.pt and it
                     saves.append((last_ckpt, run_dir / LAST_PT))
-                    # snapshot now, write in the background, then the row: it never describes weights not on disk
-                    saver.submit(saves, then=lambda row=row: writer.append(row))
+                    saver.submit(saves)  # snapshot now, serialise + fsync + rename in the background
                     log.debug("checkpoint: %.3f s on the training thread so far", saver.blocked_s)
                 if stop_phase:
                     log.info("early stopping: no val improvement for %d epochs in phase %d", phase.patience,
