@@ -68,7 +68,8 @@ def remove_quietly(path: str | os.PathLike) -> None:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     """Call ``write(tmp_path)`` to fill a temp file beside ``path``, fsync it, rename it onto ``path``, fsync the
-    folder. The temp file is removed on any failure; the previous file at ``path`` stays as it was. Returns ``path``.
+    folder. The temp file is removed on any failure; the previous file at ``path`` stays as it was, and an OSError
+    names ``path``. Returns ``path``.
     """
     path = os.fspath(path)
     tmp = temp_name(path)
@@ -80,6 +81,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota: the error names the file being written, not its temp name
+        if e.errno is None or e.filename not in (None, tmp):
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
     finally:
         if os.path.exists(tmp):
             remove_quietly(tmp)

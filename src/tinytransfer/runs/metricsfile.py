@@ -199,13 +199,16 @@ class MetricsWriter:
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                if new:
+                    w.writeheader()
+                w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
 
 def _complete(row: dict) -> bool:

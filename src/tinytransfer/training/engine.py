@@ -30,11 +30,12 @@ from ..models.backbones import check_trainable, set_trainable
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter
-from ..runs.runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, RunLock, write_config
+from ..runs.runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, RunLock, new_run_id, write_config
 from ..runs.tb import TensorBoardLog, open_tensorboard
 from .compilestats import dynamo_counts, fell_back, since
 from .ema import start_ema
 from .parallel import Dist
+from .resumecheck import prepare_resume
 from .snapshot import checkpoint_state, rng_state, set_rng_state
 from .steps import (
     Interrupted,
@@ -110,18 +111,21 @@ def fit(
     dist = dist or Dist()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = ""  # the run's identity, in config.yaml and every checkpoint (rank 0 writes them)
     with contextlib.ExitStack() as stack:
         if dist.main:
             stack.enter_context(RunLock(run_dir))
             if resume is None:
                 for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON):
                     (run_dir / stale).unlink(missing_ok=True)
-                write_config(run_dir, cfg)
-        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress)
+                write_config(run_dir, cfg, {"run_id": (run_id := new_run_id())})
+            else:  # refuses another run's last.pt, changed data, settings that cannot change; records the rest
+                run_id = prepare_resume(run_dir, cfg, data, resume)
+        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, run_id)
 
 
 def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, dist: Dist,
-         show_progress: bool | None) -> TrainState:
+         show_progress: bool | None, run_id: str = "") -> TrainState:
     """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: DDP-wrapped, compiled)."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -147,13 +151,13 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     writer = MetricsWriter(run_dir / METRICS_CSV)
-    state = TrainState()
+    state = TrainState(run_id=run_id)
     if resume is not None:
         model.load_state_dict(resume["model"])
         state = TrainState(
             phase=resume["phase"], phase_epoch=resume["phase_epoch"], epoch=resume["epoch"], step=resume["step"],
             best_acc=resume["best_acc"], best_epoch=resume.get("best_epoch", 0), bad_epochs=resume["bad_epochs"],
-            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0),
+            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0), run_id=run_id,
         )
         set_rng_state(state.rng, shuffle_gen, aug_gen)
         if dist.main:
