@@ -30,6 +30,10 @@ UserError = api.UserError
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+    try:  # a file name that is not UTF-8 (os.fsdecode's surrogates) prints as its bytes, as ls prints it
+        sys.stdout.reconfigure(errors="surrogateescape")
+    except (AttributeError, ValueError):  # pragma: no cover - a replaced stdout
+        pass
 
 
 def _sets(args: argparse.Namespace) -> list[str]:
@@ -133,8 +137,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .outputs.predict import write_predictions
 
         write_predictions(preds, out)
+    from .outputs.predict import printable
+
     for p in preds[: args.show]:
-        print(f"{p.file}\t{p.wnid}\t{p.name}\t{p.prob:.3f}")
+        print(f"{printable(p.file)}\t{p.wnid}\t{p.name}\t{p.prob:.3f}")
     print(f"{len(preds)} predictions written to {out}")
     return 0
 
@@ -159,7 +165,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(api.load(args.run, device=args.device or "auto").report())
+    print(api.load(args.run, device=args.device or "auto").report(data=args.data))
     return 0
 
 
@@ -265,6 +271,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="figures, predictions, error analysis and report.html for a run")
     rp.add_argument("run")
+    rp.add_argument("--data", help="dataset folder, if it moved since training")
     rp.add_argument("--device")
     rp.set_defaults(func=cmd_report)
 
