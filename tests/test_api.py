@@ -17,6 +17,7 @@ from PIL import Image
 
 import tinytransfer as tt
 from tinytransfer.cli import main
+from tinytransfer.runs.runfolder import read_config, read_run_meta
 
 TINY = {
     "model.backbone": "timm:test_resnet", "model.head": "pool", "model.pretrained": False, "model.input_size": 32,
@@ -59,7 +60,8 @@ def runs(tree, tmp_path_factory):
 def test_api_run_equals_cli_run(runs):
     api_run, cli_dir = runs
     assert isinstance(api_run, tt.Run) and api_run.dir.is_dir()
-    assert (api_run.dir / "config.yaml").read_text() == (cli_dir / "config.yaml").read_text()
+    assert read_config(api_run.dir) == read_config(cli_dir)  # the same configuration ...
+    assert read_run_meta(api_run.dir)["run_id"] != read_run_meta(cli_dir)["run_id"]  # ... of two runs
     assert _rows(api_run.dir) == _rows(cli_dir) and len(_rows(cli_dir)) == 3
     m = api_run.metrics
     assert [r["epoch"] for r in m] == [1, 2, 3] and all(isinstance(r["val_acc"], float) for r in m)
