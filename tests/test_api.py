@@ -196,3 +196,23 @@ def test_demo_trains_the_demo_recipe_without_the_flip_on_digits(tmp_path, monkey
     assert plain.phases == shipped.phases and plain.model == shipped.model  # otherwise the recipe as shipped
     user = resolve_config(calls[1][0], tmp_path, calls[1][1])
     assert user.data.augment == "flip" and user.phases[0].epochs == 1  # the user's overrides win
+
+
+def test_api_misuse_gives_one_clear_error(runs, tree):
+    """Each was an IndexError, a TypeError, a silent NaN or a silent wrong answer (docs/resume.md lists them)."""
+    run, _ = runs
+    with pytest.raises(tt.UserError, match="the test split is unlabelled"):
+        run.evaluate("test")
+    with pytest.raises(ValueError, match=r"image 0: an array must be \(H, W, 3\) uint8 with H, W >= 1"):
+        run.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        run.predict(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="lies within 0..1: multiply it by 255"):
+        run.predict(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert len(run.predict(255 * torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))) == 1
+    with pytest.raises(ValueError, match="a list of them, got int"):
+        run.predict(3)
+    with pytest.raises(tt.UserError, match=r"got the string 'phases.0.epochs=1' \(write \['phases.0.epochs=1'\]\)"):
+        tt.train("vgg16-paper", tree, overrides="phases.0.epochs=1")
+    with pytest.raises(tt.UserError, match="which='nosuch': expected 'best' or 'last'"):
+        tt.load(run.dir, which="nosuch")

@@ -29,11 +29,15 @@ UserError = api.UserError
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
-    try:  # a file name that is not UTF-8 (os.fsdecode's surrogates) prints as its bytes, as ls prints it
-        sys.stdout.reconfigure(errors="surrogateescape")
-    except (AttributeError, ValueError):  # pragma: no cover - a replaced stdout
-        pass
+    from .outputs.predict import printable
+
+    class Printable(logging.Formatter):  # a file name that is not UTF-8 is logged with \xNN escapes, as in the CSVs
+        def format(self, record: logging.LogRecord) -> str:
+            return printable(super().format(record))
+
+    logging.basicConfig(level=level, stream=sys.stdout, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(Printable("%(message)s"))
 
 
 def _sets(args: argparse.Namespace) -> list[str]:

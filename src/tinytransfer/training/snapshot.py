@@ -1,5 +1,5 @@
 """What a checkpoint holds of a training run: the weights, the optimizer, the loop's counters, every random generator,
-the resolved config and the data's classes, as a plain dict that ``torch.load(weights_only=True)`` reads back."""
+the resolved config, the run's identity and what identifies its data, as a plain dict that ``torch.load(weights_only=True)`` reads back."""
 
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ def set_rng_state(rng: dict, shuffle: torch.Generator, aug: torch.Generator) -> 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, cfg: RunConfig, data: Dataset,
                 state: TrainState, mean: tuple, std: tuple) -> dict:
-    """The checkpoint dict (docs/internals.md lists its keys): plain tensors and Python values only."""
+    """The checkpoint dict (docs/internals.md lists its keys): plain tensors and Python values only. ``run_id`` (the
+    run's identity, as in config.yaml) and ``data_id`` (:func:`data_identity`) let ``--resume`` refuse another run's
+    checkpoint or changed data (resumecheck.py)."""
     return {
         "format": FORMAT,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
