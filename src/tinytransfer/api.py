@@ -151,7 +151,7 @@ def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
     n = 1 if nproc is None else int(nproc)
     if n < 1:
         raise UserError(f"nproc={nproc}: must be >= 1")
-    if not world().active:
+    if n == 1 and not world().active:  # (ranks check their own devices)
         resolve_device(cfg.device)  # "cuda" where there is none: refused before the data are decoded
     if n > 1 and world().active:
         raise UserError("nproc: this process already runs under torchrun; pass --nproc-per-node to torchrun instead")
