@@ -180,9 +180,13 @@ class PidLock:
                 except FileNotFoundError:
                     pass
                 continue
-            with os.fdopen(fd, "w") as f:
-                start = process_start_time(os.getpid())
-                f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
+            try:
+                with os.fdopen(fd, "w") as f:
+                    start = process_start_time(os.getpid())
+                    f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
+            except OSError as e:  # a full disk: no empty lock left behind (it would read as "starting"); name it
+                remove_quietly(self.path)
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
             self.held = True
             self._clean_temps()
             return self

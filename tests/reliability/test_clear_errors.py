@@ -72,6 +72,20 @@ def test_a_full_disk_names_the_file(tmp_path: Path) -> None:
     assert os.listdir(tmp_path) == []
 
 
+def test_a_lock_that_cannot_be_written_names_it_and_leaves_nothing(tmp_path: Path) -> None:
+    """Was "No space left on device" with no file, and an empty .lock that the next try read as a run starting."""
+    from tinytransfer.runs.runfolder import RunLock
+
+    from .test_crash_safety import file_size_limit
+
+    with pytest.raises(OSError) as e, file_size_limit(1):  # a real write error (EFBIG) from the kernel
+        RunLock(tmp_path).acquire()
+    assert e.value.filename == str(tmp_path / ".lock") and e.value.errno == errno.EFBIG
+    assert not (tmp_path / ".lock").exists()
+    with RunLock(tmp_path):
+        assert (tmp_path / ".lock").is_file()
+
+
 def test_a_full_disk_on_metrics_csv_names_it(run_tree: Path, tmp_path: Path, capsys, monkeypatch) -> None:
     class Full(io.StringIO):
         def write(self, s: str) -> int:
