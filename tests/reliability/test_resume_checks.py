@@ -65,9 +65,10 @@ def test_resume_refuses_an_added_class_in_one_line(folders: Path, tmp_path: Path
     assert "4 classes, was 3 (added 'c3')" in _error(capsys)
 
 
-def test_resume_refuses_an_added_image_in_holdout_mode(folders: Path, tmp_path: Path, capsys) -> None:
+@pytest.mark.parametrize("mode", ["holdout", "official"])  # class folders without val/ hold out either way
+def test_resume_refuses_an_added_image_in_holdout_mode(folders: Path, tmp_path: Path, capsys, mode: str) -> None:
     out = tmp_path / "run"
-    assert _train(folders, out, "data.holdout_per_class=4", "data.val_mode=holdout") == 0
+    assert _train(folders, out, "data.holdout_per_class=4", f"data.val_mode={mode}") == 0
     shutil.copy(folders / "c1" / sorted(p.name for p in (folders / "c1").iterdir())[0], folders / "c1" / "0000.JPEG")
     capsys.readouterr()
     assert _resume(out) == 2

@@ -111,7 +111,9 @@ def prepare_resume(run_dir: str | Path, cfg: RunConfig, data: Dataset, ckpt: Map
     if mine and theirs and mine != theirs:
         raise CheckpointError(f"{path}: belongs to another run (run id {theirs}; this folder's config.yaml has "
                               f"{mine}); resume refused")
-    change = data_change(ckpt, data, holdout=cfg.data.val_mode == "holdout")
+    # held out of train/ (holdout mode, or class folders without val/): its files are not under val/
+    holdout = data.val is not None and len(data.val) > 0 and not data.val.files[0].startswith("val/")
+    change = data_change(ckpt, data, holdout=holdout)
     if change:
         raise DataError(f"{data.root}: the data changed since {path} was written: {change}; resume refused "
                         "(restore the data or start a new run)")
