@@ -141,8 +141,9 @@ class AsyncCheckpointWriter:
         if isinstance(e, CheckpointError):
             raise e
         name = Path(self._path).name if self._path else "checkpoint"
+        kept = "; the previous one is kept" if self._path and Path(self._path).is_file() else ""
         raise CheckpointError(f"{self._path or name}: could not save the checkpoint ({type(e).__name__}: "
-                              f"{str(e)[:160]}); the previous one is kept") from e
+                              f"{str(e)[:160]}){kept}") from e
 
     @property
     def blocked_s(self) -> float:
