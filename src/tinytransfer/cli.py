@@ -29,7 +29,15 @@ UserError = api.UserError
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+    from .outputs.predict import printable
+
+    class Printable(logging.Formatter):  # a file name that is not UTF-8 is logged with \xNN escapes, as in the CSVs
+        def format(self, record: logging.LogRecord) -> str:
+            return printable(super().format(record))
+
+    logging.basicConfig(level=level, stream=sys.stdout, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(Printable("%(message)s"))
 
 
 def _sets(args: argparse.Namespace) -> list[str]:
@@ -48,16 +56,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     progress = False if args.quiet else args.progress
     try:
         if args.resume:
-            run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish,
-                             force=args.force)
+            run = api.resume(args.resume, args.data, overrides=_resume_sets(args, sets), nproc=args.nproc,
+                             progress=progress, finish=not args.no_finish, force=args.force)
         else:
-            run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
-                            args.nproc, auto_lr=args.auto_lr, force=args.force, progress=progress,
+            run = api.train(args.recipe or "vgg16-paper", args.data, args.out, sets, args.seed, args.deterministic,
+                            args.device, args.nproc, auto_lr=args.auto_lr, force=args.force, progress=progress,
                             finish=not args.no_finish)
-    except Interrupted as e:
-        where = args.resume or args.out or "RUN_DIR"
-        raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
-                              f"tinytransfer train --resume {where}") from None
+    except KeyboardInterrupt:  # before the API took the run in hand (from then on it says how to continue)
+        if args.resume:
+            raise Interrupted(f"interrupted; continue with: tinytransfer train --resume {args.resume}") from None
+        raise Interrupted("interrupted before the training started; nothing to resume") from None
     if not world().main:
         return 0
     best = run.metrics
@@ -66,6 +74,21 @@ def cmd_train(args: argparse.Namespace) -> int:
               default=float("nan"))
     print(f"done: best val accuracy {100 * acc:.2f}% over {len(best)} epochs; run folder {run.dir}")
     return 0
+
+
+def _resume_sets(args: argparse.Namespace, sets: list[str]) -> list[str]:
+    """``--resume``'s overrides; UserError for an option that cannot apply to a run under way."""
+    why = {"--recipe": (args.recipe, "the run's recipe is in RUN_DIR/config.yaml; --set changes what can change"),
+           "--seed": (args.seed is not None, "the random streams continue from last.pt"),
+           "--out": (args.out and Path(args.out).resolve() != Path(args.resume).resolve(),
+                     "the run continues in RUN_DIR; copy the folder first to branch off"),
+           "--force": (args.force, "it starts a run over; without --resume it trains RUN_DIR afresh"),
+           "--auto-lr": (args.auto_lr, "use --set phases.N.auto_lr=true for a phase not yet started")}
+    for flag, (given, reason) in why.items():
+        if given:
+            raise UserError(f"{flag} cannot apply with --resume: {reason}")
+    return [*sets, *(["deterministic=true"] if args.deterministic else []),
+            *([f"device={args.device}"] if args.device else [])]
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -118,8 +141,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .outputs.predict import write_predictions
 
         write_predictions(preds, out)
+    from .outputs.predict import printable
+
     for p in preds[: args.show]:
-        print(f"{p.file}\t{p.wnid}\t{p.name}\t{p.prob:.3f}")
+        print(f"{printable(p.file)}\t{p.wnid}\t{p.name}\t{p.prob:.3f}")
     print(f"{len(preds)} predictions written to {out}")
     return 0
 
@@ -144,7 +169,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(api.load(args.run, device=args.device or "auto").report())
+    print(api.load(args.run, device=args.device or "auto").report(data=args.data))
     return 0
 
 
@@ -182,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe on a dataset")
-    t.add_argument("--recipe", default="vgg16-paper", help="a shipped recipe name or a YAML path")
+    t.add_argument("--recipe", help="a shipped recipe name or a YAML path (default vgg16-paper)")
     t.add_argument("--data", help="dataset folder (Tiny ImageNet layout or one folder per class)")
     t.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -194,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="each phase's LR bounds from an LR range test before it (same as phases.*.auto_lr=true)")
     t.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt (with --set for "
+                   "the settings that can still change: docs/resume.md)")
     t.add_argument("--force", action="store_true",
                    help="overwrite a run folder that holds another run; take over a lock left by another host")
     t.add_argument("--quiet", action="store_true", help="print only errors and the final line")
@@ -250,6 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="figures, predictions, error analysis and report.html for a run")
     rp.add_argument("run")
+    rp.add_argument("--data", help="dataset folder, if it moved since training")
     rp.add_argument("--device")
     rp.set_defaults(func=cmd_report)
 
@@ -308,11 +335,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:
-        msg = str(e) if "--resume" in str(e) else f"{e}; last.pt holds the last complete epoch, continue with --resume"
+        msg = str(e) if "resume" in str(e) else f"{e}; last.pt holds the last complete epoch, continue with --resume"
         print(f"tinytransfer: {msg}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("tinytransfer: interrupted; a run continues with: tinytransfer train --resume RUN_DIR", file=sys.stderr)
+        print("tinytransfer: interrupted", file=sys.stderr)
         return 130
     except (ConfigError, DataError, CheckpointError, NonFiniteLoss, DistError, ValueError, FileNotFoundError) as e:
         if args.verbose:

@@ -8,6 +8,7 @@ plain dict (``to_dict``), and read back with ``from_dict``.
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from importlib import resources
@@ -279,8 +280,21 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"phases.{i}.batch_size: must be >= 1, got {p.batch_size}")
         if p.lr_max <= 0 or p.lr_min < 0:
             raise ConfigError(f"phases.{i}: learning rates must be positive")
+        if p.lr_min > p.lr_max and p.lr_policy != "constant":  # constant uses lr_max alone
+            raise ConfigError(f"phases.{i}: lr_min {p.lr_min:g} is above lr_max {p.lr_max:g}")
+        for key, low, high in (("weight_decay", 0, None), ("step_size", 0, None), ("label_smoothing", 0, 1)):
+            v = getattr(p, key)
+            if v < low or (high is not None and v >= high):
+                raise ConfigError(f"phases.{i}.{key}: must be >= {low}{f' and < {high}' if high else ''}, got {v}")
         if not (p.train in ("head", "all") or p.train.startswith("from:")):
             raise ConfigError(f"phases.{i}.train: {p.train!r} is not head, all or from:<block>")
+    if not any(p.epochs for p in cfg.phases):
+        raise ConfigError("phases: every phase has epochs=0, so nothing would train")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, mps, cuda or cuda:N")
+    for key, seed in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
+        if not 0 <= seed < 2**63:  # torch generators take 64-bit seeds (and seed + 1)
+            raise ConfigError(f"{key}: must be in [0, 2**63), got {seed}")
     if cfg.model.input_size < 8:
         raise ConfigError(f"model.input_size: must be >= 8, got {cfg.model.input_size}")
     if not 0.0 <= cfg.model.bn_momentum <= 1.0 or cfg.model.bn_eps <= 0:

@@ -64,6 +64,9 @@ def resolve_config(recipe: str | os.PathLike | RunConfig | Mapping, data: str | 
         raw = dict(recipe)
     else:
         raw = load_recipe(os.fspath(recipe))
+    if isinstance(overrides, (str, bytes)):
+        raise UserError(f"overrides: expected a {{key: value}} mapping or a list of 'key=value' strings, got the "
+                        f"string {overrides!r} (write [{overrides!r}])")
     sets: dict[str, Any] = {}
     if data is not None:
         sets["data.root"] = str(Path(data).resolve())
@@ -112,6 +115,8 @@ class Run:
         path = Path(run)
         if not path.exists():
             raise CheckpointError(f"{path}: no such run folder or checkpoint")
+        if which not in ("best", "last"):
+            raise UserError(f"which={which!r}: expected 'best' or 'last'")
         self.dir = run_dir_of(path)
         self._which = path if path.is_file() else which
         self.device = resolve_device(device)
@@ -176,7 +181,7 @@ class Run:
     def predict(self, images: ImageLike | Sequence[ImageLike], tta: bool = False,
                 skip_bad: bool = False) -> list[Prediction]:
         """Predictions for file paths, folders, PIL images, (H, W, 3) uint8 arrays or a (B, 3, H, W) uint8/float
-        tensor batch (float in 0..255, as pixels). ``tta``: average over the image and its flip (where the recipe's
+        tensor batch (float in pixel units 0..255: a float batch in 0..1 is refused, multiply it by 255). ``tta``: average over the image and its flip (where the recipe's
         augmentation flips) and small shifts. An unreadable file raises ValueError naming it (``skip_bad``: it is
         logged and left out)."""
         from .outputs.predict import gather_images, predict_arrays
@@ -197,6 +202,9 @@ class Run:
             raise UserError(f"{cfg.data.root}: no {split} split")
         if list(ds.classes) != self.classes:
             raise UserError(f"{cfg.data.root}: its classes differ from the checkpoint's")
+        if (np.asarray(part.labels) < 0).any():
+            raise UserError(f"{cfg.data.root}: the {split} split is unlabelled, so it has no accuracy to measure; "
+                            f"evaluate val or train, or predict {split}")
         if tta:
             from .outputs.predict import predict_arrays
 
@@ -271,10 +279,16 @@ class Run:
         samples = sample_images(view.input_size, view.config.data.root)[1] if fmt == "onnx" else None
         return export_model(model, view, self.dir, fmt, out, output=output, samples=samples)
 
-    def report(self, data: Dataset | None = None) -> Path:
-        """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``."""
+    def report(self, data: Dataset | str | os.PathLike | None = None) -> Path:
+        """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``. ``data``:
+        the dataset (loaded, or its folder if it moved since training; default: the folder in the run's config)."""
         from .outputs.finish import finish_run
 
+        if data is not None and not isinstance(data, Dataset):
+            data = load_data(resolve_config(self.checkpoint.config, data))
+        elif data is None and not Path(self.checkpoint.config.data.root).is_dir():
+            raise UserError(f"{self.checkpoint.config.data.root}: the run's dataset folder is gone; if it moved, "
+                            f"pass its new place (tinytransfer report {self.dir} --data DIR)")
         return Path(finish_run(self.dir, data, device=str(self.device)))
 
 

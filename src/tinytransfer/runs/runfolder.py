@@ -11,21 +11,20 @@ import csv
 import io
 import json
 import logging
-import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-from ..config import PhaseConfig, RunConfig, from_dict, to_dict
-from ..fsutil import PidLock, atomic_write, atomic_write_text
+from ..config import RunConfig, from_dict, to_dict
+from ..fsutil import PidLock, atomic_write_text
 
 __all__ = [
     "BEST_PT",
@@ -41,6 +40,9 @@ __all__ = [
     "new_run_problem",
     "read_auto_lr",
     "read_config",
+    "read_run_meta",
+    "new_run_id",
+    "RUN_META",
     "run_dir_of",
     "same_run",
     "write_auto_lr",
@@ -82,18 +84,30 @@ def run_dir_of(run: str | os.PathLike) -> Path:
 # ---- config.yaml --------------------------------------------------------------------------------------------------
 
 
-def write_config(run_dir: str | os.PathLike, cfg: RunConfig) -> Path:
-    """``config.yaml``: the resolved configuration, atomically."""
+# config.yaml keys beside the RunConfig's: the run's identity (also in every checkpoint, so that a resume refuses
+# another run's last.pt) and the settings changed at each --resume: [{epoch (first one run with them), set, was}]
+RUN_META = ("run_id", "resumed_with")
+
+
+def new_run_id() -> str:
+    """A fresh run's identity: 16 random hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
+def write_config(run_dir: str | os.PathLike, cfg: RunConfig, meta: Mapping | None = None) -> Path:
+    """``config.yaml``: the resolved configuration and the run's ``RUN_META`` keys, atomically. ``meta`` None keeps
+    those the file already has."""
     path = Path(run_dir) / CONFIG_YAML
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    meta = read_run_meta(run_dir) if meta is None else meta
+    out = {**to_dict(cfg), **{k: meta[k] for k in RUN_META if k in meta}}
+    atomic_write_text(path, yaml.safe_dump(out, sort_keys=False))
     return path
 
 
 # ---- config.yaml (read) ------------------------------------------------------------------------------------------
 
 
-def read_config(run_dir: str | os.PathLike) -> dict:
-    """``config.yaml`` of a run folder as a plain dict; ``{}`` if the file is absent."""
+def _read_yaml(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
         return {}
@@ -104,6 +118,16 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
     return cfg
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """The run's configuration in ``config.yaml`` as a plain dict (without ``RUN_META``); ``{}`` if absent."""
+    return {k: v for k, v in _read_yaml(run_dir).items() if k not in RUN_META}
+
+
+def read_run_meta(run_dir: str | os.PathLike) -> dict:
+    """The ``RUN_META`` keys of ``config.yaml`` (``{}`` for a run written before they existed)."""
+    return {k: v for k, v in _read_yaml(run_dir).items() if k in RUN_META}
 
 
 # ---- the lock, and who may start in a folder -----------------------------------------------------------------------

@@ -29,12 +29,14 @@ from ..data.mixing import make_mixer
 from ..models.freezing import check_trainable, set_trainable
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import CheckpointError, load_checkpoint, unwrap_model
-from ..runs.metricsfile import MetricsWriter
-from ..runs.runfolder import BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_problem, write_config
+from ..runs.metricsfile import MetricsWriter, console_line
+from ..runs.runfolder import (BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_id,
+                               new_run_problem, write_config)
 from ..runs.tb import TensorBoardLog, open_tensorboard
 from .compilestats import dynamo_counts, fell_back, since
 from .ema import start_ema
 from .parallel import Dist
+from .resumecheck import prepare_resume
 from .snapshot import checkpoint_state, rng_state, set_rng_state
 from .steps import (
     Interrupted,
@@ -75,16 +77,6 @@ def input_norm(cfg: RunConfig, model: nn.Module) -> tuple[tuple, tuple]:
     return tuple(base.mean), tuple(base.std)
 
 
-def _fmt_line(row: dict) -> str:
-    """One fixed-column console line an epoch; the same values go to metrics.csv."""
-    val = (f"val {row['val_loss']:7.4f} {100 * row['val_acc']:6.2f}% top5 {100 * row['val_top5']:6.2f}%"
-           if row.get("val_acc") is not None else "val      -       -")
-    ema = f" | ema {100 * row['ema_val_acc']:6.2f}%" if row.get("ema_val_acc") is not None else ""
-    return (f"phase {row['phase']:>2} epoch {row['epoch']:>4} step {row['step']:>7} lr {row['lr']:.2e} | "
-            f"train {row['train_loss']:7.4f} {100 * row['train_acc']:6.2f}% | {val} | "
-            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s{ema}")
-
-
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -112,6 +104,7 @@ def fit(
     dist = dist or Dist()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = ""  # the run's identity, in config.yaml and every checkpoint (rank 0 writes them)
     with contextlib.ExitStack() as stack:
         if dist.main:
             stack.enter_context(RunLock(run_dir, force=force))
@@ -120,12 +113,14 @@ def fit(
                 if problem:
                     raise CheckpointError(problem)
                 clear_previous_run(run_dir)
-                write_config(run_dir, cfg)
-        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress)
+                write_config(run_dir, cfg, {"run_id": (run_id := new_run_id())})
+            else:  # refuses another run's last.pt, changed data, settings that cannot change; records the rest
+                run_id = prepare_resume(run_dir, cfg, data, resume)
+        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, run_id)
 
 
 def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, dist: Dist,
-         show_progress: bool | None) -> TrainState:
+         show_progress: bool | None, run_id: str = "") -> TrainState:
     """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: DDP-wrapped, compiled)."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -151,13 +146,13 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     writer = MetricsWriter(run_dir / METRICS_CSV)
-    state = TrainState()
+    state = TrainState(run_id=run_id)
     if resume is not None:
         model.load_state_dict(resume["model"])
         state = TrainState(
             phase=resume["phase"], phase_epoch=resume["phase_epoch"], epoch=resume["epoch"], step=resume["step"],
             best_acc=resume["best_acc"], best_epoch=resume.get("best_epoch", 0), bad_epochs=resume["bad_epochs"],
-            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0),
+            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0), run_id=run_id,
         )
         set_rng_state(state.rng, shuffle_gen, aug_gen)
         if dist.main:
@@ -238,7 +233,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 state.rng = rng_state(shuffle_gen, aug_gen)
                 if dist.main:
                     saver.wait()  # the previous epoch's checkpoints and row are on disk
-                    log.info(_fmt_line(row))
+                    log.info(console_line(row))
                     saves = []
                     if tb is not None:
                         tb.epoch(row)

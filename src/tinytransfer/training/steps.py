@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PhaseConfig
+from ..config import ConfigError, PhaseConfig
 from ..data.loader import PAD_LABEL, DeviceLoader
 from ..models.freezing import param_groups, train_mode
 from ..runs.checkpoint import unwrap_model
@@ -62,6 +62,7 @@ class TrainState:
     best_epoch: int = 0  # global epoch of best_acc
     bad_epochs: int = 0  # epochs since the phase's last improvement (early stopping)
     rng: dict = field(default_factory=dict)  # generator states at the end of the last epoch
+    run_id: str = ""  # the run's identity (config.yaml's run_id), written into every checkpoint
 
 
 def retain_host_memory() -> bool:
@@ -93,9 +94,14 @@ def retain_host_memory() -> bool:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not auto, cpu, mps, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available here")
+        raise ConfigError(f"device {name}: no CUDA device is available here (use device=auto or cpu)")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
     return dev
 
 
