@@ -28,6 +28,7 @@ from ..fsutil import PidLock, atomic_write, atomic_write_text
 
 __all__ = [
     "BEST_PT",
+    "COMPILE_JSON",
     "CONFIG_YAML",
     "AUTO_LR_JSON",
     "LAST_PT",
@@ -37,9 +38,11 @@ __all__ = [
     "checkpoint_view",
     "load_model",
     "read_auto_lr",
+    "read_compile",
     "read_config",
     "run_dir_of",
     "write_auto_lr",
+    "write_compile",
     "write_config",
     "write_lr_find",
 ]
@@ -58,6 +61,20 @@ PREDICTIONS_CSV = "predictions.csv"
 ANALYSIS_JSON = "analysis.json"
 REPORT_HTML = "report.html"
 AUTO_LR_JSON = "auto_lr.json"  # LR range tests of auto_lr phases: {"<phase, 1-based>": {recipe, chosen, curve, ...}}
+COMPILE_JSON = "compile.json"  # compiled runs: {"phases": [{phase, epochs, graphs, graph_breaks, compile_s, ...}]}
+
+
+def write_compile(run_dir: str | os.PathLike, phases: list[dict]) -> None:
+    """What torch.compile did in each phase so far (``training.compiling.CompileLog``), atomically."""
+    atomic_write_text(Path(run_dir) / COMPILE_JSON, json.dumps({"phases": phases}, indent=1) + "\n")
+
+
+def read_compile(run_dir: str | os.PathLike) -> list[dict]:
+    """The phases :func:`write_compile` recorded; [] where the run did not compile (or the file is unreadable)."""
+    try:
+        return list(json.loads((Path(run_dir) / COMPILE_JSON).read_text()).get("phases", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def run_dir_of(run: str | os.PathLike) -> Path:
