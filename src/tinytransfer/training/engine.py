@@ -27,6 +27,7 @@ from ..data.dataset import Dataset, Split
 from ..data.loader import DeviceLoader
 from ..data.mixing import make_mixer
 from ..models.backbones import check_trainable, set_trainable
+from ..models.heads import convert_sync_bn
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter
@@ -163,7 +164,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         writer.truncate_after(0)
     if cfg.sync_bn and dist.active:
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_bn(model)  # KerasBatchNorm1d keeps its variance rule over the global batch
         else:
             log.warning("sync_bn: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorm sees its own share")
     tb = open_tensorboard(run_dir, state.epoch) if cfg.tensorboard and rank == 0 else None
