@@ -142,14 +142,14 @@ step pipeline 60 $PY benchmarks/pipeline.py "${PIPE[@]}" --out "$WORK/pipeline.j
 if [ "$MINI" = 1 ]; then
     # 6. (toy sizes only) runs stopped before their end: a 150-epoch run stopped by its budget after 3 epochs (an
     #    epoch budget: the same SIGINT a deadline sends, at a point that does not depend on the machine's speed),
-    #    and a throughput run sent SIGINT once its first row is on disk; both must leave clean partial results and
-    #    no traceback
+    #    and a throughput run sent SIGINT once its 4th row (our first, after the 3 plain ones) is on disk; both must
+    #    leave clean partial results and no traceback
     run_step short_tta 120 $PY benchmarks/time_to_accuracy.py --recipe vgg16-paper --synthetic 200 --grace 20 \
         --set model.backbone=timm:test_resnet --set model.head=pool --set model.input_size=32 \
         --set data.holdout_per_class=2 --set "phases.*.batch_size=8" --set "phases.*.epochs=50" --set max_steps_per_epoch=2 \
         --set model.pretrained=false --set "phases.*.patience=0" --stop-after-epochs 3 --deadline @DEADLINE@ \
         --out "$WORK/short_tta.json"
-    run_step short_throughput 120 $PY benchmarks/_sigint_after.py "$WORK/short_throughput.json" 1 -- \
+    run_step short_throughput 120 $PY benchmarks/_sigint_after.py "$WORK/short_throughput.json" 4 -- \
         $PY benchmarks/throughput.py --models timm:test_resnet --batch 4 --steps 2 --min-seconds 2 --jpegs 32 \
         --peers --out "$WORK/short_throughput.json"
 fi

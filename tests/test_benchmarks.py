@@ -28,7 +28,7 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     for step in ("throughput", "throughput_big", "compile", "sync_check", "tta", "checkpoint", "optim", "pipeline",
                  "augment_ops", "short_tta"):
         assert f"== {step}: exit 0" in proc.stdout, proc.stdout[-3000:]
-    assert "== short_throughput: exit 130" in proc.stdout  # stopped by SIGINT once its first row was on disk
+    assert "== short_throughput: exit 130" in proc.stdout  # stopped by SIGINT once its 4th row was on disk
     # two files come back, however many steps ran; the scratch folder is gone
     assert sorted(p.name for p in out.iterdir()) == ["gpu_check.json", "gpu_check.log"]
     assert not list(tmp_path.glob("tt-gpu-check.*"))
@@ -77,7 +77,7 @@ def test_gpu_check_script_runs_every_step_in_miniature(tmp_path):
     # runs stopped before their end (by an epoch budget, by SIGINT): clean partial results
     short = docs["short_tta.json"]["runs"][0]
     assert short["stopped"] == "budget" and 3 <= len(short["curve"]) < 150
-    assert docs["short_throughput.json"]["partial"] is True
+    assert docs["short_throughput.json"]["partial"] is True and 4 <= len(docs["short_throughput.json"]["rows"]) < 6
     assert docs["short_throughput.json"]["stopped_by"] == "SIGINT"
     assert "== summary" in proc.stdout and "tta.json random init 3 epochs" in proc.stdout
 
@@ -161,3 +161,20 @@ def test_gpu_summary_judges_each_target(tmp_path):
     assert got["input"] == ("6.0 %", False)
     assert got["5x"][1] is True and got["5x"][0].startswith("6.0x")  # 15k eager over the better plain variant
     assert gpu_summary.compile_speedup(gpu_summary.load(tmp_path)) == pytest.approx(24_000 / 15_000)
+
+
+def test_a_signal_whose_interrupt_was_swallowed_is_raised_at_the_next_row(tmp_path):
+    import signal
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import _common
+
+    res = _common.Results(tmp_path / "r.json")
+    _common._OWNER[0] = os.getpid()
+    _common._SIGNALLED.append(signal.SIGINT)  # as _on_int records it before its KeyboardInterrupt got lost
+    with pytest.raises(KeyboardInterrupt):
+        res.add({"img_s": 1.0})
+    assert json.loads((tmp_path / "r.json").read_text())["rows"] == [{"img_s": 1.0}]  # the row is kept
+    res.add({"img_s": 2.0})  # raised once only
+    res.finish(partial=True)
+    assert len(json.loads((tmp_path / "r.json").read_text())["rows"]) == 2

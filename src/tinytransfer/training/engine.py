@@ -31,7 +31,7 @@ from ..models.heads import convert_sync_bn
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter
-from ..runs.runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, RunLock, write_config
+from ..runs.runfolder import AUTO_LR_JSON, BEST_PT, COMPILE_JSON, LAST_PT, METRICS_CSV, RunLock, write_config
 from ..runs.tb import TensorBoardLog, open_tensorboard
 from .compiling import CompileLog, wrap_for_phase
 from .ema import start_ema
@@ -115,7 +115,7 @@ def fit(
         if dist.main:
             stack.enter_context(RunLock(run_dir))
             if resume is None:
-                for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON):
+                for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON, COMPILE_JSON):
                     (run_dir / stale).unlink(missing_ok=True)
                 write_config(run_dir, cfg)
         return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress)
