@@ -31,7 +31,8 @@ from tinytransfer.config import PhaseConfig  # noqa: E402
 from tinytransfer.data.augment import make_transform  # noqa: E402
 from tinytransfer.data.dataset import Split  # noqa: E402
 from tinytransfer.data.loader import DeviceLoader  # noqa: E402
-from tinytransfer.models.backbones import create_model, set_trainable  # noqa: E402
+from tinytransfer.models.backbones import create_model  # noqa: E402
+from tinytransfer.models.freezing import set_trainable  # noqa: E402
 from tinytransfer.training import steps  # noqa: E402
 from tinytransfer.training.hostsync import HostSyncRecorder  # noqa: E402
 

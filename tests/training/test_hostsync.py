@@ -11,7 +11,8 @@ from tinytransfer.config import PhaseConfig
 from tinytransfer.data.augment import make_transform
 from tinytransfer.data.dataset import load_dataset
 from tinytransfer.data.loader import DeviceLoader
-from tinytransfer.models.backbones import create_model, set_trainable
+from tinytransfer.models.backbones import create_model
+from tinytransfer.models.freezing import set_trainable
 from tinytransfer.training import steps
 from tinytransfer.training.hostsync import HostSyncRecorder
 from tinytransfer.training.parallel import Dist
