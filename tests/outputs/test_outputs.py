@@ -272,6 +272,7 @@ def _check_sidecar(run, path: Path) -> None:
     meta = yaml.safe_load(path.with_name(path.name + ".yaml").read_text())
     assert meta["classes"] == run.classes and meta["input_size"] == 32
     assert meta["mean"] == list(run.ckpt.mean) and meta["std"] == list(run.ckpt.std)
+    assert meta["image_size"] == run.ckpt.image_size and (meta["resize"] is None) == (run.ckpt.image_size == 32)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")

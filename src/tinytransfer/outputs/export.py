@@ -29,7 +29,7 @@ from ..fsutil import atomic_write_bytes, atomic_write_text
 from ..runs.runfolder import CheckpointView
 
 __all__ = ["EXPORT_FORMATS", "ONNX_OUTPUTS", "ONNX_PARITY_TOL", "ExportError", "export_model", "onnx_parity",
-           "sample_images"]
+           "resize_meta", "sample_images"]
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,21 @@ _SUFFIX = {"torchscript": ".torchscript.pt", "torch-export": ".pt2", "onnx": ".o
 
 class ExportError(ValueError):
     """An export that cannot be made or does not reproduce the PyTorch model; one line naming why."""
+
+
+def resize_meta(image_size: int, input_size: int) -> dict:
+    """The sidecar's ``image_size`` (the side of the images the model was trained from) and ``resize``: how
+    training turned them into the graph's S × S input (None when the sizes are equal). The graph takes S × S; a
+    program that feeds it images of ``image_size`` must resize them the same way: bilinear on the 0..255 pixels,
+    half-pixel centres (``align_corners=False``), no antialiasing, before scaling and normalising."""
+    same = int(image_size) == int(input_size)
+    return {"image_size": int(image_size),
+            "resize": None if same else {
+                "from": [int(image_size), int(image_size)], "to": [int(input_size), int(input_size)],
+                "method": "bilinear", "align_corners": False, "pixel_centers": "half-pixel", "antialias": False,
+                "order": "resize the 0..255 RGB image first, then scale and normalise",
+                "torch": f"torch.nn.functional.interpolate(x, size=({input_size}, {input_size}), mode='bilinear', "
+                         "align_corners=False, antialias=False)"}}
 
 
 def export_model(model: nn.Module, ckpt: CheckpointView, run_dir: str | os.PathLike, fmt: str = "torchscript",
@@ -68,7 +83,7 @@ def export_model(model: nn.Module, ckpt: CheckpointView, run_dir: str | os.PathL
         prog = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(prog, str(path))
     meta = {"classes": list(ckpt.classes), "names": list(ckpt.names), "mean": list(ckpt.mean),
-            "std": list(ckpt.std), "input_size": size,
+            "std": list(ckpt.std), "input_size": size, **resize_meta(ckpt.image_size, size),
             "input": "(B, 3, S, S) float32 RGB, x = (pixels / 255 - mean) / std; output: logits (B, classes)"}
     atomic_write_text(path.with_name(path.name + ".yaml"), yaml.safe_dump(meta, sort_keys=False))
     return path
@@ -169,7 +184,8 @@ def _export_onnx(model: nn.Module, ckpt: CheckpointView, path: Path, output: str
         "classes": list(ckpt.classes),  # wnids / folder names in the model's output order
         "names": list(ckpt.names),  # human-readable names, same order
         "input_name": "input",
-        "input_size": size,  # S: images are resized to S × S before preprocessing
+        "input_size": size,  # S: the graph takes S × S images (resized as "resize" says where the data differs)
+        **resize_meta(ckpt.image_size, size),
         "input_shape": ["batch", 3, size, size],
         "dtype": "float32",
         "layout": "NCHW",

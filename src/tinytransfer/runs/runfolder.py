@@ -28,6 +28,7 @@ from ..fsutil import PidLock, atomic_write_text
 
 __all__ = [
     "BEST_PT",
+    "COMPILE_JSON",
     "CONFIG_YAML",
     "AUTO_LR_JSON",
     "LAST_PT",
@@ -39,6 +40,7 @@ __all__ = [
     "load_model",
     "new_run_problem",
     "read_auto_lr",
+    "read_compile",
     "read_config",
     "read_run_meta",
     "new_run_id",
@@ -46,6 +48,7 @@ __all__ = [
     "run_dir_of",
     "same_run",
     "write_auto_lr",
+    "write_compile",
     "write_config",
     "write_lr_find",
 ]
@@ -64,16 +67,30 @@ PREDICTIONS_CSV = "predictions.csv"
 ANALYSIS_JSON = "analysis.json"
 REPORT_HTML = "report.html"
 AUTO_LR_JSON = "auto_lr.json"  # LR range tests of auto_lr phases: {"<phase, 1-based>": {recipe, chosen, curve, ...}}
+COMPILE_JSON = "compile.json"  # compiled runs: {"phases": [{phase, epochs, graphs, graph_breaks, compile_s, ...}]}
 # What a run leaves beside its checkpoints (outputs/: figures, Table 1, predictions, analysis, report, exports;
 # runs/tb.py: event files); a fresh start in the folder removes them, so none describes the previous run
 PREVIOUS_RUN_FILES = (
-    BEST_PT, LAST_PT, AUTO_LR_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
+    BEST_PT, LAST_PT, AUTO_LR_JSON, COMPILE_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
     "accuracy.png", "loss.png", "lr.png", "confusion_pairs.png", "confusion_matrix.png", "per_class.png",
     "mistakes.png", "model.torchscript.pt", "model.torchscript.pt.yaml", "model.pt2", "model.pt2.yaml",
     "model.onnx", "model.json",
 )
 PREVIOUS_RUN_GLOBS = ("featuremaps_*.png", "gradcam_*.png")
 PREVIOUS_RUN_DIRS = ("tensorboard",)
+
+
+def write_compile(run_dir: str | os.PathLike, phases: list[dict]) -> None:
+    """What torch.compile did in each phase so far (``training.compiling.CompileLog``), atomically."""
+    atomic_write_text(Path(run_dir) / COMPILE_JSON, json.dumps({"phases": phases}, indent=1) + "\n")
+
+
+def read_compile(run_dir: str | os.PathLike) -> list[dict]:
+    """The phases :func:`write_compile` recorded; [] where the run did not compile (or the file is unreadable)."""
+    try:
+        return list(json.loads((Path(run_dir) / COMPILE_JSON).read_text()).get("phases", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def run_dir_of(run: str | os.PathLike) -> Path:

@@ -27,17 +27,18 @@ from ..data.dataset import Dataset, Split
 from ..data.loader import DeviceLoader
 from ..data.mixing import make_mixer
 from ..models.freezing import check_trainable, set_trainable
+from ..models.heads import convert_sync_bn
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import CheckpointError, load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter, console_line
 from ..runs.runfolder import (BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_id,
                                new_run_problem, write_config)
 from ..runs.tb import TensorBoardLog, open_tensorboard
-from .compilestats import dynamo_counts, fell_back, since
+from .compiling import CompileLog, wrap_for_phase
 from .ema import start_ema
 from .parallel import Dist
 from .resumecheck import prepare_resume
-from .snapshot import checkpoint_state, rng_state, set_rng_state
+from .snapshot import checkpoint_state, model_weights, rng_state, set_rng_state
 from .steps import (
     Interrupted,
     NonFiniteLoss,
@@ -162,7 +163,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         writer.truncate_after(0)
     if cfg.sync_bn and dist.active:
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_bn(model)  # KerasBatchNorm1d keeps its variance rule over the global batch
         else:
             log.warning("sync_bn: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorm sees its own share")
     tb = open_tensorboard(run_dir, state.epoch) if cfg.tensorboard and rank == 0 else None
@@ -180,8 +181,9 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
                           drop_last=static, channels_last=channels_last)
     fused = device.type == "cuda"
+    compiles = CompileLog(run_dir, cfg.compile, write=dist.main)  # compile.json: per phase, whatever the verbosity
     # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
-    with StopOnSignal() as stop, AsyncCheckpointWriter() as saver:
+    with StopOnSignal() as stop, AsyncCheckpointWriter() as saver, _phase_cut(compiles):
         while state.phase < len(cfg.phases):
             phase = cfg.phases[state.phase]
             fresh_phase = state.phase_epoch == 0 and state.step == 0
@@ -192,7 +194,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 log.info("phase %d starts from the best weights so far (epoch %d, val %.4f)",
                          state.phase + 1, best["epoch"], best["best_acc"])
             set_trainable(model, phase.train)
-            net, eval_net = _wrap(model, cfg, dist)  # DDP over this phase's trainable parameters, then compile
+            net, eval_net = wrap_for_phase(model, cfg, dist)  # DDP over the trainable parameters, then compile
             optimizer = make_optimizer(model, phase, fused=fused)
             if not fresh_phase and resume is not None and resume.get("optimizer"):
                 optimizer.load_state_dict(resume["optimizer"])
@@ -206,15 +208,14 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 cfg = auto_lr_phase(model, loader, cfg, state.phase, run_dir, device=device, rank=rank,
                                     generators=(shuffle_gen, aug_gen))
                 phase = cfg.phases[state.phase]
-            compiled = [dynamo_counts()] if cfg.compile else []  # at the phase's start, after its first epoch
+            compiles.start(state.phase)
             while state.phase_epoch < phase.epochs:
                 if dist.active:  # per-rank streams that depend on (seed, rank, epoch) only: any N resumes exactly
                     torch.manual_seed(_stream_seed(cfg.seed, rank, state.epoch))
                     aug_gen.manual_seed(_stream_seed(cfg.seed + 1, rank, state.epoch))
                 row = _run_epoch(net, eval_net, loader, val_loader, optimizer, phase, state, cfg, device, stop,
                                  show_progress, dist, mix=mix, ema=ema, tb=tb)
-                if len(compiled) == 1:
-                    compiled.append(dynamo_counts())
+                compiles.epoch()
                 # the EMA weights count where they score better (best.pt then holds them)
                 use_ema = row.get("ema_val_acc") is not None and row["ema_val_acc"] > row["val_acc"]
                 score = row["ema_val_acc"] if use_ema else row["val_acc"]
@@ -237,9 +238,12 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     saves = []
                     if tb is not None:
                         tb.epoch(row)
+                    # each state dict taken once an epoch and shared: the writer copies each tensor to the host once
+                    weights = model_weights(model)
+                    ema_weights = model_weights(ema.module) if ema is not None else None
                     if improved:
-                        best_ckpt = checkpoint_state(ema.module if use_ema else model, optimizer, cfg, data, state, mean,
-                                                std)
+                        best_ckpt = checkpoint_state(ema.module if use_ema else model, optimizer, cfg, data, state,
+                                                     mean, std, weights=ema_weights if use_ema else weights)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
                         saves.append((best_ckpt, run_dir / BEST_PT))
                     # the row once best.pt is on disk (the report's headline is a model in the folder), before
@@ -250,9 +254,10 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
                         nxt.phase_best_acc = -1.0
-                    last_ckpt = checkpoint_state(model, None if done_phase else optimizer, cfg, data, nxt, mean, std)
+                    last_ckpt = checkpoint_state(model, None if done_phase else optimizer, cfg, data, nxt, mean, std,
+                                                 weights=weights)
                     if ema is not None and not done_phase:  # a resumed phase continues its EMA
-                        last_ckpt["ema"] = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+                        last_ckpt["ema"] = ema_weights
                     saves.append((last_ckpt, run_dir / LAST_PT))
                     saver.submit(saves)  # snapshot now, serialise + fsync + rename in the background
                     log.debug("checkpoint: %.3f s on the training thread so far", saver.blocked_s)
@@ -262,8 +267,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     break
                 if stop.signum is not None:
                     raise Interrupted(f"stopped by signal {stop.signum} after epoch {state.epoch}")
-            if len(compiled) == 2:
-                _log_compiles(state.phase, compiled[0], compiled[1])
+            compiles.end()
             state.phase += 1
             state.phase_epoch = 0
             state.step = 0
@@ -290,37 +294,14 @@ def _stream_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch) % 2**63
 
 
-def _wrap(model: nn.Module, cfg: RunConfig, dist: Dist) -> tuple[nn.Module, nn.Module]:
-    """(training net, evaluation net) for a phase: DistributedDataParallel over the trainable parameters where
-    several processes train (evaluation runs the raw model: no collectives per batch, shards may differ in
-    batches), then ``torch.compile`` where asked."""
-    net, eval_net = model, model
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    if cfg.compile:
-        import torch._dynamo as dynamo  # (a plain "import torch._dynamo" would make torch local to fit)
-
-        # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
-        dynamo.config.suppress_errors = True
-        try:
-            net = torch.compile(net, mode=cfg.compile_mode)
-            eval_net = net if not dist.active else torch.compile(model, mode=cfg.compile_mode)
-        except Exception as e:  # pragma: no cover - depends on the platform
-            log.warning("torch.compile failed (%s); running eager", e)
-    return net, eval_net
-
-
-def _log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]) -> None:
-    """One line a phase: what torch.compile did in it; a warning where compiled code fell back to eager."""
-    total, later = since(start), since(first_epoch)
-    frames = f", frames {total['frames_ok']}/{total['frames']} converted" if total.get("frames") else ""
-    log.info("torch.compile, phase %d: %d graphs compiled (%d after its first epoch)%s, %d graph breaks", phase + 1,
-             total.get("graphs", 0), later.get("graphs", 0), frames, total.get("graph_breaks", 0))
-    if fell_back(total):
-        log.warning("torch.compile fell back to eager in phase %d (%s): part of it ran uncompiled", phase + 1,
-                    total)
+@contextlib.contextmanager
+def _phase_cut(compiles: CompileLog):
+    """A phase left by an exception (a signal, a crash) still records its compile figures, marked incomplete."""
+    try:
+        yield
+    except BaseException:
+        compiles.end(complete=False)
+        raise
 
 
 def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
