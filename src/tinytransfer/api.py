@@ -270,6 +270,8 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
                      run_dir)
             run = Run(run_dir, device=cfg.device if not d.active else "cpu")
+            if d.main:
+                run.calibrate(data)  # the temperature of best.pt, fitted on val (outputs/calibration.py)
             if finish and d.main:
                 run.report(data=data)
     finally:

@@ -72,6 +72,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = run.evaluate(args.split, data=args.data, tta=args.tta)
     print(f"{args.split}: top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"({res['images']} images, checkpoint epoch {run.checkpoint.epoch}{', TTA' if args.tta else ''})")
+    print(f"{args.split}: NLL {res['nll_before']:.4f} -> {res['nll_after']:.4f}  ECE {res['ece_before']:.4f} -> "
+          f"{res['ece_after']:.4f}  (15 bins; before -> after temperature {res['temperature']:.4g})")
     return 0
 
 

@@ -38,6 +38,7 @@ from ..fsutil import atomic_write_text
 from ..runs.metricsfile import base_word, fmt_lr, read_metrics, table1_rows
 from ..runs.runfolder import read_auto_lr, read_config
 from . import plots
+from .calibration import calibration_section
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +410,7 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
                                            run_dir.resolve()) if s)
     nav = "".join(f'<a href="#{sid}">{_e(title)}</a>' for sid, title in (
         ("headline", "Result"), ("config", "Configuration"), ("summary", "Training summary"), ("curves", "Curves"),
-        ("final", "Final metrics"), ("errors", "Error analysis"), ("inside", "Inside the network"),
+        ("final", "Final metrics"), ("calibration", "Calibration"), ("errors", "Error analysis"), ("inside", "Inside the network"),
         ("predictions", "Predictions")))
     curves = "".join(_img_or_missing(run_dir, n, cap) for n, cap in (
         (plots.ACCURACY_PNG, "accuracy over epochs (train and validation)"),
@@ -423,6 +424,7 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
         _section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)),
         _section("curves", "Curves", curves),
         _section("final", "Final metrics", _final_section(rows, analysis, extra)),
+        _section("calibration", "Calibration", calibration_section(run_dir)),
         _section("errors", "Error analysis", _errors_section(run_dir, analysis)),
         _section("inside", "Inside the network", _inside_section(run_dir)),
         _section("predictions", "Predictions", _predictions_section(run_dir)),

@@ -155,6 +155,7 @@ class CheckpointView:
     image_size: int  # side the images were decoded at for training (pixels)
     epoch: int  # global epochs completed when it was written
     best_acc: float  # best validation top-1 so far (fraction; -1 when unknown)
+    temperature: float = 1.0  # softmax(logits / T): fitted on val after training ("temperature" key; 1 if absent)
 
     @property
     def input_size(self) -> int:
@@ -168,10 +169,14 @@ class CheckpointView:
     @classmethod
     def from_dict(cls, ckpt: Mapping, path: str | os.PathLike = "") -> "CheckpointView":
         cfg = from_dict(dict(ckpt["config"]))
+        t = float(ckpt.get("temperature", 1.0))
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature {t} is not a positive number")
         return cls(path=Path(path), raw=dict(ckpt), config=cfg, classes=tuple(ckpt["classes"]),
                    names=tuple(ckpt.get("names") or ckpt["classes"]), mean=tuple(ckpt["mean"]),
                    std=tuple(ckpt["std"]), image_size=int(ckpt.get("image_size") or cfg.model.input_size),
-                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)))
+                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)),
+                   temperature=t)
 
 
 def checkpoint_view(run: str | os.PathLike, which: str = "best") -> CheckpointView:
