@@ -12,8 +12,6 @@ and the ONNX export. :func:`plot_reliability` draws the diagram and :func:`calib
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import logging
 import math
@@ -29,6 +27,7 @@ from ..fsutil import atomic_write, atomic_write_text
 from ..runs.checkpoint import save_checkpoint
 from ..runs.runfolder import load_model
 from ..training.calibrate import calibration_summary, fit_temperature
+from . import htmlparts as hp
 from .predict import predict_logits
 
 __all__ = ["CALIBRATION_JSON", "RELIABILITY_PNG", "calibrate_run", "calibration_section", "plot_reliability",
@@ -124,25 +123,19 @@ def calibration_section(run_dir: str | os.PathLike) -> str:
     try:
         if not png.is_file():
             plot_reliability(s, png)
-        img = base64.b64encode(png.read_bytes()).decode("ascii")
-        figure = (f'<figure><img src="data:image/png;base64,{img}" alt="reliability diagram">'
-                  "<figcaption>reliability diagram, validation split</figcaption></figure>")
+        figure = hp.img(png, "reliability diagram, validation split, before and after temperature scaling")
     except (OSError, KeyError, TypeError, ValueError) as e:
         log.warning("report: reliability diagram: %s", e)
-        figure = ""
+        figure = hp.missing("reliability diagram")
 
     def num(v: object, fmt: str) -> str:
         return format(v, fmt) if isinstance(v, (int, float)) else "–"
 
-    rows = "".join(f"<tr><td>{label}</td><td class=\"num\">{num(s[k]['nll'], '.4f')}</td>"
-                   f"<td class=\"num\">{num(s[k]['ece'], '.4f')}</td>"
-                   f"<td class=\"num\">{num(s[k]['mean_confidence'], '.3f')}</td></tr>"
-                   for k, label in (("before", "before (T = 1)"), ("after", "after")))
-    intro = (f"<p>Temperature <b>T = {num(s.get('temperature'), '.4g')}</b>, fitted on {s.get('images', 0)} "
-             f"{html.escape(str(s.get('split', 'val')))} images by minimising the negative log-likelihood; "
-             "predictions divide the logits by T (top-1 unchanged, "
-             f"{num(100 * s['top1'] if isinstance(s.get('top1'), float) else None, '.2f')} %). "
-             "T &gt; 1: the network was over-confident; T &lt; 1: under-confident.</p>")
-    table = ('<div class="scroll"><table><thead><tr><th></th><th>NLL</th><th>ECE (15 bins)</th>'
-             f"<th>mean top-1 probability</th></tr></thead><tbody>{rows}</tbody></table></div>")
-    return intro + table + figure
+    rows = [(label, num(s[k]["nll"], ".4f"), num(s[k]["ece"], ".4f"), num(s[k]["mean_confidence"], ".3f"))
+            for k, label in (("before", "before (T = 1)"), ("after", "after"))]
+    intro = (f"<p>Temperature <b>T = {num(s.get('temperature'), '.4g')}</b>, fitted on {hp.esc(s.get('images', 0))} "
+             f"{hp.esc(s.get('split', 'val'))} images by minimising the negative log-likelihood; every probability "
+             f"tinytransfer gives (predictions.csv, predict, evaluate, the ONNX export) is softmax(logits / T). "
+             f"Top-1 does not change ({hp.pct(s.get('top1'))}). T &gt; 1: the network was over-confident; "
+             "T &lt; 1: under-confident.</p>")
+    return intro + hp.table(["", "NLL", "ECE (15 bins)", "mean top-1 probability"], rows, numeric=(1, 2, 3)) + figure
