@@ -337,7 +337,8 @@ def test_export_onnx_writes_model_and_sidecar_and_checks_parity(run, capsys):
     got = sess.run(None, {"input": _feed_from_sidecar(meta, images)})[0]
     ref = predict_arrays(run.model, images, run.ckpt)  # tinytransfer's own probabilities
     assert got.shape == (5, 3)
-    np.testing.assert_allclose(torch.from_numpy(got).softmax(1).numpy(), ref.numpy(), atol=1e-5)
+    calibrated = (torch.from_numpy(got) / meta["temperature"]).softmax(1)  # model.json says how
+    np.testing.assert_allclose(calibrated.numpy(), ref.numpy(), atol=1e-5)
 
 
 def test_export_onnx_probabilities_output(run, tmp_path):
