@@ -1,10 +1,14 @@
-"""Calibrated probabilities (issue 21): ``train`` fits a temperature on val into best.pt, and every probability
-tinytransfer gives divides the logits by it: Run.predict, predictions.csv, Run.evaluate, the ONNX export."""
+"""Issue 21 in a trained run: ``train`` fits a temperature on val into best.pt, and every probability tinytransfer
+gives divides the logits by it (Run.predict, predictions.csv, Run.evaluate, the ONNX export); ``train`` audits the
+data first (audit.json, the cross-split warning, the report's Data section) and so does ``tinytransfer audit``."""
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +17,9 @@ from conftest import write_tiny_tree
 
 import tinytransfer as tt
 from tinytransfer.cli import main
+from tinytransfer.data.audit import read_audit
 from tinytransfer.outputs.calibration import CALIBRATION_JSON, calibration_section
+from tinytransfer.outputs.datareport import DUPLICATES_PNG, data_section
 from tinytransfer.runs.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from tinytransfer.runs.runfolder import checkpoint_view
 from tinytransfer.training.calibrate import ece, nll
@@ -26,12 +32,33 @@ TINY = {
 T = 2.5  # a temperature far from whatever the fit gives, set by hand below
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def trained(tmp_path_factory):
+    """A tiny run whose test split holds an exact copy of a train image (for the audit), and its warnings."""
     base = tmp_path_factory.mktemp("calib")
     tree = write_tiny_tree(base / "tree", n_classes=3, train_per_class=10, n_val=6, n_test=4, size=32, n_odd_size=0)
-    r = tt.train("vgg16-paper", tree, out=base / "run", overrides=TINY, seed=2, finish=False, verbose=False)
-    return r, tree
+    shutil.copyfile(tree / "train" / "n00000001" / "images" / "n00000001_3.JPEG", tree / "test" / "images" / "leak.JPEG")
+    records = _Records()
+    logging.getLogger("tinytransfer").addHandler(records)
+    try:
+        r = tt.train("vgg16-paper", tree, out=base / "run", overrides=TINY, seed=2, finish=False, verbose=False)
+    finally:
+        logging.getLogger("tinytransfer").removeHandler(records)
+    return r, tree, records.lines
+
+
+@pytest.fixture
+def run(trained):
+    return trained[0], trained[1]
 
 
 def _set_temperature(run_dir, t: float) -> None:
@@ -79,6 +106,7 @@ def test_the_temperature_is_applied_everywhere(run, tmp_path):
     assert main(["predict", str(r.dir), *map(str, files), "--out", str(out)]) == 0
     with open(out, newline="") as f:
         rows = list(csv.DictReader(f))
+    assert [Path(row["file"]).name for row in rows] == [f.name for f in files]
     assert [float(row["prob"]) for row in rows] == pytest.approx(want.max(1).values.tolist(), abs=1e-5)
     # Run.evaluate: NLL and ECE before (T = 1) and after (T)
     val = sorted((tree / "val" / "images").iterdir())
@@ -126,3 +154,28 @@ def test_report_section_shows_before_and_after(run):
     page = calibration_section(r.dir)
     assert "ECE (15 bins)" in page and "data:image/png;base64," in page and "before (T = 1)" in page
     assert "No calibration" in calibration_section(r.dir / "nowhere")
+
+
+def test_train_audits_the_data_before_the_first_epoch(trained):
+    r, _, lines = trained
+    warn = [x for x in lines if x.startswith("data audit:")]
+    assert warn == ["data audit: 1 duplicate pair across splits (1 exact, 0 near; train-test 1): validation and "
+                    "test scores may be inflated; see audit.json"]
+    audit = read_audit(r.dir)
+    (pair,) = audit["exact_duplicates"]["pairs"]
+    assert {pair["a"]["file"], pair["b"]["file"]} == {"train/n00000001/images/n00000001_3.JPEG", "test/images/leak.JPEG"}
+    assert (r.dir / DUPLICATES_PNG).is_file()
+    page = data_section(r.dir)
+    assert "1 duplicate pair across splits" in page and "data:image/png;base64," in page and "leak.JPEG" in page
+    assert "data audit" in data_section(r.dir / "nowhere")  # no audit.json: "not produced"
+
+
+def test_audit_command_writes_beside_the_dataset_or_out(trained, tmp_path, capsys):
+    _, tree, _ = trained
+    assert main(["audit", str(tree)]) == 0
+    out = capsys.readouterr().out
+    assert "exact duplicate pairs 1 (0 within train, 1 across splits)" in out and "data audit: 1 duplicate" in out
+    assert read_audit(tree / "audit.json")["cross_split_pairs"] == 1
+    assert main(["audit", str(tree), "--out", str(tmp_path / "a.json")]) == 0
+    assert read_audit(tmp_path / "a.json")["splits"]["train"]["images"] == 30
+    assert main(["audit", str(tmp_path / "missing")]) == 2  # one line, no traceback
