@@ -179,3 +179,4 @@ def test_audit_command_writes_beside_the_dataset_or_out(trained, tmp_path, capsy
     assert main(["audit", str(tree), "--out", str(tmp_path / "a.json")]) == 0
     assert read_audit(tmp_path / "a.json")["splits"]["train"]["images"] == 30
     assert main(["audit", str(tmp_path / "missing")]) == 2  # one line, no traceback
+    assert tt.audit(tree, tmp_path / "b.json")["cross_split_pairs"] == 1  # the API the command calls

@@ -45,6 +45,8 @@ def calibrate_run(run_dir: str | os.PathLike, data: Dataset, *, device: str | to
     run_dir = Path(run_dir)
     if data.val is None or not len(data.val):
         log.info("no validation split: probabilities are left uncalibrated (temperature 1)")
+        for stale in (CALIBRATION_JSON, RELIABILITY_PNG):  # an earlier run's, in a folder trained over
+            (run_dir / stale).unlink(missing_ok=True)
         return None
     model, view = load_model(run_dir, "best", device=device)
     logits = predict_logits(model, data.val.images, view, device=device,
