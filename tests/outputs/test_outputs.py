@@ -109,7 +109,10 @@ def test_predict_arrays_probabilities(run):
     std = torch.tensor(run.ckpt.std).view(1, 3, 1, 1)
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
-        assert torch.allclose(probs, run.model.eval()(x).softmax(dim=1), atol=1e-5)
+        logits = run.model.eval()(x)
+        assert torch.allclose(probs, (logits / run.ckpt.temperature).softmax(dim=1), atol=1e-5)  # calibrated
+        raw = predict_arrays(run.model, images, run.ckpt, temperature=1.0)
+        assert torch.allclose(raw, logits.softmax(dim=1), atol=1e-5)
     assert torch.allclose(predict_arrays(run.model, images, run.ckpt, batch_size=2), probs, atol=1e-6)
     rows = top_k_rows([f"img{i}" for i in range(7)], probs, run.classes, list(run.ckpt.names))
     for row, p in zip(rows, probs):
