@@ -30,8 +30,8 @@ from torch import nn
 
 from .config import RunConfig, from_dict, list_recipes, to_dict
 from .models.backbones import BACKBONES, TIMM_PREFIX, model_from_config
-from .outputs.datareport import audit_for_run
 from .models.backbones import create_model as _create_model_impl
+from .outputs.datareport import audit_for_run
 from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
 from .runs.checkpoint import load_checkpoint
 from .runs.runfolder import CONFIG_YAML, LAST_PT

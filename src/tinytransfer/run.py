@@ -289,11 +289,11 @@ def _predictions(files: list[str], probs: torch.Tensor, classes: list[str], name
     return out
 
 
-
 @torch.no_grad()
 def _scores(model: nn.Module, part: Split, view: CheckpointView, device: torch.device, batch_size: int,
             tta: bool) -> dict:
-    """Run.evaluate's figures from one pass over the split's logits (each TTA view's probabilities averaged)."""
+    """Run.evaluate's figures from one pass over the split's logits. With TTA the views' probabilities are averaged,
+    tempered ones for top-k and "after" (as ``predict --tta`` gives them), raw ones for ``loss`` and "before"."""
     from .outputs.predict import logit_views
     from .training.calibrate import ece, nll
 
