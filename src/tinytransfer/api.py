@@ -257,7 +257,7 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                 torch.distributed.broadcast_object_list(box, src=0)
                 ckpt = box[0]
             if d.main:  # audit.json, duplicates.png and the cross-split warning, before the first epoch
-                audit_for_run(data, run_dir, workers=cfg.data.workers)
+                audit_for_run(data, run_dir, cfg=cfg, resuming=ckpt is not None, force=force, workers=cfg.data.workers)
             log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
             state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, force=force)
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,

@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from ..config import RunConfig
 from ..data.audit import AUDIT_JSON, audit_dataset, read_audit, warning_line, write_audit
 from ..data.dataset import Dataset
 from ..data.decode import DataError
 from ..fsutil import atomic_write
-from ..runs.runfolder import RunLock
+from ..runs.runfolder import RunLock, new_run_problem
 from . import htmlparts as hp
 
 __all__ = ["DUPLICATES_PNG", "MAX_SHOWN_PAIRS", "audit_for_run", "data_section", "plot_duplicate_pairs"]
@@ -30,25 +31,29 @@ DUPLICATES_PNG = "duplicates.png"  # thumbnails of the first MAX_SHOWN_PAIRS dup
 MAX_SHOWN_PAIRS = 12
 
 
-def audit_for_run(data: Dataset, run_dir: str | os.PathLike, *, workers: int = 2) -> dict:
-    """Audit ``data`` (original sizes from the headers of every file), write ``audit.json`` and ``duplicates.png``
-    into ``run_dir`` under its lock, and log the one-line warning when splits share images."""
+def audit_for_run(data: Dataset, run_dir: str | os.PathLike, *, cfg: RunConfig | None = None, resuming: bool = False,
+                  force: bool = False, workers: int = 2) -> dict:
+    """Audit ``data`` (original sizes from the headers of every file), log the one-line warning when splits share
+    images, and write ``audit.json`` and ``duplicates.png`` into ``run_dir`` under its lock, unless the folder
+    holds another run that ``fit`` is about to refuse (``cfg`` given, not ``resuming`` nor ``force``)."""
     audit = audit_dataset(data, workers=workers)
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with RunLock(run_dir):  # a live run in this folder makes this fail as fit would, before anything is written
-        write_audit(audit, run_dir / AUDIT_JSON)
-        pairs = audit["exact_duplicates"]["pairs"] + audit["near_duplicates"]["pairs"]
-        if pairs:
-            plot_duplicate_pairs(pairs, data, run_dir / DUPLICATES_PNG)
-        else:
-            (run_dir / DUPLICATES_PNG).unlink(missing_ok=True)
     line = warning_line(audit)
     if line:
         log.warning("%s", line)
     log.info("data audit in %.1f s: %d exact and %d near duplicate pairs, grayscale %.1f %%, imbalance %s",
              audit["seconds"], audit["exact_duplicates"]["pairs_total"], audit["near_duplicates"]["pairs_total"],
              100 * audit["grayscale_share"], audit["imbalance_ratio"])
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with RunLock(run_dir, force=force):  # a live run in this folder fails this as it fails fit, before any write
+        if cfg is not None and not resuming and not force and new_run_problem(run_dir, cfg):
+            return audit  # another run's folder: fit refuses it next, with the reason
+        write_audit(audit, run_dir / AUDIT_JSON)
+        pairs = audit["exact_duplicates"]["pairs"] + audit["near_duplicates"]["pairs"]
+        if pairs:
+            plot_duplicate_pairs(pairs, data, run_dir / DUPLICATES_PNG)
+        else:
+            (run_dir / DUPLICATES_PNG).unlink(missing_ok=True)
     return audit
 
 

@@ -68,7 +68,7 @@ PREVIOUS_RUN_FILES = (
     BEST_PT, LAST_PT, AUTO_LR_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
     "accuracy.png", "loss.png", "lr.png", "confusion_pairs.png", "confusion_matrix.png", "per_class.png",
     "mistakes.png", "model.torchscript.pt", "model.torchscript.pt.yaml", "model.pt2", "model.pt2.yaml",
-    "model.onnx", "model.json",
+    "model.onnx", "model.json", "calibration.json", "reliability.png",
 )
 PREVIOUS_RUN_GLOBS = ("featuremaps_*.png", "gradcam_*.png")
 PREVIOUS_RUN_DIRS = ("tensorboard",)
