@@ -145,10 +145,13 @@ def test_load_names_the_missing_folder(tmp_path):
 
 
 def test_readme_example_runs(tree, tmp_path, monkeypatch):
-    """The README's notebook example, run as written but on the small generated tree instead of the digits."""
+    """The README's worked example in Python ("### From Python"), run as written but on the small generated tree
+    instead of the digits."""
     text = README.read_text()
-    block = re.search(r"```python\n(import tinytransfer as tt\n.*?)```", text, re.S)
-    assert block, "README has no python example starting with 'import tinytransfer as tt'"
+    section = re.search(r"^### From Python\n(.*?)(?=^#)", text, re.S | re.M)
+    assert section, "README has no '### From Python' section"
+    block = re.search(r"```python\n(import tinytransfer as tt\n.*?)```", section.group(1), re.S)
+    assert block, "README's From Python section has no example starting with 'import tinytransfer as tt'"
     code = block.group(1).replace('"data/digits', '"' + str(tree))
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
