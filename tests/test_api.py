@@ -101,7 +101,8 @@ def test_run_predict_inputs_equal_cli_predict(runs, tree, tmp_path, capsys):
 def test_run_evaluate_equals_cli_evaluate(runs, capsys):
     run, cli_dir = runs
     res = run.evaluate("val")
-    assert set(res) == {"top1", "top5", "loss", "images"} and res["images"] == 6
+    assert set(res) == {"top1", "top5", "loss", "images", "temperature", "nll_before", "nll_after", "ece_before",
+                        "ece_after"} and res["images"] == 6
     capsys.readouterr()
     assert main(["evaluate", str(run.dir)]) == 0
     line = capsys.readouterr().out

@@ -31,6 +31,7 @@ from torch import nn
 from .config import RunConfig, from_dict, list_recipes, to_dict
 from .models.backbones import BACKBONES, TIMM_PREFIX, model_from_config
 from .models.backbones import create_model as _create_model_impl
+from .outputs.datareport import audit_for_run
 from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
 from .runs.checkpoint import load_checkpoint
 from .runs.runfolder import CONFIG_YAML, LAST_PT, new_run_problem
@@ -40,6 +41,7 @@ from .training.steps import Interrupted, resolve_device
 
 __all__ = [
     "Prediction",
+    "audit",
     "resolve_config",
     "Run",
     "UserError",
@@ -260,11 +262,15 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                 box = [ckpt]
                 torch.distributed.broadcast_object_list(box, src=0)
                 ckpt = box[0]
+            if d.main:  # audit.json, duplicates.png and the cross-split warning, before the first epoch
+                audit_for_run(data, run_dir, cfg=cfg, resuming=ckpt is not None, force=force, workers=cfg.data.workers)
             log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
             state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, force=force)
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
                      run_dir)
             run = Run(run_dir, device=cfg.device if not d.active else "cpu")
+            if d.main:
+                run.calibrate(data)  # the temperature of best.pt, fitted on val (outputs/calibration.py)
             if finish and d.main:
                 _finish(run, data)
     except (Interrupted, KeyboardInterrupt) as e:
@@ -325,6 +331,25 @@ def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", dat
     folder.mkdir(parents=True, exist_ok=True)
     write_lr_find(folder, res)
     plot_lr_find(res, folder / "lr_find.png")
+    return res
+
+
+def audit(data: str | os.PathLike, out: str | os.PathLike | None = None, *, val_mode: str = "official",
+          holdout_per_class: int = 50, workers: int = 2) -> dict:
+    """The data audit of a dataset folder (docs/audit.md), from its uint8 cache (built on the first use, unreadable
+    files skipped and listed): written to ``out`` (default ``<data>/audit.json``) and returned as a dict."""
+    from .data.audit import AUDIT_JSON, audit_dataset, write_audit
+    from .data.dataset import load_dataset
+
+    ds = load_dataset(data, val_mode=val_mode, holdout_per_class=holdout_per_class, skip_bad_images=True,
+                      workers=workers)
+    res = audit_dataset(ds, workers=workers)
+    path = Path(out) if out else Path(ds.root) / AUDIT_JSON
+    try:
+        write_audit(res, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the audit ({e.strerror or e}); choose another place with out=") from None
+    res["path"] = str(path)
     return res
 
 

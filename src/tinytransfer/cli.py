@@ -96,6 +96,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     res = run.evaluate(args.split, data=args.data, tta=args.tta)
     print(f"{args.split}: top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"({res['images']} images, checkpoint epoch {run.checkpoint.epoch}{', TTA' if args.tta else ''})")
+    print(f"{args.split}: NLL {res['nll_before']:.4f} -> {res['nll_after']:.4f}  ECE {res['ece_before']:.4f} -> "
+          f"{res['ece_after']:.4f}  (15 bins; before -> after temperature {res['temperature']:.4g})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .data.audit import warning_line
+
+    a = api.audit(args.data, args.out, val_mode=args.val_mode, holdout_per_class=args.holdout, workers=args.workers)
+    ex, ne = a["exact_duplicates"], a["near_duplicates"]
+    print(f"{a['root']}: {a['images']} images ("
+          + ", ".join(f"{n} {v['images']}" for n, v in a["splits"].items()) + f"), {len(a['classes'])} classes")
+    print(f"  imbalance ratio {a['imbalance_ratio']}, empty classes {len(a['empty_classes'])}, grayscale "
+          f"{100 * a['grayscale_share']:.1f} %, unreadable files skipped {len(a['skipped'])}")
+    print(f"  exact duplicate pairs {ex['pairs_total']} ({ex['within_train']} within train, {ex['cross_split']} "
+          f"across splits); near {ne['pairs_total']} ({ne['within_train']} within train, {ne['cross_split']} across)")
+    line = warning_line(a)
+    if line:
+        print(f"  {line}")
+    print(f"  {a['seconds']:.1f} s; {a['path']}")
     return 0
 
 
@@ -241,6 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true", help="average over flipped and shifted views")
     e.add_argument("--device")
     e.set_defaults(func=cmd_evaluate)
+
+    au = sub.add_parser("audit", help="class counts, sizes, grayscale, unreadable files, exact and near duplicates")
+    au.add_argument("data", help="dataset folder")
+    au.add_argument("--out", help="where audit.json goes (default DATA/audit.json)")
+    au.add_argument("--val-mode", choices=("official", "holdout"), default="official")
+    au.add_argument("--holdout", type=int, default=50, help="images a class held out for val (holdout mode)")
+    au.add_argument("--workers", type=int, default=2, help="processes decoding and reading headers")
+    au.set_defaults(func=cmd_audit)
 
     d = sub.add_parser("download", help="download and safely extract Tiny ImageNet")
     d.add_argument("dataset", choices=("tiny-imagenet",))

@@ -3,6 +3,7 @@ what both it and training need: the configuration a recipe resolves to and the d
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,7 @@ from .runs.runfolder import (
     read_config,
     run_dir_of,
 )
-from .training.engine import split_loader
 from .training.metrics import topk_correct
-from .training.steps import evaluate as evaluate_loader
 from .training.steps import resolve_device
 
 __all__ = ["Prediction", "Run", "UserError", "load", "load_data", "read_run_config", "resolve_config"]
@@ -191,8 +190,10 @@ class Run:
         return _predictions(files, probs, self.classes, self.names)
 
     def evaluate(self, split: str = "val", data: str | os.PathLike | None = None, tta: bool = False) -> dict:
-        """``{"top1", "top5", "loss", "images"}`` of the checkpoint on a split of the run's dataset (``data``: the
-        dataset's new place, if it moved)."""
+        """``{"top1", "top5", "loss", "images", "temperature", "nll_before", "nll_after", "ece_before",
+        "ece_after"}`` of the checkpoint on a split of the run's dataset (``data``: the dataset's new place, if it
+        moved). ``loss`` is the raw network's (T = 1) cross-entropy; NLL and ECE (15 bins) are given without
+        (before) and with (after) the checkpoint's temperature; top-1 and top-5 do not depend on it."""
         cfg = self.checkpoint.config
         if data is not None:
             cfg = resolve_config(cfg, data)
@@ -205,18 +206,17 @@ class Run:
         if (np.asarray(part.labels) < 0).any():
             raise UserError(f"{cfg.data.root}: the {split} split is unlabelled, so it has no accuracy to measure; "
                             f"evaluate val or train, or predict {split}")
-        if tta:
-            from .outputs.predict import predict_arrays
+        return _scores(self.model, part, self.checkpoint, self.device, cfg.eval_batch_size, tta)
 
-            probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=True)
-            y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
-            c1, c5 = (int(c) for c in topk_correct(probs, y, (1, 5)))
-            return {"top1": c1 / len(y), "top5": c5 / len(y),
-                    "loss": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
-                    "images": len(y)}
-        res = evaluate_loader(self.model, split_loader(part, cfg, self.model, self.device), device=self.device,
-                              amp=cfg.amp)
-        return {"top1": res["acc"], "top5": res["top5"], "loss": res["loss"], "images": res["n"]}
+    def calibrate(self, data: Dataset | None = None) -> dict | None:
+        """Fit the temperature of ``best.pt`` on the validation split (stored in the checkpoint, summary in
+        ``calibration.json``); ``train`` does this after the last epoch. Returns the summary (None: no val split)."""
+        from .outputs.calibration import calibrate_run
+
+        summary = calibrate_run(self.dir, data if data is not None else load_data(self.checkpoint.config),
+                                device=self.device)
+        self._model = self._view = None  # reload: the checkpoint now holds the temperature
+        return summary
 
     def predict_split(self, split: str = "test", out: str | os.PathLike | None = None,
                       data: str | os.PathLike | None = None, tta: bool = False) -> tuple[Path, list[Prediction]]:
@@ -302,3 +302,24 @@ def _predictions(files: list[str], probs: torch.Tensor, classes: list[str], name
                               top5=tuple((classes[j], float(p)) for j, p in zip(idx, ps))))
     return out
 
+
+@torch.no_grad()
+def _scores(model: nn.Module, part: Split, view: CheckpointView, device: torch.device, batch_size: int,
+            tta: bool) -> dict:
+    """Run.evaluate's figures from one pass over the split's logits. With TTA the views' probabilities are averaged,
+    tempered ones for top-k and "after" (as ``predict --tta`` gives them), raw ones for ``loss`` and "before"."""
+    from .outputs.predict import logit_views
+    from .training.calibrate import ece, nll
+
+    t = view.temperature
+    logp: dict[float, list[torch.Tensor]] = {1.0: [], t: []}
+    for views in logit_views(model, part.images, view, device, batch_size, tta):
+        for temp in {1.0, t}:  # log of the mean probability over the views
+            lp = torch.stack([torch.log_softmax(z.double() / temp, dim=1) for z in views])
+            logp[temp].append(torch.logsumexp(lp, dim=0) - math.log(len(views)))
+    before, after = torch.cat(logp[1.0]), torch.cat(logp[t])
+    y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
+    c1, c5 = (int(c) for c in topk_correct(after, y, (1, 5)))
+    nll0, nll1 = nll(before, y), nll(after, y)
+    return {"top1": c1 / len(y), "top5": c5 / len(y), "loss": nll0, "images": len(y), "temperature": t,
+            "nll_before": nll0, "nll_after": nll1, "ece_before": ece(before, y), "ece_after": ece(after, y)}

@@ -28,8 +28,8 @@ from ..data.augment import make_transform
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from ..runs.runfolder import CheckpointView
 
-__all__ = ["EXPORT_FORMATS", "ONNX_OUTPUTS", "ONNX_PARITY_TOL", "ExportError", "export_model", "onnx_parity",
-           "resize_meta", "sample_images"]
+__all__ = ["EXPORT_FORMATS", "ONNX_OUTPUTS", "ONNX_PARITY_TOL", "ExportError", "Temperature", "export_model",
+           "onnx_parity", "resize_meta", "sample_images"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,17 @@ ONNX_OUTPUTS = ("logits", "probabilities")  # what the ONNX graph returns
 ONNX_PARITY_TOL = 1e-4  # max |onnxruntime − PyTorch| over the sample images' outputs
 ONNX_OPSET = 17
 _SUFFIX = {"torchscript": ".torchscript.pt", "torch-export": ".pt2", "onnx": ".onnx"}
+
+
+class Temperature(nn.Module):
+    """``logits / T``: the fitted temperature (calibration), as a graph node before the exported softmax."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.register_buffer("inv_t", torch.tensor(1.0 / t, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.inv_t
 
 
 class ExportError(ValueError):
@@ -84,7 +95,9 @@ def export_model(model: nn.Module, ckpt: CheckpointView, run_dir: str | os.PathL
         torch.export.save(prog, str(path))
     meta = {"classes": list(ckpt.classes), "names": list(ckpt.names), "mean": list(ckpt.mean),
             "std": list(ckpt.std), "input_size": size, **resize_meta(ckpt.image_size, size),
-            "input": "(B, 3, S, S) float32 RGB, x = (pixels / 255 - mean) / std; output: logits (B, classes)"}
+            "temperature": float(ckpt.temperature),
+            "input": "(B, 3, S, S) float32 RGB, x = (pixels / 255 - mean) / std; output: logits (B, classes); "
+                     "calibrated probabilities = softmax(logits / temperature)"}
     atomic_write_text(path.with_name(path.name + ".yaml"), yaml.safe_dump(meta, sort_keys=False))
     return path
 
@@ -144,7 +157,7 @@ def onnx_parity(onnx_model: bytes | str | os.PathLike, torch_model: nn.Module, m
         x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float()  # (N, 3, S, S) 0..255
         ref = torch_model.eval()(tf(x, None)).float()
         if meta["output"] == "probabilities":
-            ref = ref.softmax(dim=1)
+            ref = (ref / float(meta.get("temperature", 1.0))).softmax(dim=1)
     return float(np.abs(got - ref.numpy()).max())
 
 
@@ -176,7 +189,8 @@ def _export_onnx(model: nn.Module, ckpt: CheckpointView, path: Path, output: str
     if output not in ONNX_OUTPUTS:
         raise ValueError(f"ONNX output {output!r}: not one of {', '.join(ONNX_OUTPUTS)}")
     size = ckpt.input_size
-    net = nn.Sequential(model, nn.Softmax(dim=1)).eval() if output == "probabilities" else model
+    t = float(ckpt.temperature)
+    net = nn.Sequential(model, Temperature(t), nn.Softmax(dim=1)).eval() if output == "probabilities" else model
     data = _onnx_bytes(net, size, output)
     meta = {
         "format": "tinytransfer-onnx/1",
@@ -196,6 +210,8 @@ def _export_onnx(model: nn.Module, ckpt: CheckpointView, path: Path, output: str
         "preprocess": "x = (pixels * scale - mean) / std per channel, pixels 0..255 RGB, then HWC → CHW",
         "output_name": output,
         "output": output,  # "logits" (apply softmax yourself) or "probabilities" (softmax inside the graph)
+        "temperature": t,  # calibrated probabilities = softmax(logits / temperature); inside the graph for
+        # "probabilities", to apply yourself to "logits"
         "output_shape": ["batch", len(ckpt.classes)],
         "opset": ONNX_OPSET,
         "parity": None,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ from ..data.augment import flips, make_transform
 from ..data.decode import IMAGE_EXTENSIONS, DataError, decode_image, to_rgb
 from ..runs.runfolder import CheckpointView
 
-__all__ = ["IMAGE_SUFFIXES", "check_tensor_batch", "collect_images", "gather_images", "predict_arrays", "printable", "read_image", "top_k_rows",
-           "tta_views", "write_predictions"]
+__all__ = ["IMAGE_SUFFIXES", "check_tensor_batch", "collect_images", "gather_images", "logit_views", "predict_arrays",
+           "predict_logits", "printable", "read_image", "top_k_rows", "tta_views", "write_predictions"]
 
 log = logging.getLogger(__name__)
 
@@ -134,24 +134,42 @@ def tta_views(x: torch.Tensor, flip: bool) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_arrays(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: CheckpointView, *,
-                   device: torch.device | str = "cpu", batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+                   device: torch.device | str = "cpu", batch_size: int = 256, tta: bool = False,
+                   temperature: float | None = None) -> torch.Tensor:
     """Softmax probabilities (N, classes) float32 on the CPU for uint8 images (N, H, W, 3), or a (N, 3, H, W)
-    tensor in pixel units, no augmentation; ``tta`` averages the probabilities of :func:`tta_views`."""
+    tensor in pixel units, no augmentation; ``tta`` averages the probabilities of :func:`tta_views`. The logits are
+    divided by the checkpoint's fitted temperature (``temperature``: another one, 1.0 for the raw softmax)."""
+    t = ckpt.temperature if temperature is None else float(temperature)
+    out = [sum((z / t).softmax(dim=1) for z in views) / len(views)
+           for views in logit_views(model, images, ckpt, device, batch_size, tta)]
+    if not out:
+        return torch.zeros(0, len(ckpt.classes))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: CheckpointView, *,
+                   device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """The raw logits (N, classes) float32 on the CPU (no temperature, no augmentation) of what
+    :func:`predict_arrays` takes: what the temperature is fitted on and calibration is scored on."""
+    out = [views[0] for views in logit_views(model, images, ckpt, device, batch_size, False)]
+    return torch.cat(out) if out else torch.zeros(0, len(ckpt.classes))
+
+
+def logit_views(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: CheckpointView,
+                device: torch.device | str, batch_size: int, tta: bool) -> Iterator[list[torch.Tensor]]:
+    """Per batch of ``images``, the raw float32 CPU logits (B, classes) of each view: one view, or with ``tta`` those
+    of :func:`tta_views`. Call under ``torch.no_grad()``."""
     tf = make_transform("none", ckpt.mean, ckpt.std, input_size=ckpt.input_size)
     mirror = flips(ckpt.config.data.augment)  # a mirrored view only where training mirrored images
     model.eval()
-    out = []
     for i in range(0, len(images), batch_size):
         if isinstance(images, torch.Tensor):
             x = images[i : i + batch_size].to(device).float()  # (B, 3, H, W) 0..255
         else:
             x = torch.from_numpy(np.array(images[i : i + batch_size])).to(device).permute(0, 3, 1, 2).float()
         views = tta_views(x, mirror) if tta else [x]
-        p = sum(model(tf(v, None)).float().softmax(dim=1) for v in views) / len(views)
-        out.append(p.cpu())
-    if not out:
-        return torch.zeros(0, len(ckpt.classes))
-    return torch.cat(out)
+        yield [model(tf(v, None)).float().cpu() for v in views]
 
 
 def top_k_rows(files: list[str], probs: torch.Tensor, classes: list[str], names: list[str], k: int = 5) -> list[dict]:

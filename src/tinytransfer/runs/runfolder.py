@@ -11,6 +11,7 @@ import csv
 import io
 import json
 import logging
+import math
 import os
 import shutil
 import uuid
@@ -22,9 +23,9 @@ import torch
 import yaml
 from torch import nn
 
-from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 from ..config import RunConfig, from_dict, to_dict
 from ..fsutil import PidLock, atomic_write_text
+from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
 
 __all__ = [
     "BEST_PT",
@@ -74,7 +75,7 @@ PREVIOUS_RUN_FILES = (
     BEST_PT, LAST_PT, AUTO_LR_JSON, COMPILE_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
     "accuracy.png", "loss.png", "lr.png", "confusion_pairs.png", "confusion_matrix.png", "per_class.png",
     "mistakes.png", "model.torchscript.pt", "model.torchscript.pt.yaml", "model.pt2", "model.pt2.yaml",
-    "model.onnx", "model.json",
+    "model.onnx", "model.json", "calibration.json", "reliability.png",
 )
 PREVIOUS_RUN_GLOBS = ("featuremaps_*.png", "gradcam_*.png")
 PREVIOUS_RUN_DIRS = ("tensorboard",)
@@ -265,6 +266,7 @@ class CheckpointView:
     image_size: int  # side the images were decoded at for training (pixels)
     epoch: int  # global epochs completed when it was written
     best_acc: float  # best validation top-1 so far (fraction; -1 when unknown)
+    temperature: float = 1.0  # softmax(logits / T): fitted on val after training ("temperature" key; 1 if absent)
 
     @property
     def input_size(self) -> int:
@@ -278,10 +280,14 @@ class CheckpointView:
     @classmethod
     def from_dict(cls, ckpt: Mapping, path: str | os.PathLike = "") -> "CheckpointView":
         cfg = from_dict(dict(ckpt["config"]))
+        t = float(ckpt.get("temperature", 1.0))
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature {t} is not a positive number")
         return cls(path=Path(path), raw=dict(ckpt), config=cfg, classes=tuple(ckpt["classes"]),
                    names=tuple(ckpt.get("names") or ckpt["classes"]), mean=tuple(ckpt["mean"]),
                    std=tuple(ckpt["std"]), image_size=int(ckpt.get("image_size") or cfg.model.input_size),
-                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)))
+                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)),
+                   temperature=t)
 
 
 def checkpoint_view(run: str | os.PathLike, which: str = "best") -> CheckpointView:
