@@ -22,6 +22,7 @@ from ..data.decode import DataError
 from ..fsutil import atomic_write
 from ..runs.runfolder import RunLock, new_run_problem
 from . import htmlparts as hp
+from .predict import printable
 
 __all__ = ["DUPLICATES_PNG", "MAX_SHOWN_PAIRS", "audit_for_run", "data_section", "plot_duplicate_pairs"]
 
@@ -73,7 +74,7 @@ def plot_duplicate_pairs(pairs: list[dict], data: Dataset, path: str | os.PathLi
             ax = axes[k // 2][2 * (k % 2) + s]
             if split is not None and side["index"] < len(split):
                 ax.imshow(np.asarray(split.images[side["index"]]), interpolation="nearest")
-            name = os.path.basename(side["file"])
+            name = printable(os.path.basename(side["file"]))  # a name that is not UTF-8: its bytes escaped
             ax.set_title(f"{side['split']}: {name[:22]}\n{side['label'] or 'unlabelled'}"
                          + (f"\n{p['kind']}" + (f" r={p['correlation']:.3f}" if p["kind"] == "near" else "")
                             if s == 0 else "\n"), fontsize=7)
@@ -113,7 +114,8 @@ def data_section(run_dir: str | os.PathLike) -> str:
     warn = f'<p class="missing"><b>{hp.esc(line)}</b></p>' if line else ""
     listed = sorted(ex["pairs"] + ne["pairs"], key=lambda p: not p["cross_split"])[:20]
     table = hp.table(["kind", "first", "second", "labels", "correlation", "RMS"],
-                     [(p["kind"], f"{p['a']['split']}: {p['a']['file']}", f"{p['b']['split']}: {p['b']['file']}",
+                     [(p["kind"], f"{p['a']['split']}: {printable(p['a']['file'])}",
+                       f"{p['b']['split']}: {printable(p['b']['file'])}",
                        f"{p['a']['label'] or '–'} / {p['b']['label'] or '–'}", p.get("correlation", 1.0),
                        p.get("rms", 0.0)) for p in listed], numeric=(4, 5)) if listed else ""
     png = run_dir / DUPLICATES_PNG
