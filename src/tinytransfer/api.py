@@ -15,6 +15,7 @@ tt.load("runs/digits").predict("a_folder/")
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -34,6 +35,7 @@ from .models.backbones import create_model as _create_model_impl
 from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
 from .runs.checkpoint import load_checkpoint
 from .runs.runfolder import CONFIG_YAML, LAST_PT
+from .training.budget import unplanned
 from .training.engine import fit
 from .training.parallel import barrier, launch, setup, teardown, world
 from .training.steps import resolve_device
@@ -85,6 +87,8 @@ def _same_run(stored: dict, cfg: RunConfig) -> bool:
     """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
     wrote there."""
     new = to_dict(cfg)
+    if new.get("budget"):  # the planner rewrote epochs, LR knots and its choices: compare the rest
+        stored, new = unplanned(stored), unplanned(new)
     phases = stored.get("phases")
     if isinstance(phases, list) and len(phases) == len(new["phases"]):
         stored = {**stored, "phases": [
@@ -117,8 +121,8 @@ def _console(verbose: bool) -> Iterator[None]:
 def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           seed: int | None = None, deterministic: bool = False, device: str | None = None,
-          nproc: int | None = None, *, auto_lr: bool = False, force: bool = False, progress: bool | None = None,
-          finish: bool = True, verbose: bool = True) -> "Run":
+          nproc: int | None = None, *, auto_lr: bool = False, budget: str | None = None, force: bool = False,
+          progress: bool | None = None, finish: bool = True, verbose: bool = True) -> "Run":
     """Train ``recipe`` on the dataset folder ``data`` into the run folder ``out`` and return the :class:`Run`.
 
     ``out`` defaults to ``runs/<recipe>-<time>``. ``device`` None keeps the recipe's (``auto``: CUDA where present).
@@ -127,8 +131,11 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
     afterwards. ``nproc``: data-parallel training in that many processes on this machine (torchrun's elastic agent;
     one GPU each on CUDA). Under ``torchrun`` every rank calls ``train`` and rank 0 writes the folder. ``auto_lr``: every
     phase's LR bounds come from an LR range test run before it (``auto_lr: true`` in each phase; see autolr.py).
+    ``budget``: the wall time of the whole call, e.g. ``"5m"`` (``budget:`` in the recipe): each phase's epochs are
+    planned from measured costs to end within it, and re-planned every epoch (training/budget.py, docs/budget.md).
     """
-    cfg = resolve_config(recipe, data, overrides, seed, deterministic, device)
+    started = time.perf_counter()  # the budget counts from here
+    cfg = resolve_config(recipe, data, overrides, seed, deterministic, device, budget=budget)
     if auto_lr:
         cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
     n = _check_procs(cfg, nproc)
@@ -142,7 +149,7 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
                             "or --force to start over")
     if n > 1:
         return _launch(n, cfg, run_dir, False, progress=progress, finish=finish)
-    return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose)
+    return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose, started=started)
 
 
 def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
@@ -154,6 +161,8 @@ def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
     if n > 1 and world().active:
         raise UserError("nproc: this process already runs under torchrun; pass --nproc-per-node to torchrun instead")
     ranks = max(n, world().world_size)
+    if cfg.budget and ranks > 1:
+        raise UserError(f"budget {cfg.budget}: not supported with data-parallel training (several processes) yet")
     for p in cfg.phases:
         if p.batch_size % ranks:
             raise UserError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {ranks} processes "
@@ -220,6 +229,7 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, npr
     """Continue the run in folder ``run`` from its ``last.pt`` (same RNG streams: on the CPU with
     ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved.
     ``nproc`` may differ from the run's start: checkpoints hold global state only."""
+    started = time.perf_counter()  # a budgeted run's clock goes on from what its earlier commands spent
     run_dir = Path(run)
     if not (run_dir / CONFIG_YAML).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")
@@ -231,11 +241,11 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, npr
     if n > 1:
         return _launch(n, cfg, run_dir, True, progress=progress, finish=finish)
     ckpt = load_checkpoint(run_dir / LAST_PT) if (run_dir / LAST_PT).is_file() and world().main else None
-    return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose)
+    return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose, started=started)
 
 
 def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool | None, finish: bool,
-           verbose: bool) -> "Run":
+           verbose: bool, started: float | None = None) -> "Run":
     d = setup(cfg.device)  # one process: nothing to join
     quiet = logging.getLogger("tinytransfer").level if not d.main else None
     try:
@@ -250,6 +260,10 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                      len(data.train), len(data.val) if data.val else 0, len(data.test) if data.test else 0,
                      data.image_size)
             m = cfg.model
+            if m.input_size == 0:  # auto: the budget picks the side; the pool head does not depend on it
+                if m.head != "pool":
+                    raise UserError("model.input_size: auto needs head: pool (the paper head is sized for one side)")
+                m = dataclasses.replace(m, input_size=max(m.input_sizes))
             try:
                 # other ranks get rank 0's weights when DDP wraps the model (it broadcasts every parameter)
                 model = model_from_config(m, len(data.classes), load_weights=ckpt is None and d.main)
@@ -266,7 +280,7 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                 torch.distributed.broadcast_object_list(box, src=0)
                 ckpt = box[0]
             log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
-            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress)
+            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, started=started)
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
                      run_dir)
             run = Run(run_dir, device=cfg.device if not d.active else "cpu")

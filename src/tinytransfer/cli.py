@@ -51,8 +51,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish)
         else:
             run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
-                            args.nproc, auto_lr=args.auto_lr, force=args.force, progress=progress,
-                            finish=not args.no_finish)
+                            args.nproc, auto_lr=args.auto_lr, budget=args.budget, force=args.force,
+                            progress=progress, finish=not args.no_finish)
     except Interrupted as e:
         where = args.resume or args.out or "RUN_DIR"
         raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-identical on CPU)")
     t.add_argument("--auto-lr", action="store_true",
                    help="each phase's LR bounds from an LR range test before it (same as phases.*.auto_lr=true)")
+    t.add_argument("--budget", metavar="TIME",
+                   help="wall time of the whole command, e.g. 90s, 5m, 1h: each phase's epochs are planned from "
+                        "measured costs to end within it (docs/budget.md)")
     t.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")

@@ -319,7 +319,7 @@ def test_compiled_run_has_static_shapes_and_logs_compiles_per_phase(tree, tmp_pa
     raw = tiny_config(tree, compile=True, eval_batch_size=4)  # 9 val images: 4 + 4 + 1 (padded to 4)
     for p in raw["phases"]:
         p["batch_size"] = 20  # 48 train images: 20 + 20 (+ 8 dropped)
-    with caplog.at_level(logging.INFO, logger="tinytransfer.training.engine"):
+    with caplog.at_level(logging.INFO, logger="tinytransfer.training"):
         run(tree, tmp_path / "r", raw)
     rows = read_rows(tmp_path / "r" / "metrics.csv")
     assert [int(r["step"]) for r in rows] == [2, 4, 2, 4]

@@ -37,6 +37,7 @@ import yaml
 from ..fsutil import atomic_write_text
 from ..runs.metricsfile import base_word, fmt_lr, read_metrics, table1_rows
 from ..runs.runfolder import read_auto_lr, read_config
+from .budgetreport import budget_part
 from . import plots
 
 log = logging.getLogger(__name__)
@@ -420,7 +421,8 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
         "<main>",
         _section("headline", "Result", _headline_section(rows, cfg, splits)),
         _section("config", "Configuration", _config_section(cfg)),
-        _section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)),
+        _section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)
+                 + budget_part(cfg)),
         _section("curves", "Curves", curves),
         _section("final", "Final metrics", _final_section(rows, analysis, extra)),
         _section("errors", "Error analysis", _errors_section(run_dir, analysis)),

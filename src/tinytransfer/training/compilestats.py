@@ -7,7 +7,11 @@ them), so every key is optional here and a missing one counts 0.
 
 from __future__ import annotations
 
-__all__ = ["dynamo_counts", "dynamo_disabled", "fell_back", "since"]
+import logging
+
+__all__ = ["dynamo_counts", "dynamo_disabled", "fell_back", "log_compiles", "since"]
+
+log = logging.getLogger(__name__)
 
 
 def dynamo_counts() -> dict[str, int]:
@@ -53,3 +57,14 @@ def fell_back(delta: dict[str, int], steps_ran: bool = True) -> bool:
     failed = delta.get("frames", 0) > delta.get("frames_ok", 0)
     return failed or delta.get("graph_breaks", 0) > 0 or (steps_ran and delta.get("graphs", 0) == 0
                                                           and delta.get("frames_ok", 0) == 0)
+
+
+def log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]) -> None:
+    """One line a phase: what torch.compile did in it; a warning where compiled code fell back to eager."""
+    total, later = since(start), since(first_epoch)
+    frames = f", frames {total['frames_ok']}/{total['frames']} converted" if total.get("frames") else ""
+    log.info("torch.compile, phase %d: %d graphs compiled (%d after its first epoch)%s, %d graph breaks", phase + 1,
+             total.get("graphs", 0), later.get("graphs", 0), frames, total.get("graph_breaks", 0))
+    if fell_back(total):
+        log.warning("torch.compile fell back to eager in phase %d (%s): part of it ran uncompiled", phase + 1,
+                    total)

@@ -32,7 +32,7 @@ from ..runs.checkpoint import load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter
 from ..runs.runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, RunLock, write_config
 from ..runs.tb import TensorBoardLog, open_tensorboard
-from .compilestats import dynamo_counts, fell_back, since
+from .compilestats import dynamo_counts, log_compiles
 from .ema import start_ema
 from .parallel import Dist
 from .snapshot import checkpoint_state, rng_state, set_rng_state
@@ -94,13 +94,14 @@ def fit(
     resume: dict | None = None,
     dist: Dist | None = None,
     show_progress: bool | None = None,
+    started: float | None = None,
 ) -> TrainState:
     """Train ``model`` through ``cfg.phases`` into ``run_dir``: config.yaml (a fresh run), metrics.csv, last.pt and
     best.pt, under the folder's lock (a second live run into the same folder is refused).
 
     ``resume`` is a checkpoint dict (``last.pt``) to continue from; without it the folder's earlier metrics and
     checkpoints are cleared. ``show_progress``: a progress bar; None = only where stderr is a terminal. Returns the
-    final state.
+    final state. ``started``: ``time.perf_counter()`` at the command's start, which ``cfg.budget`` counts from.
 
     ``dist`` (:func:`parallel.setup`): data-parallel training. Every rank calls ``fit`` with the same config and
     a model built from the same seed; each runs ``batch_size / world_size`` images of every global batch, the model
@@ -117,11 +118,11 @@ def fit(
                 for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON):
                     (run_dir / stale).unlink(missing_ok=True)
                 write_config(run_dir, cfg)
-        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress)
+        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, started)
 
 
 def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, dist: Dist,
-         show_progress: bool | None) -> TrainState:
+         show_progress: bool | None, started: float | None) -> TrainState:
     """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: DDP-wrapped, compiled)."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -132,7 +133,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
                              "processes (the recipe's batch is the global batch)")
         try:
-            check_trainable(model, p.train)
+            for train in p.train_choices if p.train == "auto" else (p.train,):  # auto: a budget picks one
+                check_trainable(model, train)
         except ValueError as e:
             raise ValueError(f"phase {i + 1} ({p.name}): train: {e}") from None
     device = dist.device if dist.active else resolve_device(cfg.device)
@@ -180,6 +182,13 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                           device_cache_gb=cfg.data.device_cache_gb,
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
                           drop_last=static, channels_last=channels_last)
+    clock = None
+    if cfg.budget:  # measured costs -> each phase's epochs (and what the recipe left open), re-planned every epoch
+        from .budgetrun import start_budget
+
+        cfg, clock = start_budget(model, loader, val_loader, cfg, state, run_dir, norm=(mean, std), device=device,
+                                  generators=(shuffle_gen, aug_gen), started=started or time.perf_counter(),
+                                  test_images=len(data.test) if data.test is not None else 0, main=dist.main)
     fused = device.type == "cuda"
     # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
     with StopOnSignal() as stop, AsyncCheckpointWriter() as saver:
@@ -223,6 +232,9 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 improved = val_loader is None or score > state.best_acc
                 state.phase_epoch += 1
                 state.epoch += 1
+                if clock is not None:  # the time left re-plans the epochs (a shortened phase still anneals)
+                    cfg = clock.replan(cfg, state, run_dir, main=dist.main)
+                    phase = cfg.phases[state.phase]
                 patience_reset = _patience_improved(phase, state, score, improved)
                 if improved:
                     if val_loader is not None:
@@ -262,7 +274,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 if stop.signum is not None:
                     raise Interrupted(f"stopped by signal {stop.signum} after epoch {state.epoch}")
             if len(compiled) == 2:
-                _log_compiles(state.phase, compiled[0], compiled[1])
+                log_compiles(state.phase, compiled[0], compiled[1])
             state.phase += 1
             state.phase_epoch = 0
             state.step = 0
@@ -309,17 +321,6 @@ def _wrap(model: nn.Module, cfg: RunConfig, dist: Dist) -> tuple[nn.Module, nn.M
         except Exception as e:  # pragma: no cover - depends on the platform
             log.warning("torch.compile failed (%s); running eager", e)
     return net, eval_net
-
-
-def _log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]) -> None:
-    """One line a phase: what torch.compile did in it; a warning where compiled code fell back to eager."""
-    total, later = since(start), since(first_epoch)
-    frames = f", frames {total['frames_ok']}/{total['frames']} converted" if total.get("frames") else ""
-    log.info("torch.compile, phase %d: %d graphs compiled (%d after its first epoch)%s, %d graph breaks", phase + 1,
-             total.get("graphs", 0), later.get("graphs", 0), frames, total.get("graph_breaks", 0))
-    if fell_back(total):
-        log.warning("torch.compile fell back to eager in phase %d (%s): part of it ran uncompiled", phase + 1,
-                    total)
 
 
 def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,
