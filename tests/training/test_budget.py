@@ -90,7 +90,8 @@ def test_shortened_phase_is_continuous_and_ends_where_its_schedule_ends(policy):
     four = fit_schedule(phase, done=2, new_epochs=4)
     again = fit_schedule(four, done=3, new_epochs=5)  # a later re-plan (here longer) composes with the first
     assert again.lr_epochs == 6 and lr_at(5 * spe - 1, again, spe) == pytest.approx(end_old, rel=0.05, abs=1e-6)
-    assert [lr_at(s, again, spe) for s in range(3 * spe)] == pytest.approx([lr_at(s, four, spe) for s in range(3 * spe)])
+    trained = range(3 * spe)
+    assert [lr_at(s, again, spe) for s in trained] == pytest.approx([lr_at(s, four, spe) for s in trained])
 
 
 def test_replan_after_a_slow_epoch_shortens_the_rest_and_fits():
@@ -117,7 +118,7 @@ def test_clock_replans_on_measured_epochs_and_never_plans_past_the_budget(monkey
     cfg = with_epochs(cfg, plan_epochs([2, 6], [10.0, 10.0], 200 - 5 - 5))  # as planned at the start (5 s in)
     assert sum(p.epochs for p in cfg.phases) * 10 <= 190
     now[0] = 5.0
-    clock = budgetrun.BudgetClock(cfg.plan, started=0.0)
+    clock = budgetrun.BudgetClock(started=0.0)
     state = budgetrun.TrainState()
     spe = 7
     annealed = lr_at(cfg.phases[1].epochs * spe - 1, cfg.phases[1], spe)
@@ -255,5 +256,6 @@ def test_tiny_budgeted_run_records_its_plan_and_resume_continues_it(tree, tmp_pa
     resumed = yaml.safe_load((tmp_path / "k" / "config.yaml").read_text())
     assert resumed["plan"]["epoch_s"] == plan["epoch_s"] and resumed["plan"]["elapsed_s"] >= plan["elapsed_s"]
     rows = read_rows(tmp_path / "k" / "metrics.csv")
-    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4] == list(range(1, 1 + sum(p["epochs"] for p in cfg["phases"])))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert len(rows) == sum(p["epochs"] for p in resumed["phases"])
     assert all(float(r["seconds"]) > 0 for r in rows)  # the recorded times the re-plans use

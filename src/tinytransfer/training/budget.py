@@ -25,7 +25,16 @@ from collections.abc import Sequence
 from ..config import PhaseConfig, RunConfig
 from .schedule import schedule_epoch
 
-__all__ = ["MAX_EPOCHS", "choose_largest", "fit_schedule", "plan_epochs", "planned_seconds", "replan", "unplanned", "with_epochs"]
+__all__ = [
+    "MAX_EPOCHS",
+    "choose_largest",
+    "fit_schedule",
+    "plan_epochs",
+    "planned_seconds",
+    "replan",
+    "unplanned",
+    "with_epochs",
+]
 
 MAX_EPOCHS = 10_000  # a phase's epochs are capped here (a budget far beyond what the data needs)
 

@@ -166,7 +166,7 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     """The planned config and the clock that re-plans it; ``started``: ``time.perf_counter()`` at the command's
     start. A config that already holds a plan (a resumed run) is re-planned on the time left, not measured again."""
     if cfg.plan.budget_s > 0:
-        clock = BudgetClock(cfg.plan, started, spent=cfg.plan.elapsed_s)
+        clock = BudgetClock(started, spent=cfg.plan.elapsed_s)
         return clock.replan(cfg, state, run_dir, main=main, at_epoch_end=False), clock
     budget_s = parse_budget(cfg.budget)
     probe = _Probe(model, loader, val_loader, cfg, norm, device, generators)
@@ -223,14 +223,14 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
         log.warning("budget %s: even one epoch a phase needs about %.0f s", cfg.budget, planned)
     if main:
         write_config(run_dir, cfg)
-    return cfg, BudgetClock(cfg.plan, started, spent=0.0)
+    return cfg, BudgetClock(started)
 
 
 class BudgetClock:
     """The run's time against its budget: ``elapsed()`` over every command of the run, and the re-plan at an epoch
     end (:meth:`replan`)."""
 
-    def __init__(self, plan: "RunConfig.plan", started: float, spent: float = 0.0) -> None:
+    def __init__(self, started: float, spent: float = 0.0) -> None:
         self.started = started  # time.perf_counter() at this command's start
         self.spent = spent  # seconds the run's earlier commands spent (a resumed run)
         self.mark = time.perf_counter()  # the last epoch end (or training's start)
@@ -249,7 +249,8 @@ class BudgetClock:
             self.walls.setdefault(state.phase, []).append(now - self.mark)
         self.mark = now
         measured = self.walls.get(state.phase, [])
-        ratio = statistics.median(measured) / plan.epoch_s[state.phase] if measured and plan.epoch_s[state.phase] else 1.0
+        expected = plan.epoch_s[state.phase]
+        ratio = statistics.median(measured) / expected if measured and expected > 0 else 1.0
         epoch_s = [c * ratio for c in plan.epoch_s]
         elapsed = self.elapsed()
         left = plan.budget_s - elapsed - plan.finish_s
