@@ -32,7 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import Results, stoppable  # noqa: E402
 
 from tinytransfer.config import PhaseConfig  # noqa: E402
-from tinytransfer.models.backbones import create_model, set_trainable  # noqa: E402
+from tinytransfer.models.backbones import create_model
+from tinytransfer.models.freezing import set_trainable
 from tinytransfer.runs.asyncsave import AsyncCheckpointWriter  # noqa: E402
 from tinytransfer.runs.checkpoint import FORMAT, save_checkpoint  # noqa: E402
 from tinytransfer.training import engine  # noqa: E402

@@ -55,7 +55,8 @@ from tinytransfer.config import PhaseConfig  # noqa: E402
 from tinytransfer.data.augment import make_transform  # noqa: E402
 from tinytransfer.data.dataset import Split  # noqa: E402
 from tinytransfer.data.loader import DeviceLoader  # noqa: E402
-from tinytransfer.models.backbones import create_model, set_trainable  # noqa: E402
+from tinytransfer.models.backbones import create_model
+from tinytransfer.models.freezing import set_trainable
 from tinytransfer.training import engine  # noqa: E402
 from tinytransfer.training.compilestats import dynamo_counts, dynamo_disabled, fell_back, since  # noqa: E402
 

@@ -87,6 +87,11 @@ def test_every_folder_says_what_it_holds_and_may_import() -> None:
         assert doc and "Imports" in doc, f"{folder}/__init__.py must say what it holds and what it may import"
 
 
+def test_no_module_over_400_lines() -> None:
+    long = {str(p.relative_to(PKG)): n for p in _modules() if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}
+
+
 def test_the_test_folders_mirror_the_package() -> None:
     tests = Path(__file__).parent
     assert {f for f in FOLDERS if (tests / f).is_dir()} == set(FOLDERS)

@@ -185,7 +185,9 @@ def test_flip_folded_into_grid_is_flip_after_warp() -> None:
 
 def test_sampling_grid_matches_affine_grid() -> None:
     """The broadcast grid equals affine_grid on the normalised theta it replaces (up to float32 rounding)."""
-    from tinytransfer.data.augment import _keras_entries, _sampling_grid, _stack_params
+    from tinytransfer.data.keras_warp import keras_entries as _keras_entries
+    from tinytransfer.data.keras_warp import sampling_grid as _sampling_grid
+    from tinytransfer.data.keras_warp import stack_params as _stack_params
 
     for h, w in ((64, 64), (48, 80)):
         p = _params()

@@ -18,7 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
-from tinytransfer.data import cache, decode, sources
+from tinytransfer.data import cache, checksums, decode, sources
 from tinytransfer.data import dataset as data
 from tinytransfer.data.dataset import DataError, Split, load_dataset
 from tinytransfer.data.loader import DeviceLoader
@@ -292,7 +292,8 @@ def test_damaged_labels_or_file_list_are_caught(tiny_tree: Path, monkeypatch: py
 
 def test_large_cache_checks_a_sample_and_verify_cache_checks_all(tiny_tree: Path, monkeypatch: pytest.MonkeyPatch,
                                                                 capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(cache, "_CHUNK_BYTES", 4096)  # 48×64×64×3 bytes + the .npy header → 145 chunks
+    monkeypatch.setattr(cache, "CHUNK_BYTES", 4096)  # 48×64×64×3 bytes + the .npy header → 145 chunks
+    monkeypatch.setattr(checksums, "CHUNK_BYTES", 4096)  # the build hashes with the same chunk size
     monkeypatch.setattr(cache, "FULL_CHECK_BYTES", 0)  # every load samples
     monkeypatch.setattr(cache, "_SAMPLED_CHUNKS", 2)
     load_dataset(tiny_tree, workers=1)

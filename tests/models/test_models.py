@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from tinytransfer.models import backbones as M
+from tinytransfer.models import freezing
 from tinytransfer.models import weights as W
 
 N_CLASSES = 10
@@ -31,9 +32,9 @@ def test_vgg16_paper_head_counts_match_the_report() -> None:
     assert M.count_params(model.body) == 14_714_688  # conv base
     assert M.count_params(model.head) == 1_416_392  # 1,049,088 + 1,024 + 262,656 + 1,024 + 102,600
     assert M.count_params(model) == 16_131_080
-    assert M.set_trainable(model, "head") == 1_416_392
+    assert freezing.set_trainable(model, "head") == 1_416_392
     assert M.count_params(model, trainable_only=True) == 1_416_392
-    assert M.body_frozen(model)
+    assert freezing.body_frozen(model)
     linears = [m for m in model.head if isinstance(m, nn.Linear)]
     assert [(m.in_features, m.out_features) for m in linears] == [(2048, 512), (512, 512), (512, 200)]
     bns = [m for m in model.head if isinstance(m, nn.BatchNorm1d)]
@@ -99,15 +100,15 @@ def test_unknown_names_are_clear_errors() -> None:
 
 def test_set_trainable_flags() -> None:
     model = M.create_model("vgg16", 200)
-    assert M.set_trainable(model, "all") == 16_131_080
-    assert not M.body_frozen(model)
+    assert freezing.set_trainable(model, "all") == 16_131_080
+    assert not freezing.body_frozen(model)
 
-    M.set_trainable(model, "head")
+    freezing.set_trainable(model, "head")
     assert all(not p.requires_grad for p in model.body.parameters())
     assert all(p.requires_grad for p in model.head.parameters())
 
     # block4 = features[17:24] (after the third max-pool at index 16), block5 = features[24:31]
-    n = M.set_trainable(model, "from:block4")
+    n = freezing.set_trainable(model, "from:block4")
     for name, p in model.named_parameters():
         if name.startswith("body."):
             assert p.requires_grad == (_vgg_index(name) >= 17), name
@@ -115,15 +116,15 @@ def test_set_trainable_flags() -> None:
             assert p.requires_grad, name
     conv = lambda cin, cout: cin * cout * 9 + cout  # noqa: E731
     assert n == conv(256, 512) + 5 * conv(512, 512) + 1_416_392
-    assert not M.body_frozen(model)
+    assert not freezing.body_frozen(model)
 
     with pytest.raises(ValueError, match="block1, block2, block3, block4, block5"):
-        M.set_trainable(model, "from:block6")
+        freezing.set_trainable(model, "from:block6")
     with pytest.raises(ValueError, match="from:<block>"):
-        M.set_trainable(model, "body")
+        freezing.set_trainable(model, "body")
 
     lite = M.create_model("efficientnet_lite0", N_CLASSES, head="pool")
-    M.set_trainable(lite, "from:blocks.5")
+    freezing.set_trainable(lite, "from:blocks.5")
     flags = {name: p.requires_grad for name, p in lite.named_parameters()}
     assert not flags["body.conv_stem.weight"] and not flags["body.blocks.4.0.conv_pw.weight"]
     assert flags["body.blocks.5.0.conv_pw.weight"] and flags["body.conv_head.weight"] and flags["head.3.weight"]
@@ -132,8 +133,8 @@ def test_set_trainable_flags() -> None:
 def test_train_mode_keeps_frozen_batchnorm_in_eval() -> None:
     model = M.create_model("vgg16_bn", N_CLASSES)
     block45 = {id(m) for name in ("block4", "block5") for mod in model.block_modules()[name] for m in mod.modules()}
-    M.set_trainable(model, "from:block4")
-    M.train_mode(model)
+    freezing.set_trainable(model, "from:block4")
+    freezing.train_mode(model)
     body_bns = [m for m in model.body.modules() if isinstance(m, nn.BatchNorm2d)]
     assert len(body_bns) == 13
     for bn in body_bns:
@@ -142,10 +143,10 @@ def test_train_mode_keeps_frozen_batchnorm_in_eval() -> None:
     assert head_bns and all(bn.training for bn in head_bns)
     assert all(m.training for m in model.modules() if isinstance(m, nn.Dropout))
 
-    M.set_trainable(model, "head")
-    M.train_mode(model)
+    freezing.set_trainable(model, "head")
+    freezing.train_mode(model)
     assert not any(bn.training for bn in body_bns) and all(bn.training for bn in head_bns)
-    M.train_mode(model, bn_frozen_eval=False)
+    freezing.train_mode(model, bn_frozen_eval=False)
     assert all(bn.training for bn in body_bns)
 
 
@@ -156,8 +157,8 @@ def test_frozen_body_runs_without_graph_and_head_learns() -> None:
     model.body[-2].register_forward_hook(lambda mod, inp, out: seen.append(out))  # the last ReLU
     x, y = torch.randn(4, 3, 32, 32), torch.randint(0, N_CLASSES, (4,))
 
-    M.set_trainable(model, "head")
-    M.train_mode(model)
+    freezing.set_trainable(model, "head")
+    freezing.train_mode(model)
     before = model.body[1].running_mean.clone()
     nn.functional.cross_entropy(model(x), y).backward()
     assert seen[-1].is_inference()  # body ran under inference_mode
@@ -166,14 +167,14 @@ def test_frozen_body_runs_without_graph_and_head_learns() -> None:
     assert torch.equal(model.body[1].running_mean, before)  # frozen BN kept its statistics
 
     model.zero_grad(set_to_none=True)
-    M.set_trainable(model, "from:block5")
-    M.train_mode(model)
+    freezing.set_trainable(model, "from:block5")
+    freezing.train_mode(model)
     nn.functional.cross_entropy(model(x), y).backward()
     assert not seen[-1].is_inference()
     assert model.body[-4].weight.grad is not None  # block5's last conv (BN, ReLU, max-pool follow)
     assert model.body[0].weight.grad is None  # block1 frozen
 
-    M.set_trainable(model, "head")
+    freezing.set_trainable(model, "head")
     model.eval()  # eval with grad enabled (Grad-CAM): the body runs normally so hooks inside it work
     model(x.requires_grad_(True)).sum().backward()
     assert not seen[-1].is_inference() and x.grad is not None
@@ -181,8 +182,8 @@ def test_frozen_body_runs_without_graph_and_head_learns() -> None:
 
 def test_param_groups_skip_frozen_and_decay_only_weights() -> None:
     model = M.create_model("vgg16_bn", N_CLASSES)
-    M.set_trainable(model, "from:block5")
-    groups = M.param_groups(model, 5e-4)
+    freezing.set_trainable(model, "from:block5")
+    groups = freezing.param_groups(model, 5e-4)
     assert [g["weight_decay"] for g in groups] == [5e-4, 0.0]
     decay, no_decay = ({id(p) for p in g["params"]} for g in groups)
     trainable = {id(p): (name, p) for name, p in model.named_parameters() if p.requires_grad}
@@ -191,8 +192,8 @@ def test_param_groups_skip_frozen_and_decay_only_weights() -> None:
         assert (pid in no_decay) == (p.ndim <= 1), name
     opt = torch.optim.AdamW(groups, lr=1e-3)
     assert len(opt.param_groups) == 2
-    M.set_trainable(model, "head")
-    assert sum(len(g["params"]) for g in M.param_groups(model, 0.0)) == len(list(model.head.parameters()))
+    freezing.set_trainable(model, "head")
+    assert sum(len(g["params"]) for g in freezing.param_groups(model, 0.0)) == len(list(model.head.parameters()))
 
 
 # ---- weight files --------------------------------------------------------------------------------------------------

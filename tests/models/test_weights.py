@@ -16,6 +16,7 @@ from torch import nn
 
 from tinytransfer.data.dataset import DataError
 from tinytransfer.models import backbones as M
+from tinytransfer.models import bodies
 from tinytransfer.models import weights as W
 from tinytransfer.training.optim import KerasAdam
 
@@ -189,7 +190,7 @@ def test_weights_keras_fetches_only_when_pretrained(monkeypatch, tmp_path, keras
         asked.append(1)
         return str(local)
 
-    monkeypatch.setattr(M, "keras_vgg16_file", fake_file)
+    monkeypatch.setattr(bodies, "keras_vgg16_file", fake_file)
     M.create_model("vgg16", N_CLASSES, pretrained=False, weights="keras")  # offline tests: nothing fetched
     M.create_model("timm:test_resnet", N_CLASSES, pretrained=False, weights="keras", head="pool", input_size=32)
     assert asked == []

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from tinytransfer.outputs import plots, report
+from tinytransfer.outputs import analysis, plots, report
 from tinytransfer.runs import metricsfile
 
 METRICS = """\
@@ -47,7 +47,7 @@ def build_full_run(run_dir: Path) -> Path:
     plots.plot_curves(run_dir)
     metricsfile.table1(run_dir)
     cm = torch.tensor([[40, 8, 1, 1], [12, 36, 2, 0], [0, 1, 45, 4], [0, 0, 9, 41]])
-    report.write_analysis(run_dir, report.analysis_from_confusion(cm, CLASSES, NAMES, top5=0.93))
+    analysis.write_analysis(run_dir, analysis.analysis_from_confusion(cm, CLASSES, NAMES, top5=0.93))
     g = np.random.default_rng(0)
     images = g.integers(0, 256, (4, 64, 64, 3), dtype=np.uint8)
     plots.mistakes_gallery(images, [NAMES[0], NAMES[1], NAMES[2], NAMES[3]], [NAMES[1], NAMES[0], NAMES[3], NAMES[2]],
@@ -134,20 +134,20 @@ def test_report_survives_broken_inputs(tmp_path: Path) -> None:
 
 def test_analysis_from_confusion() -> None:
     cm = torch.tensor([[8, 2, 0], [5, 5, 0], [0, 1, 9]])
-    a = report.analysis_from_confusion(cm, ["a", "b", "c"], ["A", "B", "C"], top5=0.99, top_pairs=2)
+    a = analysis.analysis_from_confusion(cm, ["a", "b", "c"], ["A", "B", "C"], top5=0.99, top_pairs=2)
     assert a["top1"] == pytest.approx(22 / 30) and a["top5"] == 0.99 and a["n"] == 30
     assert [(p["true"], p["pred"], p["count"]) for p in a["confused_pairs"]] == [("B", "A", 5), ("A", "B", 2)]
     assert [(c["class"], c["name"], c["n"]) for c in a["per_class"]] == [("a", "A", 10), ("b", "B", 10), ("c", "C", 10)]
     assert [c["acc"] for c in a["per_class"]] == pytest.approx([0.8, 0.5, 0.9])
     json.dumps(a)  # plain JSON values only
     with pytest.raises(ValueError, match="does not match"):
-        report.analysis_from_confusion(cm, ["a", "b"], ["A", "B"])
+        analysis.analysis_from_confusion(cm, ["a", "b"], ["A", "B"])
 
 
 def test_confident_mistakes() -> None:
     probs = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.05, 0.95]])
     labels = torch.tensor([0, 0, 1, 0])  # samples 1, 2, 3 are wrong, with confidence 0.8, 0.6, 0.95
-    assert report.confident_mistakes(probs, labels, k=2).tolist() == [3, 1]
+    assert analysis.confident_mistakes(probs, labels, k=2).tolist() == [3, 1]
 
 
 def test_headline_comes_first_with_the_run_in_one_glance(full_run: Path) -> None:

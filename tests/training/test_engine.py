@@ -352,7 +352,7 @@ def test_evaluate_with_a_padded_last_batch_counts_only_real_images(tree):
 def test_frozen_body_shortcut_compiles_without_a_graph_break():
     import torch._dynamo as dynamo
 
-    from tinytransfer.models.backbones import set_trainable
+    from tinytransfer.models.freezing import set_trainable
 
     dynamo.reset()
     torch.manual_seed(0)

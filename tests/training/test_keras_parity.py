@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinytransfer.config import PhaseConfig
-from tinytransfer.models.backbones import create_model, set_trainable, train_mode
+from tinytransfer.models.backbones import create_model
+from tinytransfer.models.freezing import set_trainable, train_mode
 from tinytransfer.models.weights import keras_dense_weight
 from tinytransfer.training.engine import make_optimizer
 from tinytransfer.training.schedule import lr_at

@@ -10,7 +10,8 @@ from test_engine import read_rows, run, run_killed_at_epoch, tiny_config
 from tinytransfer.config import ConfigError, PhaseConfig, from_dict
 from tinytransfer.data.dataset import load_dataset
 from tinytransfer.data.mixing import BatchMixer, make_mixer
-from tinytransfer.models.backbones import create_model, param_groups, set_trainable
+from tinytransfer.models.backbones import create_model
+from tinytransfer.models.freezing import param_groups, set_trainable
 from tinytransfer.runs.checkpoint import load_checkpoint
 from tinytransfer.training import engine
 from tinytransfer.training.ema import make_ema

@@ -22,7 +22,6 @@ import hashlib
 import io
 import json
 import logging
-import mmap
 import os
 import random
 import re
@@ -30,13 +29,13 @@ import stat
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import numpy as np
 
 from ..fsutil import TMP_MARK, atomic_write_bytes, clean_stale_temps, fsync_dir, remove_quietly, temp_name
-from .decode import LISTED, DataError, Progress, bad_images_message, decode_files, probe_files
+from .checksums import CHUNK_BYTES, HASH, CachedSplit, chunk_tasks, digest, file_digests, mismatches, read_split
+from .decode import LISTED, DataError, bad_images_message, decode_files, probe_files
 
 __all__ = ["CACHE_FORMAT", "FULL_CHECK_BYTES", "CacheCheck", "CachedSplit", "load_or_build", "verify_cache"]
 
@@ -45,11 +44,8 @@ logger = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the cache's files or their meaning change; part of every cache key (2: checksums)
 FULL_CHECK_BYTES = 4 << 30  # caches whose images files total at most this are checked in full at every load
 _SAMPLED_CHUNKS = 8  # larger caches: random chunks checked at every load (plus each split's last chunk)
-_HASH = "sha256"  # hashlib algorithm of the checksums (recorded in the manifest; SHA-NI makes it the fastest here)
-_CHUNK_BYTES = 64 << 20  # bytes of an images file that one checksum covers
 _MANIFEST = "manifest.json"
 
-CachedSplit = tuple[np.ndarray, np.ndarray, list[str]]  # images (N, H, W, 3) uint8 memmap, labels (N,) int64, files
 
 
 def load_or_build(
@@ -155,75 +151,6 @@ def _write_manifest(path: str, manifest: dict) -> None:
     atomic_write_bytes(path, json.dumps(manifest, indent=1).encode())
 
 
-def _digest(data: bytes) -> str:
-    return hashlib.new(_HASH, data).hexdigest()
-
-
-def _chunk_digest(path: str, index: int, algo: str, chunk_bytes: int) -> str:
-    """Checksum of bytes [index·chunk_bytes, (index+1)·chunk_bytes) of a file, hashed straight from a memory map
-    (no copy; hashlib releases the GIL, so threads hash chunks in parallel)."""
-    with open(path, "rb") as f:
-        if os.fstat(f.fileno()).st_size <= index * chunk_bytes:
-            return hashlib.new(algo).hexdigest()  # past the end (a truncated file)
-        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m, memoryview(m) as view:
-            return hashlib.new(algo, view[index * chunk_bytes:(index + 1) * chunk_bytes]).hexdigest()
-
-
-def _file_digests(path: str, threads: int, what: str) -> list[str]:
-    """Checksums of every chunk of a file, ``threads`` chunks at a time, with progress."""
-    n = max(1, -(-os.path.getsize(path) // _CHUNK_BYTES))
-    out: list[str] = []
-    with Progress(n, what, unit="chunk") as bar, ThreadPoolExecutor(max(1, threads)) as ex:
-        for d in ex.map(lambda i: _chunk_digest(path, i, _HASH, _CHUNK_BYTES), range(n)):
-            out.append(d)
-            bar.update(1)
-    return out
-
-
-def _mismatches(tasks: list[tuple[str, int, str]], algo: str, chunk_bytes: int, threads: int) -> list[str]:
-    """One message for each (path, chunk index, expected checksum) whose bytes no longer hash to it."""
-    def check(t: tuple[str, int, str]) -> str | None:
-        path, i, want = t
-        if _chunk_digest(path, i, algo, chunk_bytes) == want:
-            return None
-        return (f"{path}: bytes {i * chunk_bytes}-{min((i + 1) * chunk_bytes, os.path.getsize(path)) - 1} "
-                f"(chunk {i + 1}) do not match the manifest's checksum")
-
-    with ThreadPoolExecutor(max(1, threads)) as ex:
-        return [m for m in ex.map(check, tasks) if m is not None]
-
-
-def _read_split(folder: str, name: str, info: dict, manifest: dict) -> CachedSplit:
-    """A split's files, checked against the manifest (shapes, sizes; labels' and files' checksums); the images
-    are memory-mapped, their chunks not checked here. ValueError naming the file on any mismatch."""
-    s = int(manifest["image_size"])
-    n = int(info["count"])
-    sums = info["checksums"]
-    img_path = os.path.join(folder, info["images"])
-    images = np.load(img_path, mmap_mode="r")
-    if images.dtype != np.uint8 or images.shape != (n, s, s, 3):
-        raise ValueError(f"{img_path}: shape {images.shape} {images.dtype}, the manifest says ({n}, {s}, {s}, 3)")
-    if os.path.getsize(img_path) != int(sums["images_bytes"]):
-        raise ValueError(f"{img_path}: {os.path.getsize(img_path)} bytes, the manifest says {sums['images_bytes']}")
-    parsed = []
-    for kind, parse in (("labels", lambda b: np.load(io.BytesIO(b))), ("files", lambda b: json.loads(b))):
-        path = os.path.join(folder, info[kind])
-        with open(path, "rb") as f:
-            raw = f.read()
-        if hashlib.new(manifest["hash"], raw).hexdigest() != sums[kind]:
-            raise ValueError(f"{path}: does not match the manifest's checksum")
-        parsed.append(parse(raw))
-    labels, files = parsed
-    if labels.shape != (n,) or len(files) != n:
-        raise ValueError(f"split {name} does not match the manifest")
-    return images, labels.astype(np.int64, copy=False), list(files)
-
-
-def _chunk_tasks(folder: str, info: dict) -> list[tuple[str, int, str]]:
-    path = os.path.join(folder, info["images"])
-    return [(path, i, d) for i, d in enumerate(info["checksums"]["images"])]
-
-
 def _try_load(folder: str, key: str, *, verify: bool = True, threads: int = 1
               ) -> tuple[dict, dict[str, CachedSplit]] | None:
     """The cached splits if folder's manifest has this key and its files match it; else None.
@@ -242,16 +169,16 @@ def _try_load(folder: str, key: str, *, verify: bool = True, threads: int = 1
     splits: dict[str, CachedSplit] = {}
     try:
         for name, info in manifest["splits"].items():
-            splits[name] = _read_split(folder, name, info, manifest)
+            splits[name] = read_split(folder, name, info, manifest)
         if verify:
-            per_split = [_chunk_tasks(folder, info) for info in manifest["splits"].values()]
+            per_split = [chunk_tasks(folder, info) for info in manifest["splits"].values()]
             tasks = [t for ts in per_split for t in ts]
             total = sum(int(info["checksums"]["images_bytes"]) for info in manifest["splits"].values())
             if total > FULL_CHECK_BYTES:  # a random sample, different at every load, and every split's tail
                 tails = {ts[-1] for ts in per_split if ts}
                 sample = random.SystemRandom().sample(tasks, min(_SAMPLED_CHUNKS, len(tasks)))  # not the seeded RNG
                 tasks = sorted(tails | set(sample))
-            bad = _mismatches(tasks, manifest["hash"], int(manifest["chunk_bytes"]), threads)
+            bad = mismatches(tasks, manifest["hash"], int(manifest["chunk_bytes"]), threads)
             if bad:
                 raise ValueError(bad[0])
     except (OSError, ValueError, KeyError, TypeError) as e:
@@ -308,8 +235,8 @@ def verify_cache(path: str | os.PathLike, *, threads: int = 2) -> list[CacheChec
             continue
         for name, info in items:
             try:
-                images, _, _ = _read_split(folder, name, info, manifest)
-                bad = _mismatches(_chunk_tasks(folder, info), manifest["hash"], int(manifest["chunk_bytes"]),
+                images, _, _ = read_split(folder, name, info, manifest)
+                bad = mismatches(chunk_tasks(folder, info), manifest["hash"], int(manifest["chunk_bytes"]),
                                   threads)
             except (OSError, ValueError, KeyError, TypeError) as e:
                 bad = [str(e)]
@@ -392,7 +319,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
                 img_tmp2 = temp_name(img_final)
                 written.append(img_tmp2)
                 dst = np.lib.format.open_memmap(img_tmp2, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
-                step = max(1, _CHUNK_BYTES // (size * size * 3))  # rows a copy: 64 MiB in memory at a time
+                step = max(1, CHUNK_BYTES // (size * size * 3))  # rows a copy: 64 MiB in memory at a time
                 for a in range(0, len(keep), step):
                     dst[a:a + step] = src[keep[a:a + step]]
                 dst.flush()
@@ -401,11 +328,11 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
                 img_tmp = img_tmp2
             with open(img_tmp, "rb+") as f:
                 os.fsync(f.fileno())
-            sums = {"images": _file_digests(img_tmp, workers, f"checksum {name}"),
+            sums = {"images": file_digests(img_tmp, workers, f"checksum {name}"),
                     "images_bytes": os.path.getsize(img_tmp)}
             lab_bytes = _npy_bytes(np.asarray([labels[i] for i in keep], dtype=np.int64))
             files_bytes = json.dumps([files[i] for i in keep]).encode()
-            sums["labels"], sums["files"] = _digest(lab_bytes), _digest(files_bytes)
+            sums["labels"], sums["files"] = digest(lab_bytes), digest(files_bytes)
             lab_final = os.path.join(folder, f"{name}-{tag}.labels.npy")
             files_final = os.path.join(folder, f"{name}-{tag}.files.json")
             atomic_write_bytes(lab_final, lab_bytes)
@@ -416,7 +343,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
         fsync_dir(folder)
         skipped = [bad[n][i] for n in order for i in sorted(bad[n])]
         manifest = {"format": CACHE_FORMAT, "key": key, "layout": layout, "image_size": size, "classes": classes,
-                    "hash": _HASH, "chunk_bytes": _CHUNK_BYTES, "splits": finals, "skipped": skipped,
+                    "hash": HASH, "chunk_bytes": CHUNK_BYTES, "splits": finals, "skipped": skipped,
                     "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "seconds": round(time.perf_counter() - t0, 3)}
         _write_manifest(os.path.join(folder, _MANIFEST), manifest)
     finally:

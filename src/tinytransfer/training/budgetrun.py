@@ -36,7 +36,7 @@ from torch import nn
 from ..config import RunConfig, parse_budget
 from ..data.augment import make_transform
 from ..data.loader import DeviceLoader
-from ..models.backbones import set_trainable
+from ..models.freezing import set_trainable
 from ..runs.runfolder import write_config
 from .budget import choose_largest, plan_epochs, planned_seconds, replan, with_epochs
 from .snapshot import rng_state, set_rng_state

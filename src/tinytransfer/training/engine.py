@@ -26,7 +26,7 @@ from ..data.augment import make_transform
 from ..data.dataset import Dataset, Split
 from ..data.loader import DeviceLoader
 from ..data.mixing import make_mixer
-from ..models.backbones import check_trainable, set_trainable
+from ..models.freezing import check_trainable, set_trainable
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter

@@ -11,7 +11,8 @@ from torch import nn
 
 from ..config import PhaseConfig
 from ..data.loader import DeviceLoader
-from ..models.backbones import set_trainable, unwrap_model
+from ..models.backbones import unwrap_model
+from ..models.freezing import set_trainable
 from .schedule import range_test_lr
 from .steps import autocast, make_optimizer, phase_train_mode
 

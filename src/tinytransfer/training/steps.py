@@ -17,7 +17,7 @@ from torch import nn
 
 from ..config import PhaseConfig
 from ..data.loader import PAD_LABEL, DeviceLoader
-from ..models.backbones import param_groups, train_mode
+from ..models.freezing import param_groups, train_mode
 from ..runs.checkpoint import unwrap_model
 from .metrics import topk_correct
 from .optim import KerasAdam
