@@ -186,6 +186,22 @@ def test_cli_and_api_pass_the_budget(monkeypatch, tmp_path):
         api._check_procs(from_dict({"budget": "1m", "phases": [{"batch_size": 64}]}), 2)
 
 
+def test_report_shows_the_plan_and_its_replans(tmp_path):
+    from tinytransfer.outputs.report import write_report
+    from tinytransfer.runs.runfolder import write_config
+
+    cfg = dataclasses.replace(_cfg(epochs=(2, 3)), plan=PlanConfig(
+        budget_s=300, recipe_epochs=(2, 3), epoch_s=(12.5, 30.0), start_s=20, finish_s=15, planned_s=290,
+        elapsed_s=120, choices=("model.input_size: 128 of [96, 128, 160]",),
+        replans=("after epoch 3 (120 s, epochs 1.40x the measured time): [3, 5] -> [3, 4]",)))
+    write_config(tmp_path, cfg)
+    page = (tmp_path / write_report(tmp_path)).read_text()
+    assert "Time budget" in page and "[3, 5] -&gt; [3, 4]" in page and "128 of [96, 128, 160]" in page
+    assert "<td class=\"num\">12.5</td>" in page  # the measured seconds an epoch of phase 1
+    write_config(tmp_path, RunConfig())
+    assert "Time budget" not in (tmp_path / write_report(tmp_path)).read_text()  # no budget, no part
+
+
 # ---- a tiny real run ------------------------------------------------------------------------------------------------
 
 
