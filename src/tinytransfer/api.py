@@ -122,7 +122,8 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
           out: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           seed: int | None = None, deterministic: bool = False, device: str | None = None,
           nproc: int | None = None, *, auto_lr: bool = False, budget: str | None = None, force: bool = False,
-          progress: bool | None = None, finish: bool = True, verbose: bool = True) -> "Run":
+          progress: bool | None = None, finish: bool = True, verbose: bool = True,
+          started: float | None = None) -> "Run":
     """Train ``recipe`` on the dataset folder ``data`` into the run folder ``out`` and return the :class:`Run`.
 
     ``out`` defaults to ``runs/<recipe>-<time>``. ``device`` None keeps the recipe's (``auto``: CUDA where present).
@@ -132,9 +133,10 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
     one GPU each on CUDA). Under ``torchrun`` every rank calls ``train`` and rank 0 writes the folder. ``auto_lr``: every
     phase's LR bounds come from an LR range test run before it (``auto_lr: true`` in each phase; see autolr.py).
     ``budget``: the wall time of the whole call, e.g. ``"5m"`` (``budget:`` in the recipe): each phase's epochs are
-    planned from measured costs to end within it, and re-planned every epoch (training/budget.py, docs/budget.md).
+    planned from measured costs to end within it, and re-planned every epoch (training/budget.py, docs/budget.md);
+    it counts from ``started`` (``time.perf_counter()`` at the command's start; default: this call).
     """
-    started = time.perf_counter()  # the budget counts from here
+    started = time.perf_counter() if started is None else started
     cfg = resolve_config(recipe, data, overrides, seed, deterministic, device, budget=budget)
     if auto_lr:
         cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
@@ -225,11 +227,13 @@ def _rank_body(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | No
 
 
 def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, nproc: int | None = None,
-           progress: bool | None = None, finish: bool = True, verbose: bool = True) -> "Run":
+           progress: bool | None = None, finish: bool = True, verbose: bool = True,
+           started: float | None = None) -> "Run":
     """Continue the run in folder ``run`` from its ``last.pt`` (same RNG streams: on the CPU with
     ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved.
     ``nproc`` may differ from the run's start: checkpoints hold global state only."""
-    started = time.perf_counter()  # a budgeted run's clock goes on from what its earlier commands spent
+    # a budgeted run's clock goes on from what its earlier commands spent, counting this one from ``started``
+    started = time.perf_counter() if started is None else started
     run_dir = Path(run)
     if not (run_dir / CONFIG_YAML).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")

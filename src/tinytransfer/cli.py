@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import api
 from .outputs.export import EXPORT_FORMATS
+from .training.budgetrun import process_age_s
 
 __all__ = ["main"]
 
@@ -47,12 +49,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append("tensorboard=true")
     progress = False if args.quiet else args.progress
     try:
+        started = time.perf_counter() - process_age_s()  # a budget counts the whole command, imports included
         if args.resume:
-            run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish)
+            run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish,
+                             started=started)
         else:
             run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
                             args.nproc, auto_lr=args.auto_lr, budget=args.budget, force=args.force,
-                            progress=progress, finish=not args.no_finish)
+                            progress=progress, finish=not args.no_finish, started=started)
     except Interrupted as e:
         where = args.resume or args.out or "RUN_DIR"
         raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import os
 
 import pytest
 import torch
@@ -178,10 +179,13 @@ def test_cli_and_api_pass_the_budget(monkeypatch, tmp_path):
     api.train("demo", tmp_path, out=tmp_path / "r", budget="3m", finish=False, verbose=False)
     assert seen["cfg"].budget == "3m" and seen["cfg"].plan == PlanConfig()
     stub = types.SimpleNamespace(metrics=[], dir=tmp_path / "r2")
-    monkeypatch.setattr(api, "train", lambda *a, **k: seen.setdefault("budget", k["budget"]) and stub)
+    monkeypatch.setattr(api, "train", lambda *a, **k: seen.update(k) or stub)
     assert main(["train", "--recipe", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "r2"),
                  "--budget", "90s", "--no-finish"]) == 0
     assert seen["budget"] == "90s"
+    # the command line's budget counts from the process's start: before this call, by the process's age
+    assert seen["started"] <= budgetrun.time.perf_counter() - budgetrun.process_age_s() + 1.0
+    assert budgetrun.process_age_s() > 0 or not os.path.exists("/proc/self/stat")
     with pytest.raises(api.UserError, match="data-parallel"):
         api._check_procs(from_dict({"budget": "1m", "phases": [{"batch_size": 64}]}), 2)
 

@@ -42,7 +42,15 @@ from .budget import choose_largest, plan_epochs, planned_seconds, replan, with_e
 from .snapshot import rng_state, set_rng_state
 from .steps import TrainState, autocast, make_optimizer, train_one_epoch
 
-__all__ = ["FINISH_FIXED_S", "MEASURE_STEPS", "SLACK", "BudgetClock", "measure_phase", "start_budget"]
+__all__ = [
+    "FINISH_FIXED_S",
+    "MEASURE_STEPS",
+    "SLACK",
+    "BudgetClock",
+    "measure_phase",
+    "process_age_s",
+    "start_budget",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +59,18 @@ EVAL_BATCHES = 2  # timed validation batches, after one untimed
 PROBE_BATCH = 16  # images a measured step on the CPU (the phase's batch on a GPU), its time scaled to the batch
 FINISH_FIXED_S = 12.0  # seconds of the finish besides its predictions: figures, Grad-CAM, report (2-core CPU)
 SLACK = 0.1  # a plan that ends within this share of the budget before its end is kept at an epoch end
+
+
+def process_age_s() -> float:
+    """Seconds since this process started (Linux ``/proc``; 0 elsewhere): the command line's budget counts them."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            start_ticks = int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+        with open("/proc/uptime", encoding="ascii") as f:
+            uptime = float(f.read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0.0
 
 
 def _sync(device: torch.device) -> None:
