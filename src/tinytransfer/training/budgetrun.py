@@ -187,6 +187,8 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     start. A config that already holds a plan (a resumed run) is re-planned on the time left, not measured again."""
     if cfg.plan.budget_s > 0:
         clock = BudgetClock(started, spent=cfg.plan.elapsed_s)
+        if state.phase >= len(cfg.phases):  # a finished run: nothing left to plan
+            return cfg, clock
         return clock.replan(cfg, state, run_dir, main=main, at_epoch_end=False), clock
     budget_s = parse_budget(cfg.budget)
     probe = _Probe(model, loader, val_loader, cfg, norm, device, generators)
