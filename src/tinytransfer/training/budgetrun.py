@@ -54,9 +54,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-MEASURE_STEPS = 2  # timed training steps a phase configuration, after one untimed warm-up step
-EVAL_BATCHES = 2  # timed validation batches, after one untimed
-PROBE_BATCH = 16  # images a measured step on the CPU (the phase's batch on a GPU), its time scaled to the batch
+MEASURE_STEPS = 2  # timed training steps a phase configuration (the whole batch), after one untimed warm-up step
+EVAL_BATCHES = 1  # timed validation batches, after a warm-up on a few images
 FINISH_FIXED_S = 12.0  # seconds of the finish besides its predictions: figures, Grad-CAM, report (2-core CPU)
 SLACK = 0.1  # a plan that ends within this share of the budget before its end is kept at an epoch end
 
@@ -78,38 +77,37 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _probe_batch(batch_size: int, device: torch.device) -> int:
-    """The batch a measurement times: on the CPU a step's time grows with the batch, so a part of it is timed and
-    scaled (measuring costs a budget's time too); on a GPU the whole batch (a small one would not fill it)."""
-    return batch_size if device.type == "cuda" else min(batch_size, PROBE_BATCH)
-
-
 def measure_phase(model: nn.Module, loader: DeviceLoader, cfg: RunConfig, index: int, train: str, *,
                   device: torch.device) -> float:
     """Seconds of one training step of phase ``index`` with trainable part ``train`` (state not restored here)."""
     phase = dataclasses.replace(cfg.phases[index], train=train, ema=0.0)
     set_trainable(model, train)
     opt = make_optimizer(model, phase, fused=device.type == "cuda")
-    loader.batch_size = _probe_batch(phase.batch_size, device)
-    scratch = TrainState()
-    train_one_epoch(model, loader, opt, phase, scratch, device=device, amp=cfg.amp, max_steps=1)  # warm-up
-    _sync(device)
+    loader.batch_size = phase.batch_size  # the whole batch: on shared cores a step's time hardly scales with it
+    marks: list[float] = []
+
+    def mark(info: dict) -> None:  # the end of every step (the epoch's start, its batch order and draws, excluded)
+        _sync(device)
+        marks.append(time.perf_counter())
+
     t0 = time.perf_counter()
-    train_one_epoch(model, loader, opt, phase, scratch, device=device, amp=cfg.amp, max_steps=MEASURE_STEPS)
-    _sync(device)
-    step_s = (time.perf_counter() - t0) / min(MEASURE_STEPS, max(1, len(loader)))
-    return step_s * phase.batch_size / loader.batch_size
+    train_one_epoch(model, loader, opt, phase, TrainState(), device=device, amp=cfg.amp,
+                    max_steps=1 + MEASURE_STEPS, progress=mark)  # the first step warms up, untimed
+    if len(marks) < 2:  # a one-step epoch: its whole time
+        return time.perf_counter() - t0
+    return (marks[-1] - marks[0]) / (len(marks) - 1)
 
 
 @torch.no_grad()
 def _measure_eval(model: nn.Module, loader: DeviceLoader | None, cfg: RunConfig, device: torch.device) -> float:
-    """Seconds a validation image (0 without a validation split): one untimed batch, then ``EVAL_BATCHES``."""
+    """Seconds a validation image (0 without a validation split): a few images untimed, then ``EVAL_BATCHES``
+    forward passes of the first batch."""
     if loader is None:
         return 0.0
     model.eval()
-    x = next(iter(loader))[0][: _probe_batch(loader.batch_size, device)]
+    x = next(iter(loader))[0]
     with autocast(device, cfg.amp):
-        model(x)  # warm-up
+        model(x[:8])  # warm-up
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(EVAL_BATCHES):
