@@ -187,8 +187,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         from .budgetrun import start_budget
 
         cfg, clock = start_budget(model, loader, val_loader, cfg, state, run_dir, norm=(mean, std), device=device,
-                                  generators=(shuffle_gen, aug_gen), started=started or time.perf_counter(),
-                                  test_images=len(data.test) if data.test is not None else 0, main=dist.main)
+                                  generators=(shuffle_gen, aug_gen), test_images=len(data.test or ()), main=dist.main,
+                                  started=time.perf_counter() if started is None else started)
     fused = device.type == "cuda"
     # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
     with StopOnSignal() as stop, AsyncCheckpointWriter() as saver:
