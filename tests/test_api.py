@@ -183,7 +183,7 @@ def test_demo_trains_the_demo_recipe_without_the_flip_on_digits(tmp_path, monkey
     from tinytransfer.run import resolve_config
 
     calls = []
-    monkeypatch.setattr(sources, "build_demo_dataset", lambda d: str(tmp_path / "digits"))
+    monkeypatch.setattr(sources, "build_demo_dataset", lambda d, **k: str(tmp_path / "digits"))
     monkeypatch.setattr(api, "train", lambda recipe, root, out, overrides, **kw: calls.append((recipe, overrides)))
     api.demo(tmp_path / "digits", tmp_path / "run")
     api.demo(tmp_path / "digits", tmp_path / "run", ["data.augment=flip", "phases.0.epochs=1"])

@@ -34,8 +34,7 @@ from .models.backbones import BACKBONES, TIMM_PREFIX, model_from_config
 from .models.backbones import create_model as _create_model_impl
 from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
 from .runs.checkpoint import load_checkpoint
-from .runs.runfolder import CONFIG_YAML, LAST_PT
-from .training.budget import unplanned
+from .runs.runfolder import CONFIG_YAML, LAST_PT, new_run_problem
 from .training.engine import fit
 from .training.parallel import barrier, launch, setup, teardown, world
 from .training.steps import resolve_device
@@ -83,20 +82,6 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.allow_tf32 = True
 
 
-def _same_run(stored: dict, cfg: RunConfig) -> bool:
-    """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
-    wrote there."""
-    new = to_dict(cfg)
-    if new.get("budget"):  # the planner rewrote epochs, LR knots and its choices: compare the rest
-        stored, new = unplanned(stored), unplanned(new)
-    phases = stored.get("phases")
-    if isinstance(phases, list) and len(phases) == len(new["phases"]):
-        stored = {**stored, "phases": [
-            {**p, "lr_min": n["lr_min"], "lr_max": n["lr_max"]} if n.get("auto_lr") and isinstance(p, dict) else p
-            for p, n in zip(phases, new["phases"])]}
-    return stored == new
-
-
 @contextlib.contextmanager
 def _console(verbose: bool) -> Iterator[None]:
     """Epoch lines on stdout for a Python caller who has not configured logging (a notebook); else leave it be."""
@@ -142,16 +127,16 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
         cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
     n = _check_procs(cfg, nproc)
     run_dir = Path(out) if out else Path("runs") / f"{cfg.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if (run_dir / CONFIG_YAML).exists() and not force and world().main:
-        if not _same_run(read_run_config(run_dir), cfg):
-            raise UserError(f"{run_dir}: holds a different run; use --resume {run_dir} to continue it "
-                            "or --force to overwrite it")
-        if (run_dir / LAST_PT).is_file():
-            raise UserError(f"{run_dir}: already holds this run; use --resume {run_dir} to continue it "
-                            "or --force to start over")
+    if not force and world().main:  # a quick answer before the data loads; fit asks again under the lock
+        if (run_dir / CONFIG_YAML).exists():
+            read_run_config(run_dir)  # UserError where it is not a run configuration
+        problem = new_run_problem(run_dir, cfg)
+        if problem:
+            raise UserError(problem)
     if n > 1:
-        return _launch(n, cfg, run_dir, False, progress=progress, finish=finish)
-    return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose, started=started)
+        return _launch(n, cfg, run_dir, False, progress=progress, finish=finish, force=force)
+    return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose, force=force,
+                  started=started)
 
 
 def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
@@ -172,7 +157,8 @@ def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
     return n
 
 
-def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: bool | None, finish: bool) -> "Run":
+def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: bool | None, finish: bool,
+            force: bool = False) -> "Run":
     """Data-parallel training in ``n`` local processes; the figures and report are made here afterwards."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -181,7 +167,7 @@ def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: 
 
     log.info("data-parallel training in %d processes", n)
     try:
-        launch(n, _rank_main, to_dict(cfg), str(run_dir), resuming, progress)
+        launch(n, _rank_main, to_dict(cfg), str(run_dir), resuming, progress, force)
     except SignalException as e:  # Ctrl-C / SIGTERM to the launcher: the agent has stopped every rank
         raise Interrupted(f"stopped by signal {e.sigval}") from None
     except ChildFailedError as e:
@@ -210,28 +196,29 @@ def _root_failure(failures: Mapping[int, Any]) -> tuple[int, Any, list[str]]:
     return rank, failures[rank], text(failures[rank])
 
 
-def _rank_main(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None) -> None:
+def _rank_main(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None, force: bool = False) -> None:
     """One rank of a ``--nproc`` run (a spawned process; torchrun's environment is set). Its exception goes to
     the launcher as one line (the agent's error file)."""
     from torch.distributed.elastic.multiprocessing.errors import record
 
-    record(_rank_body)(cfg_dict, run_dir, resuming, progress)
+    record(_rank_body)(cfg_dict, run_dir, resuming, progress, force)
 
 
-def _rank_body(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None) -> None:
+def _rank_body(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | None, force: bool = False) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stdout)
     ckpt = None
     if resuming and world().main and (Path(run_dir) / LAST_PT).is_file():
         ckpt = load_checkpoint(Path(run_dir) / LAST_PT)
-    _train(from_dict(cfg_dict), Path(run_dir), ckpt, progress=progress, finish=False, verbose=False)
+    _train(from_dict(cfg_dict), Path(run_dir), ckpt, progress=progress, finish=False, verbose=False, force=force)
 
 
 def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, nproc: int | None = None,
-           progress: bool | None = None, finish: bool = True, verbose: bool = True,
+           progress: bool | None = None, finish: bool = True, verbose: bool = True, force: bool = False,
            started: float | None = None) -> "Run":
     """Continue the run in folder ``run`` from its ``last.pt`` (same RNG streams: on the CPU with
     ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved.
-    ``nproc`` may differ from the run's start: checkpoints hold global state only."""
+    ``nproc`` may differ from the run's start: checkpoints hold global state only. ``force``: take over the lock
+    of a run on another host (which cannot be checked from here)."""
     # a budgeted run's clock goes on from what its earlier commands spent, counting this one from ``started``
     started = time.perf_counter() if started is None else started
     run_dir = Path(run)
@@ -243,13 +230,14 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, npr
     cfg = from_dict(raw)
     n = _check_procs(cfg, nproc)
     if n > 1:
-        return _launch(n, cfg, run_dir, True, progress=progress, finish=finish)
+        return _launch(n, cfg, run_dir, True, progress=progress, finish=finish, force=force)
     ckpt = load_checkpoint(run_dir / LAST_PT) if (run_dir / LAST_PT).is_file() and world().main else None
-    return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose, started=started)
+    return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose, force=force,
+                  started=started)
 
 
 def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool | None, finish: bool,
-           verbose: bool, started: float | None = None) -> "Run":
+           verbose: bool, force: bool = False, started: float | None = None) -> "Run":
     d = setup(cfg.device)  # one process: nothing to join
     quiet = logging.getLogger("tinytransfer").level if not d.main else None
     try:
@@ -284,7 +272,8 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                 torch.distributed.broadcast_object_list(box, src=0)
                 ckpt = box[0]
             log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
-            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, started=started)
+            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, force=force,
+                        started=started)
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
                      run_dir)
             run = Run(run_dir, device=cfg.device if not d.active else "cpu")
@@ -337,16 +326,19 @@ DEMO_DIGITS_AUGMENT = "keras-noflip"  # the demo recipe's warp without the mirro
 
 def demo(data: str | os.PathLike = "data/digits", out: str | os.PathLike | None = None,
          overrides: Mapping[str, Any] | Sequence[str] | None = None, *, progress: bool | None = None,
-         verbose: bool = True) -> "Run":
+         verbose: bool = True, force: bool = False) -> "Run":
     """The whole pipeline offline: the digits dataset written to ``data`` → the ``demo`` recipe (EfficientNet-Lite0
     with its bundled ImageNet weights) → predictions → report.html. Digits are not mirror-symmetric, so the recipe's
-    augmentation runs without its horizontal flip here (``overrides`` may set ``data.augment`` back)."""
+    augmentation runs without its horizontal flip here (``overrides`` may set ``data.augment`` back).
+
+    ``data`` must be absent, empty or a digits set written before; ``out`` must not hold a run (as for
+    :func:`train`). ``force``: write over either."""
     from .config import apply_overrides, load_recipe
     from .data.sources import build_demo_dataset
 
-    root = build_demo_dataset(os.fspath(data))
+    root = build_demo_dataset(os.fspath(data), force=force)
     out = Path(out) if out else Path("runs") / f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     recipe = apply_overrides(load_recipe("demo"), {"data.augment": DEMO_DIGITS_AUGMENT})
-    return train(recipe, root, out, overrides, force=True, progress=progress, verbose=verbose)
+    return train(recipe, root, out, overrides, force=force, progress=progress, verbose=verbose)
 
 

@@ -52,7 +52,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         started = time.perf_counter() - process_age_s()  # a budget counts the whole command, imports included
         if args.resume:
             run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish,
-                             started=started)
+                             force=args.force, started=started)
         else:
             run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
                             args.nproc, auto_lr=args.auto_lr, budget=args.budget, force=args.force,
@@ -90,7 +90,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     from .data.dataset import load_dataset, summary
     from .data.sources import build_demo_dataset
 
-    root = build_demo_dataset(args.dir, seed=args.seed)
+    root = build_demo_dataset(args.dir, seed=args.seed, force=args.force)
     print(summary(load_dataset(root)))
     print(root)
     return 0
@@ -169,7 +169,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import time
 
     t0 = time.perf_counter()
-    run = api.demo(args.data, args.out, _sets(args), progress=False if args.quiet else None)
+    run = api.demo(args.data, args.out, _sets(args), progress=False if args.quiet else None, force=args.force)
     rows = run.metrics
     best = max(r["val_acc"] for r in rows)
     print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min: best validation accuracy {100 * best:.2f}% "
@@ -201,7 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
-    t.add_argument("--force", action="store_true", help="overwrite a run folder that holds another run")
+    t.add_argument("--force", action="store_true",
+                   help="overwrite a run folder that holds another run; take over a lock left by another host")
     t.add_argument("--quiet", action="store_true", help="print only errors and the final line")
     t.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: only when the output is a terminal)")
@@ -283,11 +284,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", help="run folder (default runs/demo-<time>)")
     dm.add_argument("--set", action="append", metavar="KEY=VALUE")
     dm.add_argument("--quiet", action="store_true", help="print only errors and the final lines")
+    dm.add_argument("--force", action="store_true",
+                    help="write the digits over a --data folder that holds something else; overwrite a run in --out")
     dm.set_defaults(func=cmd_demo)
 
     dd = sub.add_parser("demo-data", help="write the offline digits dataset in the Tiny ImageNet layout")
     dd.add_argument("--dir", default="data/digits")
     dd.add_argument("--seed", type=int, default=0)
+    dd.add_argument("--force", action="store_true", help="write the digits over a folder that holds something else")
     dd.set_defaults(func=cmd_demo_data)
 
     vc = sub.add_parser("verify-cache", help="check every chunk of a dataset's image cache (exit 1 if damaged)")

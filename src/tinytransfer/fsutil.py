@@ -146,15 +146,18 @@ class LockError(RuntimeError):
 
 
 class PidLock:
-    """A lock file holding the owner's pid (and its start time, where /proc has it); a second live owner is
-    refused, a dead owner's lock is taken over (a pid reused by another process counts as dead). Taking the lock
-    also removes the temp files that a killed owner left half-written in the lock's folder."""
+    """A lock file holding the owner's pid, its start time (where /proc has it) and its host name, one a line; a
+    second live owner is refused, a dead owner's lock is taken over (a pid reused by another process counts as
+    dead). A lock written on another host (a folder shared over the network) cannot be checked from here: it is
+    refused unless ``force`` (the user knows that run is gone). Taking the lock also removes the temp files that a
+    killed owner left half-written in the lock's folder."""
 
     error: type[Exception] = LockError  # raised when the lock is held (subclasses raise their module's error)
     what = "process"  # the owner, in messages: "another run (pid N) is writing to this folder"
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike, *, force: bool = False) -> None:
         self.path = Path(path)
+        self.force = force  # take over another host's lock (never a live owner's on this host)
         self.held = False
 
     def acquire(self) -> "PidLock":
@@ -162,7 +165,15 @@ class PidLock:
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                pid, start = _read_owner(self.path)
+                pid, start, host = _read_owner(self.path)
+                if host is not None and host != socket.gethostname():
+                    if not self.force:
+                        raise self.error(
+                            f"{self.path.parent}: another {self.what} (pid {pid} on host {host}) holds this folder's "
+                            "lock; it cannot be checked from here: if it is no longer running, use --force") from None
+                    _log.warning("taking over %s from pid %s on host %s (--force)", self.path, pid, host)
+                    self._unlink_stale()
+                    continue
                 if pid is not None and pid != os.getpid() and pid_alive(pid) and _same_process(pid, start):
                     raise self.error(
                         f"{self.path.parent}: another {self.what} (pid {pid}) is writing to this folder"
@@ -170,18 +181,21 @@ class PidLock:
                 if pid is None and _age(self.path) < 10.0:  # created this instant; its owner is writing the pid
                     raise self.error(f"{self.path.parent}: another {self.what} is starting in this folder") from None
                 _log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
-                try:
-                    os.unlink(self.path)
-                except FileNotFoundError:
-                    pass
+                self._unlink_stale()
                 continue
             with os.fdopen(fd, "w") as f:
                 start = process_start_time(os.getpid())
-                f.write(f"{os.getpid()}\n" + (f"{start}\n" if start is not None else ""))
+                f.write(f"{os.getpid()}\n{start if start is not None else '-'}\n{socket.gethostname()}\n")
             self.held = True
             self._clean_temps()
             return self
         raise self.error(f"{self.path}: could not take the lock")
+
+    def _unlink_stale(self) -> None:
+        try:
+            os.unlink(self.path)
+        except FileNotFoundError:
+            pass
 
     def _clean_temps(self) -> None:
         """Half-written temp files of a killed owner (its pid is dead): nobody else writes here while we hold it."""
@@ -191,7 +205,8 @@ class PidLock:
     def release(self) -> None:
         if self.held:
             try:
-                if _read_pid(self.path) == os.getpid():
+                pid, _, host = _read_owner(self.path)
+                if pid == os.getpid() and host in (None, socket.gethostname()):  # still ours (not taken over)
                     os.unlink(self.path)
             except FileNotFoundError:
                 pass
@@ -204,13 +219,15 @@ class PidLock:
         self.release()
 
 
-def _read_owner(path: Path) -> tuple[int | None, str | None]:
-    """(pid, start time) from a lock file; the start time is absent in locks written without /proc."""
+def _read_owner(path: Path) -> tuple[int | None, str | None, str | None]:
+    """(pid, start time, host) from a lock file; the start time is None where it was written without /proc ("-"),
+    the host None in locks of older versions (read as this host's)."""
     try:
         fields = path.read_text().split()
-        return int(fields[0]), (fields[1] if len(fields) > 1 else None)
+        start = fields[1] if len(fields) > 1 and fields[1] != "-" else None
+        return int(fields[0]), start, (fields[2] if len(fields) > 2 else None)
     except (OSError, ValueError, IndexError):
-        return None, None
+        return None, None, None
 
 
 def _age(path: Path) -> float:
@@ -219,10 +236,6 @@ def _age(path: Path) -> float:
         return time.time() - path.stat().st_mtime
     except OSError:
         return float("inf")
-
-
-def _read_pid(path: Path) -> int | None:
-    return _read_owner(path)[0]
 
 
 def process_start_time(pid: int) -> str | None:

@@ -20,9 +20,9 @@ from tinytransfer.training.budget import (
     plan_epochs,
     planned_seconds,
     replan,
-    unplanned,
     with_epochs,
 )
+from tinytransfer.runs.runfolder import unplanned
 from tinytransfer.training.schedule import lr_at
 
 from test_engine import TINY, read_rows, run, run_killed_at_epoch, tiny_config

@@ -36,6 +36,7 @@ import numpy as np
 from ..fsutil import TMP_MARK, atomic_write_bytes, clean_stale_temps, fsync_dir, remove_quietly, temp_name
 from .checksums import CHUNK_BYTES, HASH, CachedSplit, chunk_tasks, digest, file_digests, mismatches, read_split
 from .decode import LISTED, DataError, bad_images_message, decode_files, probe_files
+from .space import BuildGuard, images_bytes, reserve
 
 __all__ = ["CACHE_FORMAT", "FULL_CHECK_BYTES", "CacheCheck", "CachedSplit", "load_or_build", "verify_cache"]
 
@@ -115,19 +116,22 @@ def _cache_candidates(root: str, cache_dir: str) -> list[str]:
 
 
 def _cache_key(layout: str, classes: list[str], splits: dict[str, tuple[list[str], list[int]]],
-               stats: dict[str, list[tuple[int, int]]], params: dict) -> str:
-    """sha256 of (format, settings, every split's files with label, byte size and mtime in ns)."""
+               stats: dict[str, list[tuple[int, ...]]], params: dict) -> str:
+    """sha256 of (format, settings, every split's files with label, byte size, mtime, inode and ctime)."""
     h = hashlib.sha256()
     h.update(json.dumps({"format": CACHE_FORMAT, **params, "layout": layout, "classes": classes},
                         sort_keys=True).encode())
     for name in sorted(splits):
         files, labels = splits[name]
         h.update(f"\n[{name}] {len(files)}\n".encode())
-        h.update("".join(f"{f}\t{lab}\t{s}\t{m}\n" for f, lab, (s, m) in zip(files, labels, stats[name])).encode())
+        h.update("".join(f"{f}\t{lab}\t" + "\t".join(map(str, st)) + "\n"
+                         for f, lab, st in zip(files, labels, stats[name])).encode())
     return h.hexdigest()
 
 
-def _stat_files(root: str, files: list[str]) -> list[tuple[int, int]]:
+def _stat_files(root: str, files: list[str]) -> list[tuple[int, ...]]:
+    """(size, mtime, inode, ctime) of each file: a file replaced by another of the same size whose mtime was put
+    back (``cp -p``, ``rsync -a``, tar) has a new inode or change time."""
     out = []
     for rel in files:
         path = os.path.join(root, rel)
@@ -137,7 +141,7 @@ def _stat_files(root: str, files: list[str]) -> list[tuple[int, int]]:
             raise DataError(f"{path}: cannot stat file ({e.strerror or e})") from None
         if not stat.S_ISREG(st.st_mode):
             raise DataError(f"{path}: not a regular file")
-        out.append((int(st.st_size), int(st.st_mtime_ns)))
+        out.append((int(st.st_size), int(st.st_mtime_ns), int(st.st_ino), int(st.st_ctime_ns)))
     return out
 
 
@@ -253,9 +257,17 @@ def verify_cache(path: str | os.PathLike, *, threads: int = 2) -> list[CacheChec
 def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, tuple[list[str], list[int]]],
                  folder: str, key: str, image_size: int, workers: int,
                  skip: bool) -> tuple[dict, dict[str, CachedSplit]]:
-    """Decode every listed image once into ``folder``; the manifest is written last."""
+    """Decode every listed image once into ``folder``; the manifest is written last. Space is checked and
+    reserved first, leftovers removed (:mod:`.space`): a full disk is one DataError."""
     os.makedirs(folder, exist_ok=True)
     clean_stale_temps(folder)
+    with BuildGuard(folder) as guard:
+        return _build_in(root, layout, classes, splits, folder, key, image_size, workers, skip, guard)
+
+
+def _build_in(root: str, layout: str, classes: list[str], splits: dict[str, tuple[list[str], list[int]]],
+              folder: str, key: str, image_size: int, workers: int, skip: bool,
+              guard: BuildGuard) -> tuple[dict, dict[str, CachedSplit]]:
     t0 = time.perf_counter()
     order = [n for n in ("train", "val", "test") if n in splits]
     bad: dict[str, dict[int, str]] = {n: {} for n in order}  # split → {index: message}
@@ -298,6 +310,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
     written: list[str] = []  # temp files to remove if anything fails
     finals: dict[str, dict] = {}
     tag = key[:16]
+    guard.check_free(images_bytes((len(splits[n][0]) for n in order), size))
     try:
         for name in order:
             files, labels = splits[name]
@@ -309,6 +322,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
             written.append(img_tmp)
             arr = np.lib.format.open_memmap(img_tmp, mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
             del arr  # workers open it themselves; the header is on disk
+            reserve(img_tmp)  # every block now: a full disk fails here, not as a SIGBUS in a writer
             for errors in decode_files(root, files, img_tmp, size, workers=workers, skip=skip, known_bad=bad[name],
                                        what=f"decode {name}"):
                 fail_or_skip(name, errors)
@@ -319,6 +333,7 @@ def _build_cache(root: str, layout: str, classes: list[str], splits: dict[str, t
                 img_tmp2 = temp_name(img_final)
                 written.append(img_tmp2)
                 dst = np.lib.format.open_memmap(img_tmp2, mode="w+", dtype=np.uint8, shape=(len(keep), size, size, 3))
+                reserve(img_tmp2)
                 step = max(1, CHUNK_BYTES // (size * size * 3))  # rows a copy: 64 MiB in memory at a time
                 for a in range(0, len(keep), step):
                     dst[a:a + step] = src[keep[a:a + step]]

@@ -17,12 +17,14 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-__all__ = ["IMAGE_EXTENSIONS", "LISTED", "DataError", "Progress", "bad_images_message", "decode_files",
+__all__ = ["IMAGE_EXTENSIONS", "LISTED", "DataError", "Progress", "WorkerDied", "bad_images_message", "decode_files",
            "decode_image", "probe_files", "probe_image", "to_rgb"]
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,13 @@ class DataError(Exception):
 
     def __init__(self, message: str) -> None:
         super().__init__(" ".join(str(message).split()))  # always one line
+
+
+class WorkerDied(DataError):
+    """A decoding worker process ended without a result (killed: out of memory, a signal such as SIGBUS)."""
+
+
+_EXIF_ORIENTATION = 0x0112  # EXIF tag: 1 = upright; 5..8 = rotated by 90° or 270° (width and height swap)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -65,13 +74,16 @@ def to_rgb(img: Image.Image) -> Image.Image:
 
 
 def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
-    """Decode one image file to (size, size, 3) uint8 RGB, resized bilinearly if needed; DataError otherwise."""
+    """Decode one image file to (size, size, 3) uint8 RGB, resized bilinearly if needed; DataError otherwise.
+    EXIF orientation is applied (the image upright, as viewers show it) before the resize."""
     path = os.fspath(path)
     try:
         with Image.open(path) as img:
             if img.format == "JPEG" and min(img.size) >= 2 * size:
                 img.draft(img.mode, (size, size))  # DCT downscale of big JPEGs (never below the target size)
             img.load()
+            if img.getexif().get(_EXIF_ORIENTATION, 1) != 1:  # a phone photo: upright, as viewers show it
+                img = ImageOps.exif_transpose(img)
             rgb = to_rgb(img)
             if rgb.size != (size, size):
                 rgb = rgb.resize((size, size), Image.BILINEAR)
@@ -92,11 +104,13 @@ def decode_image(path: str | os.PathLike, size: int) -> np.ndarray:
 
 
 def probe_image(path: str | os.PathLike) -> tuple[int, int]:
-    """(width, height) from the image header, without decoding the pixels; DataError otherwise."""
+    """(width, height) from the image header, without decoding the pixels, after EXIF orientation (as
+    :func:`decode_image` sees it); DataError otherwise."""
     path = os.fspath(path)
     try:
         with Image.open(path) as img:
-            return img.size
+            w, h = img.size
+            return (h, w) if img.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8) else (w, h)
     except Image.UnidentifiedImageError:
         if _empty(path):
             raise DataError(f"{path}: empty file (0 bytes)") from None
@@ -143,24 +157,35 @@ def _probe_chunk(args: tuple[str, list[str], int, bool]) -> tuple[list[tuple[int
 
 
 def _decode_chunk(args: tuple[str, list[str], int, int, str, bool, list[int]]) -> list[tuple[int, str]]:
-    """Decode files rels[i] into rows start+i of the .npy at out_path (opened r+); returns [(index, message)]."""
+    """Decode files rels[i] into rows start+i of the .npy at out_path; returns [(index, message)].
+
+    Rows are written with ``pwrite``, not through a memory map: a full disk is then an ``OSError`` (ENOSPC) that
+    reaches the caller, where a page written through a map would kill the process with SIGBUS."""
     root, rels, start, size, out_path, skip, bad = args
-    out = np.load(out_path, mmap_mode="r+")  # (N, size, size, 3) uint8
+    row = size * size * 3  # bytes of one (size, size, 3) uint8 image
     errors: list[tuple[int, str]] = []
     known_bad = set(bad)
-    try:
+    with open(out_path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        fmt = np.lib.format
+        (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+        offset = f.tell()  # rows start here, C order
+        fd = f.fileno()
         for i, rel in enumerate(rels):
             if start + i in known_bad:
                 continue  # already found bad by the header probe
             try:
-                out[start + i] = decode_image(os.path.join(root, rel), size)
+                a = decode_image(os.path.join(root, rel), size)
             except DataError as e:
                 errors.append((start + i, str(e)))
                 if not skip and len(errors) >= LISTED:
                     break
-        out.flush()
-    finally:
-        del out
+                continue
+            data = memoryview(np.ascontiguousarray(a)).cast("B")
+            pos = offset + (start + i) * row
+            while data:
+                n = os.pwrite(fd, data, pos)  # ENOSPC raises OSError
+                data, pos = data[n:], pos + n
     return errors
 
 
@@ -212,7 +237,9 @@ class Progress:
 
 
 def _run_chunks(fn: Callable, tasks: list[tuple], workers: int, what: str, total: int) -> Iterator[Any]:
-    """fn over tasks, in-process (workers <= 1 or few files) or in a pool; yields results as they finish."""
+    """fn over tasks, in-process (workers <= 1 or few files) or in a pool; yields results in task order as they
+    finish. A worker that dies (killed by a signal, out of memory) raises :class:`WorkerDied` at once: the pool
+    notices the dead process, where ``multiprocessing.Pool`` would wait for its result forever."""
     bar = Progress(total, what)
     try:
         if workers <= 1 or total < 256 or len(tasks) == 1:
@@ -223,15 +250,24 @@ def _run_chunks(fn: Callable, tasks: list[tuple], workers: int, what: str, total
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)  # Python ≥ 3.12: fork() in a threaded process
-            pool = _pool_context().Pool(min(workers, len(tasks)))
+            ex = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=_pool_context())
+            futures = [ex.submit(fn, t) for t in tasks]
+        done = False
         try:
-            for t, r in zip(tasks, pool.imap(fn, tasks)):
+            for t, fut in zip(tasks, futures):
+                try:
+                    r = fut.result()
+                except BrokenProcessPool:
+                    raise WorkerDied(f"{what}: a worker process died while decoding (killed by the system: out "
+                                     "of memory, or a signal such as SIGBUS); nothing was cached") from None
                 bar.update(len(t[1]))
                 yield r
-            pool.close()
+            done = True
         finally:
-            pool.terminate()
-            pool.join()
+            if not done:  # stopped early (an error here or in the caller): do not wait for the other chunks
+                for p in list((getattr(ex, "_processes", None) or {}).values()):
+                    p.terminate()
+            ex.shutdown(wait=True, cancel_futures=True)
     finally:
         bar.close()
 

@@ -41,18 +41,25 @@ _DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "
 _DEMO_MARKER = ".tinytransfer-demo.json"
 
 
+def _holds_something(folder: str) -> bool:
+    """Whether ``folder`` exists and holds anything (a file is "something" too)."""
+    return os.path.lexists(folder) and (not os.path.isdir(folder) or bool(os.listdir(folder)))
+
+
 def _digit_jpeg(img8: np.ndarray, path: str) -> None:
     """An 8×8 digit (0..16) → 64×64 RGB JPEG (bicubic, quality 95)."""
     g = np.clip(np.rint(img8 * (255.0 / 16.0)), 0, 255).astype(np.uint8)
     Image.fromarray(g, "L").resize((64, 64), Image.BICUBIC).convert("RGB").save(path, "JPEG", quality=95)
 
 
-def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0) -> str:
+def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0, force: bool = False) -> str:
     """Write scikit-learn's 1,797 handwritten digits as a Tiny-ImageNet-layout tree at ``out_dir``; returns it.
 
     Ten made-up wnids ``d0000000``..``d0000009`` named "zero".."nine" in words.txt; a stratified split with
     ``seed``: about 60 % train/<wnid>/images, 25 % val/images (+ val_annotations.txt), 15 % test/images
     (unlabelled). 64×64 RGB JPEGs, bicubic from 8×8. Idempotent: a complete tree with the same seed is kept.
+    ``out_dir`` must be absent, empty or a digits set written here before (its marker, written first, says so);
+    anything else is refused unless ``force``: a user's dataset is never overwritten by accident.
     """
     from sklearn.datasets import load_digits
 
@@ -60,11 +67,15 @@ def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0) -> str:
     marker = os.path.join(out, _DEMO_MARKER)
     try:
         with open(marker, encoding="utf-8") as f:
-            if json.load(f).get("seed") == seed:
-                logger.info("%s: demo dataset already complete", out)
-                return out
-    except (OSError, ValueError):
-        pass
+            done = json.load(f)
+        if done.get("seed") == seed and not done.get("writing"):
+            logger.info("%s: demo dataset already complete", out)
+            return out
+    except (OSError, ValueError, AttributeError):
+        done = None
+    if done is None and not force and _holds_something(out):
+        raise DataError(f"{out}: not empty and not a digits set written by demo-data; refusing to write the demo "
+                        "dataset over it (choose another folder, or use --force)")
     digits = load_digits()
     images = digits.images  # (1797, 8, 8) float64 in 0..16
     target = digits.target.astype(int)  # (1797,)
@@ -83,7 +94,7 @@ def build_demo_dataset(out_dir: str | os.PathLike, *, seed: int = 0) -> str:
     test = [test[i] for i in rng.permutation(len(test))]
 
     os.makedirs(out, exist_ok=True)
-    remove_quietly(marker)
+    atomic_write_bytes(marker, json.dumps({"seed": seed, "writing": True}).encode())  # ours, not complete yet
     for c, w in enumerate(wnids):
         folder = os.path.join(out, "train", w, "images")
         os.makedirs(folder, exist_ok=True)

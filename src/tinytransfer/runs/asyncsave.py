@@ -20,7 +20,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -96,11 +96,13 @@ class AsyncCheckpointWriter:
         self._pool: list[torch.Tensor] = []  # host buffers of the snapshots, reused from one submit to the next
         self.stats = {"snapshot_s": 0.0, "wait_s": 0.0, "write_s": 0.0, "files": 0}
 
-    def submit(self, items: list[tuple[dict, str | os.PathLike]]) -> None:
-        """Snapshot the ``(checkpoint dict, path)`` pairs now and write them, in order, in the background."""
+    def submit(self, items: list[tuple[dict, str | os.PathLike] | Callable[[], None]]) -> None:
+        """Snapshot the ``(checkpoint dict, path)`` pairs now and write them, in order, in the background. An item
+        may also be a function of no arguments (e.g. append the epoch's metrics row): it runs there, in its turn,
+        only once the files before it are on disk, and not at all if one of them failed."""
         self.wait()
         t0 = time.perf_counter()
-        snaps = snapshot([(ckpt, os.fspath(path)) for ckpt, path in items], pool=self._pool)
+        snaps = snapshot([it if callable(it) else (it[0], os.fspath(it[1])) for it in items], pool=self._pool)
         self.stats["snapshot_s"] += time.perf_counter() - t0
         if not self.background:
             self._write(snaps)
@@ -109,10 +111,19 @@ class AsyncCheckpointWriter:
         self._thread = threading.Thread(target=self._write, args=(snaps,), name="tinytransfer-checkpoint")
         self._thread.start()
 
-    def _write(self, snaps: list[tuple[dict, str]]) -> None:
+    def _write(self, snaps: list) -> None:
         t0 = time.perf_counter()
         try:
-            for ckpt, path in snaps:
+            for item in snaps:
+                if callable(item):
+                    try:
+                        item()
+                    except Exception as e:  # not a checkpoint's fault: say so, and name the file where known
+                        where = getattr(e, "filename", None) or "after the checkpoint"
+                        raise CheckpointError(f"{where}: {type(e).__name__}: {str(e)[:160]} (the checkpoints "
+                                              "before it were saved)") from e
+                    continue
+                ckpt, path = item
                 self._path = path
                 checkpoint.save_checkpoint(ckpt, path)
                 self.stats["files"] += 1

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,10 +36,14 @@ __all__ = [
     "CheckpointView",
     "RunLock",
     "checkpoint_view",
+    "clear_previous_run",
     "load_model",
+    "new_run_problem",
     "read_auto_lr",
     "read_config",
     "run_dir_of",
+    "same_run",
+    "unplanned",
     "write_auto_lr",
     "write_config",
     "write_lr_find",
@@ -58,6 +63,16 @@ PREDICTIONS_CSV = "predictions.csv"
 ANALYSIS_JSON = "analysis.json"
 REPORT_HTML = "report.html"
 AUTO_LR_JSON = "auto_lr.json"  # LR range tests of auto_lr phases: {"<phase, 1-based>": {recipe, chosen, curve, ...}}
+# What a run leaves beside its checkpoints (outputs/: figures, Table 1, predictions, analysis, report, exports;
+# runs/tb.py: event files); a fresh start in the folder removes them, so none describes the previous run
+PREVIOUS_RUN_FILES = (
+    BEST_PT, LAST_PT, AUTO_LR_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
+    "accuracy.png", "loss.png", "lr.png", "confusion_pairs.png", "confusion_matrix.png", "per_class.png",
+    "mistakes.png", "model.torchscript.pt", "model.torchscript.pt.yaml", "model.pt2", "model.pt2.yaml",
+    "model.onnx", "model.json",
+)
+PREVIOUS_RUN_GLOBS = ("featuremaps_*.png", "gradcam_*.png")
+PREVIOUS_RUN_DIRS = ("tensorboard",)
 
 
 def run_dir_of(run: str | os.PathLike) -> Path:
@@ -92,17 +107,88 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     return cfg
 
 
-# ---- the lock -----------------------------------------------------------------------------------------------------
+# ---- the lock, and who may start in a folder -----------------------------------------------------------------------
 
 
 class RunLock(PidLock):
-    """``run_dir/.lock``: one live run writes a run folder (see :class:`fsutil.PidLock`)."""
+    """``run_dir/.lock``: one live run writes a run folder (see :class:`fsutil.PidLock`; ``force``: take over the
+    lock of a run on another host, which cannot be checked from here)."""
 
     error = CheckpointError
     what = "run"
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        super().__init__(Path(run_dir) / LOCK)
+    def __init__(self, run_dir: str | os.PathLike, *, force: bool = False) -> None:
+        super().__init__(Path(run_dir) / LOCK, force=force)
+
+
+def unplanned(raw: dict) -> dict:
+    """A config dict without what a budget's planner writes into it (the plan, each phase's epochs and LR knots, the
+    input size and trainable parts it chose): a budgeted run folder's config.yaml compared with its recipe."""
+    if not raw.get("budget"):
+        return raw
+    out = {k: v for k, v in raw.items() if k != "plan"}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "input_size"}
+    if isinstance(out.get("phases"), list):
+        out["phases"] = [{k: v for k, v in p.items() if k not in ("epochs", "lr_epochs", "lr_knots", "train")}
+                         if isinstance(p, dict) else p for p in out["phases"]]
+    return out
+
+
+def same_run(stored: Mapping, cfg: RunConfig) -> bool:
+    """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
+    wrote there and what a time budget planned (:func:`unplanned`)."""
+    new = to_dict(cfg)
+    if new.get("budget"):  # a budget's planner rewrote epochs, LR knots and its choices: compare the rest
+        stored, new = unplanned(dict(stored)), unplanned(new)
+    phases = stored.get("phases")
+    if isinstance(phases, list) and len(phases) == len(new["phases"]):
+        stored = {**stored, "phases": [
+            {**p, "lr_min": n["lr_min"], "lr_max": n["lr_max"]} if n.get("auto_lr") and isinstance(p, dict) else p
+            for p, n in zip(phases, new["phases"])]}
+    return dict(stored) == new
+
+
+def new_run_problem(run_dir: str | os.PathLike, cfg: RunConfig) -> str | None:
+    """Why a fresh run of ``cfg`` may not start in ``run_dir`` without ``--force`` (one line); None where it may.
+
+    A folder holds a run when it has config.yaml, or best.pt or last.pt (a run whose config.yaml was lost is
+    still a run). The same configuration without last.pt (a run stopped before its first epoch) may start over.
+    Called once before the data is loaded, for a quick answer, and again under the run lock, where it counts."""
+    run_dir = Path(run_dir)
+    if (run_dir / CONFIG_YAML).is_file():
+        try:
+            stored = read_config(run_dir)
+        except (yaml.YAMLError, ValueError, OSError):
+            stored = {}
+        if not stored or not same_run(stored, cfg):
+            return (f"{run_dir}: holds a different run; use --resume {run_dir} to continue it or --force to "
+                    "overwrite it")
+        if (run_dir / LAST_PT).is_file():
+            return f"{run_dir}: already holds this run; use --resume {run_dir} to continue it or --force to start over"
+        return None
+    found = [n for n in (BEST_PT, LAST_PT) if (run_dir / n).is_file()]
+    if found:
+        return f"{run_dir}: holds a run ({' and '.join(found)}, no {CONFIG_YAML}); use --force to overwrite it"
+    return None
+
+
+def clear_previous_run(run_dir: str | os.PathLike) -> list[Path]:
+    """Remove what an earlier run left in ``run_dir`` (checkpoints, figures, Table 1, predictions, analysis,
+    report, exports, TensorBoard events): a fresh start, under the lock. ``metrics.csv`` is emptied by its writer.
+    Files the run folder does not know are kept. Returns what was removed."""
+    run_dir = Path(run_dir)
+    gone = [run_dir / n for n in PREVIOUS_RUN_FILES if (run_dir / n).is_file()]
+    gone += [p for g in PREVIOUS_RUN_GLOBS for p in sorted(run_dir.glob(g)) if p.is_file()]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    for d in PREVIOUS_RUN_DIRS:
+        if (run_dir / d).is_dir():
+            shutil.rmtree(run_dir / d, ignore_errors=True)
+            gone.append(run_dir / d)
+    if gone:
+        log.info("%s: removed the previous run's %s", run_dir, ", ".join(p.name for p in gone))
+    return gone
 
 
 def write_lr_find(folder: str | os.PathLike, result: Mapping) -> Path:

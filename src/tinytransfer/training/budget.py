@@ -32,7 +32,6 @@ __all__ = [
     "plan_epochs",
     "planned_seconds",
     "replan",
-    "unplanned",
     "with_epochs",
 ]
 
@@ -131,16 +130,3 @@ def replan(cfg: RunConfig, phase: int, phase_done: int, epoch_s: Sequence[float]
               *[1 if e > 0 else 0 for e in recipe[phase + 1:]]]
     return plan_epochs(recipe, epoch_s, left_s, done=done, floors=floors, first=phase + 1 if ended else phase)
 
-
-def unplanned(raw: dict) -> dict:
-    """A config dict without what a budget's planner writes into it (the plan, each phase's epochs and LR knots, the
-    input size and trainable parts it chose): a budgeted run folder's config.yaml compared with its recipe."""
-    if not raw.get("budget"):
-        return raw
-    out = {k: v for k, v in raw.items() if k != "plan"}
-    if isinstance(out.get("model"), dict):
-        out["model"] = {k: v for k, v in out["model"].items() if k != "input_size"}
-    if isinstance(out.get("phases"), list):
-        out["phases"] = [{k: v for k, v in p.items() if k not in ("epochs", "lr_epochs", "lr_knots", "train")}
-                         if isinstance(p, dict) else p for p in out["phases"]]
-    return out

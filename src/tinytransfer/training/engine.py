@@ -28,10 +28,11 @@ from ..data.loader import DeviceLoader
 from ..data.mixing import make_mixer
 from ..models.freezing import check_trainable, set_trainable
 from ..runs.asyncsave import AsyncCheckpointWriter
-from ..runs.checkpoint import load_checkpoint, unwrap_model
+from ..runs.checkpoint import CheckpointError, load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter
-from ..runs.runfolder import AUTO_LR_JSON, BEST_PT, LAST_PT, METRICS_CSV, RunLock, write_config
+from ..runs.runfolder import BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_problem, write_config
 from ..runs.tb import TensorBoardLog, open_tensorboard
+from .budgetrun import start_budget
 from .compilestats import dynamo_counts, log_compiles
 from .ema import start_ema
 from .parallel import Dist
@@ -95,13 +96,16 @@ def fit(
     dist: Dist | None = None,
     show_progress: bool | None = None,
     started: float | None = None,
+    force: bool = False,
 ) -> TrainState:
     """Train ``model`` through ``cfg.phases`` into ``run_dir``: config.yaml (a fresh run), metrics.csv, last.pt and
     best.pt, under the folder's lock (a second live run into the same folder is refused).
 
-    ``resume`` is a checkpoint dict (``last.pt``) to continue from; without it the folder's earlier metrics and
-    checkpoints are cleared. ``show_progress``: a progress bar; None = only where stderr is a terminal. Returns the
-    final state. ``started``: ``time.perf_counter()`` at the command's start, which ``cfg.budget`` counts from.
+    ``resume`` is a checkpoint dict (``last.pt``) to continue from; without it a folder holding another run is refused
+    under the lock unless ``force`` (``runfolder.new_run_problem``; ``force`` also takes another host's lock), and
+    what the previous run left is removed. ``show_progress``: a progress bar; None = only where stderr is a
+    terminal. Returns the final state. ``started``: ``time.perf_counter()`` at the command's start, which
+    ``cfg.budget`` counts from.
 
     ``dist`` (:func:`parallel.setup`): data-parallel training. Every rank calls ``fit`` with the same config and
     a model built from the same seed; each runs ``batch_size / world_size`` images of every global batch, the model
@@ -113,10 +117,12 @@ def fit(
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as stack:
         if dist.main:
-            stack.enter_context(RunLock(run_dir))
-            if resume is None:
-                for stale in (BEST_PT, LAST_PT, AUTO_LR_JSON):
-                    (run_dir / stale).unlink(missing_ok=True)
+            stack.enter_context(RunLock(run_dir, force=force))
+            if resume is None:  # checked here, under the lock: another run may have finished here meanwhile
+                problem = None if force else new_run_problem(run_dir, cfg)
+                if problem:
+                    raise CheckpointError(problem)
+                clear_previous_run(run_dir)
                 write_config(run_dir, cfg)
         return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, started)
 
@@ -184,8 +190,6 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                           drop_last=static, channels_last=channels_last)
     clock = None
     if cfg.budget:  # measured costs -> each phase's epochs (and what the recipe left open), re-planned every epoch
-        from .budgetrun import start_budget
-
         cfg, clock = start_budget(model, loader, val_loader, cfg, state, run_dir, norm=(mean, std), device=device,
                                   generators=(shuffle_gen, aug_gen), test_images=len(data.test or ()), main=dist.main,
                                   started=time.perf_counter() if started is None else started)
@@ -245,8 +249,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 done_phase = stop_phase or state.phase_epoch >= phase.epochs
                 state.rng = rng_state(shuffle_gen, aug_gen)
                 if dist.main:
-                    saver.wait()  # the previous epoch's checkpoints are on disk before this epoch's row
-                    writer.append(row)
+                    saver.wait()  # the previous epoch's checkpoints and row are on disk
                     log.info(_fmt_line(row))
                     saves = []
                     if tb is not None:
@@ -256,6 +259,9 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                                                 std)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
                         saves.append((best_ckpt, run_dir / BEST_PT))
+                    # the row once best.pt is on disk (the report's headline is a model in the folder), before
+                    # last.pt (a kill before last.pt resumes the epoch before, which drops this row)
+                    saves.append(lambda row=row: writer.append(row))
                     # last.pt points at the start of the next epoch (or the next phase)
                     nxt = TrainState(**vars(state))
                     if done_phase:
