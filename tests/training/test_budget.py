@@ -109,6 +109,17 @@ def test_replan_after_a_slow_epoch_shortens_the_rest_and_fits():
     assert replan(cfg, phase=0, phase_done=2, epoch_s=[10.0, 10.0], left_s=1000.0)[0] == 2
 
 
+def test_a_fast_phase_does_not_promise_fast_later_phases(monkeypatch, tmp_path):
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(2, 3), budget="100s"), [2, 3])  # 2 x 10 + 3 x 10 s + 5 s finish, 40 s in
+    clock = budgetrun.BudgetClock(started=-40.0)
+    state = budgetrun.TrainState(phase_epoch=1, epoch=1)
+    now[0] = 2.0  # the head's epoch took 2 s, a fifth of the measured 10
+    cfg = clock.replan(cfg, state, tmp_path)
+    assert cfg.phases[1].epochs <= 5  # (100 - 42 - 2 - 5) / 10 s at most, not / 2 s
+
+
 def test_clock_replans_on_measured_epochs_and_never_plans_past_the_budget(monkeypatch, tmp_path):
     """A fake clock: from the third epoch of the second phase on, epochs take 2.5x the measured time; every re-plan's
     plan ends within the budget, the running phase is shortened, and its LR still reaches the annealed end of its

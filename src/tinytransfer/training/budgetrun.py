@@ -11,7 +11,8 @@ spent (``plan.elapsed_s``).
 
 :class:`BudgetClock` then re-plans at every epoch end from the measured wall time of the epochs (the latest two of
 the running phase's epochs so far in this command (their median); the later phases' measured seconds scaled by how
-much slower or faster the running one is than measured, which also follows contention of the cores). A plan that
+much slower the running one is than measured, which follows contention of the cores, but not by how much faster:
+each phase's measurement errs on its own, and a fast head phase must not promise a fast fine-tune). A plan that
 ends within ``SLACK`` of the budget is kept (noise does not flip it back and forth); one that overruns is shortened,
 one that ends earlier is lengthened.
 
@@ -271,7 +272,8 @@ class BudgetClock:
         measured = self.walls.get(state.phase, [])
         expected = plan.epoch_s[state.phase]
         ratio = statistics.median(measured) / expected if measured and expected > 0 else 1.0
-        epoch_s = [c * ratio for c in plan.epoch_s]
+        # later phases are measured apart: slower here is taken as slower there (the cores are busier), faster not
+        epoch_s = [c * (ratio if i <= state.phase else max(1.0, ratio)) for i, c in enumerate(plan.epoch_s)]
         elapsed = self.elapsed()
         left = plan.budget_s - elapsed - plan.finish_s
         old = [p.epochs for p in cfg.phases]
