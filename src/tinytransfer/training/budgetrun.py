@@ -9,12 +9,12 @@ phase's epochs (:func:`budget.plan_epochs`) and writes the plan into the config 
 every checkpoint). A resumed run keeps its plan: it measures nothing and re-plans on the time its earlier commands
 spent (``plan.elapsed_s``).
 
-:class:`BudgetClock` then re-plans at every epoch end from the measured wall time of the epochs (the latest two of
-the running phase's epochs so far in this command (their median); the later phases' measured seconds scaled by how
-much slower the running one is than measured, which follows contention of the cores, but not by how much faster:
-each phase's measurement errs on its own, and a fast head phase must not promise a fast fine-tune). A plan that
-ends within ``SLACK`` of the budget is kept (noise does not flip it back and forth); one that overruns is shortened,
-one that ends earlier is lengthened.
+:class:`BudgetClock` then re-plans at every epoch end from the measured wall time of the epochs: the running
+phase's epochs so far in this command (their median, or the mean of the latest two where that is slower), and the
+later phases' measured seconds scaled by how much slower the running one is than measured (which follows contention
+of the cores) but not by how much faster (each phase's measurement errs on its own: a fast head phase must not
+promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget is kept (noise does not flip it back and
+forth); one that overruns is shortened, one that ends earlier is lengthened.
 
 Measured on the raw (eager) model: with ``compile`` the epoch-end re-plans correct the estimate. Not for
 data-parallel runs (``api`` refuses ``budget`` with several processes).
@@ -271,7 +271,9 @@ class BudgetClock:
         self.mark = now
         measured = self.walls.get(state.phase, [])
         expected = plan.epoch_s[state.phase]
-        ratio = statistics.median(measured) / expected if measured and expected > 0 else 1.0
+        # the slower of the phase's typical epoch and its latest two: a run that slows down is believed at once
+        typical = max(statistics.median(measured), statistics.fmean(measured[-2:])) if measured else 0.0
+        ratio = typical / expected if measured and expected > 0 else 1.0
         # later phases are measured apart: slower here is taken as slower there (the cores are busier), faster not
         epoch_s = [c * (ratio if i <= state.phase else max(1.0, ratio)) for i, c in enumerate(plan.epoch_s)]
         elapsed = self.elapsed()
