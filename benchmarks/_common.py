@@ -3,7 +3,9 @@
 A step of ``gpu_check.sh`` is stopped by SIGINT at its deadline (SIGKILL 10 s later). With :class:`Results` the JSON
 on disk always holds every row measured so far (rewritten atomically after each one), and :func:`stoppable` turns
 SIGTERM into the same ``KeyboardInterrupt`` as SIGINT, so that a script can catch it in one place, mark its
-results partial and exit 130 without a traceback.
+results partial and exit 130 without a traceback. A signal that lands where Python ignores exceptions (an at-fork
+hook while a DataLoader starts its workers prints "Exception ignored" and goes on) is not lost: the next
+``Results.add`` raises it again.
 """
 
 from __future__ import annotations
@@ -27,6 +29,13 @@ class Stopped(KeyboardInterrupt):
 
 
 _OWNER = [0]  # the pid that installed the handler
+_SIGNALLED: list[int] = []  # signals received by the owner (a KeyboardInterrupt may have been swallowed)
+
+
+def _on_int(signum: int, frame: Any) -> None:
+    if os.getpid() == _OWNER[0]:
+        _SIGNALLED.append(signum)
+    raise KeyboardInterrupt
 
 
 def _on_term(signum: int, frame: Any) -> None:
@@ -34,6 +43,7 @@ def _on_term(signum: int, frame: Any) -> None:
         signal.signal(signum, signal.SIG_DFL)
         os.kill(os.getpid(), signum)
         return
+    _SIGNALLED.append(signum)
     raise Stopped(f"signal {signum}")
 
 
@@ -41,7 +51,7 @@ def stoppable() -> None:
     """SIGINT and SIGTERM both raise KeyboardInterrupt in the main thread of this process (call once at start);
     forked children that inherit the SIGTERM handler still just end on SIGTERM (a pool's terminate())."""
     _OWNER[0] = os.getpid()
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGINT, _on_int)
     signal.signal(signal.SIGTERM, _on_term)
 
 
@@ -57,8 +67,13 @@ class Results:
         self.write()
 
     def add(self, row: dict) -> None:
+        """Add a row and write; a signal received earlier whose KeyboardInterrupt was swallowed is raised now."""
         self.rows.append(row)
         self.write()
+        if _SIGNALLED and os.getpid() == _OWNER[0]:
+            signum = _SIGNALLED[-1]
+            _SIGNALLED.clear()
+            raise KeyboardInterrupt() if signum == signal.SIGINT else Stopped(f"signal {signum}")
 
     def update(self, **meta: Any) -> None:
         self.meta.update(meta)
@@ -66,6 +81,7 @@ class Results:
 
     def finish(self, partial: bool = False, **meta: Any) -> None:
         """The last write: ``partial`` says whether the script stopped before measuring everything."""
+        _SIGNALLED.clear()
         self.partial = partial
         self.update(**meta)
 

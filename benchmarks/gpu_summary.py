@@ -11,10 +11,16 @@ The targets (VGG16 + the report's head at 64 px, all on one GPU, from one run of
 - at the best batch size: >= 40 % of the bf16 matmul peak measured in the same run;
 - the frozen-base step >= 2.5x the all-layers step (batch 64, eager);
 - the whole vgg16-paper recipe (55 epochs over 90k images) in <= 300 s of wall time (a run cut by its deadline is
-  projected phase by phase: :func:`project_wall`);
+  projected phase by phase: :func:`project`; a phase whose trainable set was never timed is scaled by the
+  throughput step's measured all-layers/frozen step-time ratio and the verdict says "extrapolated", or it is
+  "not measured");
 - the input pipeline <= 5 % of the step's time;
 - >= 5x the plain torchvision loop (its better variant, fp32 or AMP) at batch 64, all layers.
-A target whose figures are missing says "not measured".
+A target whose figures are missing says "not measured". The throughput targets read the fast configuration's
+rows (``config`` "fast"); vgg16-paper's own configuration (``tinytransfer[paper]``) is shown beside them, and it is
+the one the compile gate (``--use-compile``) compares, since it is what step 4 trains. Step 4's data is synthetic
+and learnable (classes differ in colour and texture): its accuracy shows that training works, not the report's
+accuracy.
 """
 
 from __future__ import annotations
@@ -26,8 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-KEYS = ("system", "model", "input_size", "phase", "batch", "img_s", "tflops", "peak_fraction", "input_fraction",
-        "seconds", "best_val_acc", "wall_s", "train_thread_s", "write_s", "mb", "compile")
+KEYS = ("system", "config", "model", "input_size", "phase", "batch", "img_s", "tflops", "peak_fraction",
+        "input_fraction", "seconds", "best_val_acc", "wall_s", "train_thread_s", "write_s", "mb", "compile",
+        "ms_per_step", "ok", "inside_steps", "error")
 MERGED = "gpu_check.json"
 PAPER_EPOCHS = (25, 15, 15)  # vgg16-paper's epochs per phase (Table 1), where a run did not record its own
 
@@ -59,44 +66,89 @@ def merge(work: Path, dest: Path, **meta: object) -> dict:
     return doc
 
 
-def project_wall(curve: list[dict], phase_epochs: list[int] | tuple[int, ...]) -> float | None:
-    """Wall seconds the whole recipe would take, from the finished epochs of a run cut short.
+def _median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+
+
+def project(curve: list[dict], phase_epochs: list[int] | tuple[int, ...], phase_train: list | None = None,
+            step_ratio: dict | None = None) -> dict | None:
+    """Wall seconds the whole recipe would take, from the finished epochs of a run cut short: ``{"wall_s": float or
+    None, "basis": "measured" | "extrapolated" | "not measured", "note": str}``; None for an empty curve.
 
     ``curve``: one dict an epoch in order, with ``phase`` (1-based), ``seconds`` (cumulative seconds of training and
-    evaluation) and, where known, ``wall`` (seconds since the run started when the epoch's row appeared).
-    Each phase's remaining epochs are projected with that phase's own epoch time (the median of its epochs after
-    its first, which carries compilation; its only one otherwise); a phase not reached takes the epoch time of the
-    last phase measured, plus that phase's first-epoch surcharge (a new phase may compile again). The projection
-    starts from the wall time of the last finished epoch (start-up and data loading included), or from its
-    cumulative seconds where no wall time was recorded. A pure function.
+    evaluation) and, where known, ``wall`` (seconds since the run started when the epoch's row appeared). An
+    epoch's time is the wall-clock gap between its end and the previous epoch's end (evaluation, checkpoint and
+    everything between included), where walls are known; else its ``seconds``. Each phase's steady epoch time is
+    the median of its epochs after its first (which carries compilation, and in phase 1 the run's start-up; its
+    only one otherwise). A phase not reached takes the steady epoch time of a measured phase with the same
+    ``phase_train`` setting (vgg16-paper's phase 3 trains what phase 2 trains, and reuses its compiled graphs:
+    "measured"). Where no measured phase trains the same parameters, ``step_ratio`` ``{"from": train setting,
+    "to": train setting, "ratio": step time of "to" / step time of "from"}`` (the throughput step's measured
+    all-layers/frozen ratio) scales the last measured phase's: "extrapolated" (a compilation at that phase's
+    start is not included); without it the projection is "not measured". The projection starts from the wall
+    time of the last finished epoch (start-up and data loading included). A pure function.
     """
     if not curve:
         return None
-    done: dict[int, list[float]] = {}
-    prev = 0.0
+    times: dict[int, list[float]] = {}
+    prev_wall, prev_secs = 0.0, 0.0
     for c in curve:
-        done.setdefault(int(c["phase"]), []).append(float(c["seconds"]) - prev)
-        prev = float(c["seconds"])
-    steady: dict[int, float] = {}
-    extra: dict[int, float] = {}
-    for ph, secs in done.items():
-        rest = sorted(secs[1:])
-        steady[ph] = rest[len(rest) // 2] if len(rest) % 2 else (
-            (rest[len(rest) // 2 - 1] + rest[len(rest) // 2]) / 2 if rest else secs[0])
-        extra[ph] = max(0.0, secs[0] - steady[ph])
+        wall = c.get("wall")
+        gap = float(wall) - prev_wall if wall is not None else float(c["seconds"]) - prev_secs
+        times.setdefault(int(c["phase"]), []).append(gap)
+        prev_wall = float(wall) if wall is not None else prev_wall + float(c["seconds"]) - prev_secs
+        prev_secs = float(c["seconds"])
+    steady = {ph: _median(t[1:]) if len(t) > 1 else t[0] for ph, t in times.items()}
+    train = list(phase_train or [None] * len(phase_epochs))
+    train += [None] * (len(phase_epochs) - len(train))
     last = curve[-1]
     total = float(last["wall"]) if last.get("wall") is not None else float(last["seconds"])
-    measured = sorted(done)
+    basis, notes = "measured", []
     for ph, n in enumerate(phase_epochs, start=1):
-        left = n - len(done.get(ph, []))
+        left = n - len(times.get(ph, []))
         if left <= 0:
             continue
-        if ph in done:
+        if ph in times:
             total += left * steady[ph]
-        else:
-            ref = max((m for m in measured if m < ph), default=measured[0])
-            total += left * steady[ref] + extra[ref]
-    return total
+            continue
+        same = [m for m in sorted(times) if train[m - 1] is not None and train[m - 1] == train[ph - 1]]
+        if same:  # the same trainable set was timed (and compiled): its steady epochs
+            ref = same[-1]
+            total += left * steady[ref]
+            notes.append(f"phase {ph} at phase {ref}'s epoch time (same trainable set)")
+            continue
+        ref = max(times)
+        r = step_ratio or {}
+        if r.get("ratio") and r.get("from") == train[ref - 1] and r.get("to") == train[ph - 1]:
+            total += left * steady[ref] * float(r["ratio"])
+            basis = "extrapolated"
+            notes.append(f"phase {ph} ({train[ph - 1]}) at phase {ref}'s epoch time x {float(r['ratio']):.2f}, "
+                         f"the measured {r['to']}/{r['from']} step-time ratio")
+            continue
+        return {"wall_s": None, "basis": "not measured",
+                "note": f"phase {ph} ({train[ph - 1]}) was never timed and no step-time ratio to scale by"}
+    return {"wall_s": total, "basis": basis, "note": "; ".join(notes)}
+
+
+def project_wall(curve: list[dict], phase_epochs: list[int] | tuple[int, ...], phase_train: list | None = None,
+                 step_ratio: dict | None = None) -> float | None:
+    """:func:`project`'s wall seconds (None: not measured)."""
+    p = project(curve, phase_epochs, phase_train, step_ratio)
+    return None if p is None else p["wall_s"]
+
+
+def step_ratio(docs: dict[str, dict], config: str = "paper") -> dict | None:
+    """The all-layers over frozen-base step-time ratio of ``config`` (fast: rows without a config too) at the
+    smallest batch the throughput step measured both at: ``{"from": "head", "to": "all", "ratio": r}``."""
+    rows = [r for r in vgg_rows(docs, "throughput.json") if r.get("config", "fast") == config
+            and r["system"].startswith("tinytransfer") and "compile" not in r["system"]]
+    for b in sorted({r["batch"] for r in rows}):
+        f = best([r for r in rows if r["phase"] == "frozen" and r["batch"] == b])
+        u = best([r for r in rows if r["phase"] == "unfrozen" and r["batch"] == b])
+        if f and u:
+            return {"from": "head", "to": "all", "ratio": f / u, "batch": b, "config": config}
+    return None
 
 
 def vgg_rows(docs: dict[str, dict], *names: str) -> list[dict]:
@@ -104,9 +156,10 @@ def vgg_rows(docs: dict[str, dict], *names: str) -> list[dict]:
             if r.get("model") == "vgg16" and r.get("input_size") == 64]
 
 
-def ours(rows: list[dict], phase: str, batch: int | None = None) -> list[dict]:
+def ours(rows: list[dict], phase: str, batch: int | None = None, config: str = "fast") -> list[dict]:
+    """Our rows of a phase (and batch) in one training configuration (rows without one are the fast one's)."""
     return [r for r in rows if r["system"].startswith("tinytransfer") and r["phase"] == phase
-            and (batch is None or r["batch"] == batch)]
+            and (batch is None or r["batch"] == batch) and r.get("config", "fast") == config]
 
 
 def best(rows: list[dict], key: str = "img_s") -> float | None:
@@ -114,13 +167,19 @@ def best(rows: list[dict], key: str = "img_s") -> float | None:
     return max(vals) if vals else None
 
 
-def compile_speedup(docs: dict[str, dict]) -> float | None:
-    """Compiled over eager images/s, VGG16 at 64 px, all layers, at the smallest batch that both measured."""
+def compile_speedup(docs: dict[str, dict], config: str = "paper") -> float | None:
+    """Compiled over eager images/s, VGG16 at 64 px, all layers, at the smallest batch that both measured, in
+    training configuration ``config`` (vgg16-paper's own by default: what the 55-epoch step trains; where the
+    compile step measured none of it, the fast one's)."""
     eager, comp = vgg_rows(docs, "throughput.json"), vgg_rows(docs, "compile.json")
+    if config != "fast" and not ours(comp, "unfrozen", config=config):
+        config = "fast"
+    comp, eager = ours(comp, "unfrozen", config=config), ours(eager, "unfrozen", config=config)
     batches = sorted({r["batch"] for r in comp} & {r["batch"] for r in eager})
     if not batches:
         return None
-    e, c = best(ours(eager, "unfrozen", batches[0])), best(ours(comp, "unfrozen", batches[0]))
+    e = best([r for r in eager if r["batch"] == batches[0]])
+    c = best([r for r in comp if r["batch"] == batches[0]])
     return c / e if e and c else None
 
 
@@ -140,6 +199,10 @@ def targets(docs: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
     f, u = best(ours(tp, "frozen", 64)), best(ours(tp, "unfrozen", 64))
     out.append(("frozen-base step >= 2.5x the all-layers step (batch 64)",
                 f"{f / u:.2f}x ({f:,.0f} / {u:,.0f})" if f and u else "-", f / u >= 2.5 if f and u else None))
+    v = best(ours(tp, "unfrozen", config="paper"))
+    fast = best(ours(tp, "unfrozen", v and min(r["batch"] for r in ours(tp, "unfrozen", config="paper"))))
+    out.append(("vgg16-paper's own configuration, all layers (shown beside the fast one, no target)",
+                f"{v:,.0f} img/s" + (f" (fast configuration {fast:,.0f})" if fast else "") if v else "-", None))
     runs = docs.get("tta.json", {}).get("runs", [])
     tta = "vgg16-paper, 55 epochs over 90k images, <= 300 s wall"
     if runs and runs[0]["curve"]:
@@ -150,9 +213,15 @@ def targets(docs: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
         if n >= 55 and not r["stopped_by_budget"]:
             out.append((tta, f"{r['wall_s']:.0f} s wall ({secs:.0f} s training)", r["wall_s"] <= 300))
         elif r["stopped_by_budget"] and sum(plan) >= 55:  # cut by its deadline: project phase by phase
-            proj = project_wall(c, plan)
+            proj = project(c, plan, r.get("phase_train"), step_ratio(docs))
             at = f"{wall:.0f} s wall" if wall is not None else f"{secs:.0f} s of training"
-            out.append((tta, f"{n} epochs in {at}; 55 would take ~{proj:.0f} s (per phase)", proj <= 300))
+            if proj["wall_s"] is None:
+                out.append((tta, f"{n} epochs in {at}; not measured: {proj['note']}", None))
+            else:
+                label = "extrapolated" if proj["basis"] == "extrapolated" else "per phase"
+                note = f"; {proj['note']}" if proj["note"] else ""
+                out.append((tta, f"{n} epochs in {at}; 55 would take ~{proj['wall_s']:.0f} s ({label}){note}",
+                            proj["wall_s"] <= 300))
         else:
             out.append((tta, f"a shortened recipe ({n} epochs), not the target's", None))
     else:
@@ -178,6 +247,17 @@ def targets(docs: dict[str, dict]) -> list[tuple[str, str, bool | None]]:
                         f"{len(comp)} compiled rows, fullgraph, static shapes"), not bad and not recompiled))
     else:
         out.append(("torch.compile: no fallback to eager, no recompiles while timed", "-", None))
+    sync = docs.get("sync_check.json", {}).get("rows", [])
+    bad = [f"{r['config']} {r['phase']}: {r.get('error') or ', '.join(r.get('inside_steps') or [])}"
+           for r in sync if not r.get("ok")]
+    out.append(("no host sync inside a training step (set_sync_debug_mode error)",
+                ("; ".join(bad) if bad else f"{len(sync)} (configuration, phase) pairs clean") if sync else "-",
+                not bad if sync else None))
+    opt = {r["system"]: r["ms_per_step"] for r in docs.get("optim.json", {}).get("rows", [])}
+    k, a = opt.get("adam-keras (fused)"), opt.get("adam (fused)")
+    out.append(("adam-keras step about as fast as fused Adam (<= 1.2x its time)",
+                f"{k:.2f} ms vs {a:.2f} ms (adam-keras foreach {opt.get('adam-keras (foreach)', float('nan')):.2f} ms)"
+                if k and a else "-", k <= 1.2 * a if k and a else None))
     return out
 
 
@@ -212,9 +292,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['wall_s']} s wall, stopped by budget: {r['stopped_by_budget']}")
             for line in r.get("compile", []):
                 print(f"  {line}")
+            for c in r.get("compile_phases", []):
+                print(f"  compile, phase {c['phase']}: {c.get('graphs')} graphs ({c.get('graphs_after_first_epoch')} "
+                      f"after its first epoch), {c.get('graph_breaks')} breaks, {c.get('cudagraph_skips')} "
+                      f"cudagraph skips, {c.get('compile_s')} s compiling" + ("" if c.get("complete") else
+                                                                              " (phase cut)"))
+        if d.get("data"):
+            print(f"{name}: data: {d['data']}")
     print("\nissue 5 and 12 targets")
     for what, got, met in targets(docs):
-        verdict = "not measured" if met is None else ("met" if met else "MISSED")
+        verdict = "info" if "no target" in what else "not measured" if met is None else ("met" if met else "MISSED")
         print(f"  {verdict:<12} {what}: {got}")
     return 0
 

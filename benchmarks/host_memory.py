@@ -33,7 +33,8 @@ from tinytransfer.training import engine
 from tinytransfer.data.augment import make_transform
 from tinytransfer.config import PhaseConfig
 from tinytransfer.data.loader import DeviceLoader
-from tinytransfer.models.backbones import create_model, set_trainable
+from tinytransfer.models.backbones import create_model
+from tinytransfer.models.freezing import set_trainable
 from throughput import HEADS, synthetic_split
 
 if SETTING == "retain":

@@ -59,24 +59,42 @@ MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # ImageNet statistics,
 _CHUNK = 2048  # images a generator seed covers: the pictures do not depend on the number of workers
 
 
-def _write_chunk(root: str, wnids: list[str], lo: int, hi: int, size: int, seed: int) -> None:
+def _class_look(k: int, seed: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Class ``k``'s colour (3,), stripe colour direction (3,), stripe angle (radians) and frequency (cycles an
+    image): what a learnable synthetic class looks like."""
+    r = np.random.default_rng([seed, 7, k])
+    return r.uniform(50, 205, 3), r.normal(0, 1, 3), r.uniform(0, np.pi), r.uniform(1.5, 6.0)
+
+
+def _write_chunk(root: str, wnids: list[str], lo: int, hi: int, size: int, seed: int,
+                 learnable: bool = False) -> None:
     rng = np.random.default_rng([seed, lo // _CHUNK])
     n_classes = len(wnids)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     for i in range(lo, hi):
         w = wnids[i % n_classes]
         folder = Path(root) / "train" / w / "images"
         small = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8), "RGB")
         a = np.asarray(small.resize((size, size), Image.BICUBIC), dtype=np.int16)
+        if learnable:  # the class's colour and stripes, under a dimmer random field and a random stripe phase
+            colour, direction, angle, freq = _class_look(i % n_classes, seed)
+            wave = np.sin(2 * np.pi * (freq * (xx * np.cos(angle) + yy * np.sin(angle)) + rng.uniform(0, 1)))
+            stripes = 45 * wave[..., None] * (direction / np.linalg.norm(direction))
+            a = (colour + stripes + 0.35 * (a - 128)).astype(np.int16)
         a = np.clip(a + rng.integers(-8, 9, a.shape), 0, 255).astype(np.uint8)
         Image.fromarray(a, "RGB").save(folder / f"{w}_{i // n_classes}.JPEG", "JPEG", quality=90)
 
 
-def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0, workers: int = 0) -> Path:
+def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0, workers: int = 0,
+              learnable: bool = False) -> Path:
     """A Tiny-ImageNet-layout train/ tree of ``n_images`` JPEGs (quality 90) in up to 200 classes.
 
     Smooth random pictures (8×8 colour fields upsampled, plus mild noise) so that the JPEGs are about as large
     as Tiny ImageNet's (2–3 KB) and decode at a realistic speed. Written by ``workers`` processes (default: one a
-    core; 100,000 images are ~40 s of one core), the same pictures whatever their number.
+    core; 100,000 images are ~40 s of one core), the same pictures whatever their number. Their labels are
+    random: nothing to learn. ``learnable``: each class has its own colour and stripe texture (angle, frequency,
+    colour direction) under a dimmer random field, so that a model can learn the classes and a time-to-accuracy
+    figure means something.
     """
     n_classes = max(2, min(200, n_images // 20))
     wnids = [f"n{k:08d}" for k in range(n_classes)]
@@ -88,7 +106,7 @@ def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0, workers:
     workers = min(workers or os.cpu_count() or 1, len(chunks))
     if workers <= 1:
         for lo, hi in chunks:
-            _write_chunk(str(root), wnids, lo, hi, size, seed)
+            _write_chunk(str(root), wnids, lo, hi, size, seed, learnable)
         return root
     import signal
     from concurrent.futures import ProcessPoolExecutor
@@ -96,7 +114,7 @@ def make_tree(root: Path, n_images: int, size: int = 64, seed: int = 0, workers:
     # the workers leave SIGINT to us (no traceback from each of them); a stop cancels the chunks not started
     pool = ProcessPoolExecutor(workers, initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN))
     try:
-        for f in [pool.submit(_write_chunk, str(root), wnids, lo, hi, size, seed) for lo, hi in chunks]:
+        for f in [pool.submit(_write_chunk, str(root), wnids, lo, hi, size, seed, learnable) for lo, hi in chunks]:
             f.result()
     except BaseException:
         pool.shutdown(wait=False, cancel_futures=True)

@@ -8,11 +8,17 @@
 For every (model, input size, phase) it times:
 - ``tinytransfer``: the real training step (``engine.train_one_epoch``) on a uint8 split held by ``DeviceLoader``
   with the recipe's ``keras`` augmentation on the device, bf16 autocast + channels_last on CUDA, float32 on CPU,
-  the frozen base under ``torch.inference_mode``; inference through ``engine.evaluate``.
+  the frozen base under ``torch.inference_mode``; inference through ``engine.evaluate``. ``--configs`` says which
+  training configurations: ``fast`` (fused PyTorch Adam, plain BatchNorm1d, the backbone's normalisation, bf16 on
+  CUDA) and ``paper`` (the vgg16-paper recipe's own: adam-keras (fused kernel on CUDA), KerasBatchNorm1d, rescale-only
+  input, float32 with TF32 matmuls on CUDA), rows ``tinytransfer`` and ``tinytransfer[paper]``; ``paper`` rows are
+  measured at the smallest ``--batch`` only.
 - ``plain-pytorch`` (``--peers``): the loop most users write — the same network in float32 (``+amp`` variant on
-  CUDA), contiguous layout, frozen parameters marked ``requires_grad=False``, batches from a torchvision
+  CUDA; the fp32 row strict float32, TF32 off for matmuls and convolutions), contiguous layout, frozen
+  parameters marked ``requires_grad=False``, batches from a torchvision
   ``ImageFolder`` + ``DataLoader`` (``--plain-workers``, default one per core but one, PIL decode, ``RandomAffine``
-  + flip + ``ToTensor`` + ``Normalize``) over JPEGs of the same images.
+  + flip + ``ToTensor`` + ``Normalize``) over JPEGs of the same images (at least ``--jpegs`` and 8 batches of the
+  largest ``--batch``, so that its DataLoader does not restart every few steps).
 - ``keras-report`` (``--keras-python PATH``, vgg16 at 64 px): ``benchmarks/peers/keras_report.py`` run under a
   separate TensorFlow venv after the PyTorch measurements, its rows merged in (TFLOP/s from the same FLOP count).
 Achieved TFLOP/s come from ``torch.utils.flop_counter`` (training = forward + 2 × the trained part's forward); on
@@ -62,6 +68,10 @@ from tinytransfer.training.compilestats import dynamo_counts, dynamo_disabled, f
 
 RESULTS = Path(__file__).resolve().parent / "results" / "throughput.json"
 HEADS = {"vgg16": "paper", "vgg16_bn": "paper"}  # others: global-pool head
+CONFIGS = {  # training configurations: (optimizer, head BatchNorm variance rule, input normalisation, amp)
+    "fast": ("adam", "unbiased", "backbone", "auto"),
+    "paper": ("adam-keras", "biased", "rescale", "off"),  # recipes/vgg16-paper.yaml
+}
 
 
 def synthetic_split(n: int, size: int = 64, classes: int = 200, seed: int = 0) -> Split:
@@ -125,25 +135,31 @@ def _timed(run_pass: "callable", min_seconds: float, device: torch.device) -> tu
 
 
 def compile_model(model: nn.Module, mode: str = "default", backend: str = "inductor") -> nn.Module:
-    """``torch.compile`` with ``fullgraph=True``: a graph break raises instead of running part of it eagerly."""
+    """``torch.compile`` with ``fullgraph=True`` (a graph break raises instead of running part of it eagerly) and
+    ``dynamic=False``, as the engine compiles (``training.compiling.wrap_for_phase``)."""
     if backend == "inductor":
-        return torch.compile(model, mode=mode, fullgraph=True)
-    return torch.compile(model, backend=backend, fullgraph=True)  # modes belong to inductor
+        return torch.compile(model, mode=mode, fullgraph=True, dynamic=False)
+    return torch.compile(model, backend=backend, fullgraph=True, dynamic=False)  # modes belong to inductor
 
 
 def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: int, device: torch.device,
-              compile_: bool, amp: str = "auto", compile_mode: str = "default", min_seconds: float = 0.0,
-              compile_backend: str = "inductor") -> dict:
+              compile_: bool, amp: str | None = None, compile_mode: str = "default", min_seconds: float = 0.0,
+              compile_backend: str = "inductor", config: str = "fast") -> dict:
     """img_s of the step, input_fraction (the input pipeline alone as a share of the step's time; None for
-    inference), seconds and steps timed, and with ``compile_`` dynamo's counts (``compile``)."""
-    model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
+    inference), seconds and steps timed, and with ``compile_`` dynamo's counts (``compile``). ``config``: a key of
+    :data:`CONFIGS` (``amp`` None: the configuration's own)."""
+    optimizer, bn_variance, normalize, config_amp = CONFIGS[config]
+    amp = amp or config_amp
+    model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size,
+                         bn_variance=bn_variance)
     cl = True  # as the engine's channels_last="auto": faster on CUDA and with oneDNN on the CPU
     model.to(device)
     if cl:
         model.to(memory_format=torch.channels_last)
     split = synthetic_split(batch * (steps + warmup), 64)
     tf_name = "keras" if phase != "inference" else "none"
-    tf = make_transform(tf_name, tuple(model.mean), tuple(model.std), input_size=size)
+    mean, std = ((0.0,) * 3, (1.0,) * 3) if normalize == "rescale" else (tuple(model.mean), tuple(model.std))
+    tf = make_transform(tf_name, mean, std, input_size=size)
     gen = torch.Generator(device=device).manual_seed(0)
     loader = DeviceLoader(split, batch, device=device, shuffle=phase != "inference",
                           generator=torch.Generator().manual_seed(0), transform=tf, aug_generator=gen,
@@ -161,7 +177,7 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
         out.update(img_s=n / secs, input_fraction=None, seconds=secs, steps=n // batch)
     else:
         pc = PhaseConfig(train="head" if phase == "frozen" else "all", lr_policy="constant", lr_max=1e-4,
-                         batch_size=batch)
+                         batch_size=batch, optimizer=optimizer)
         set_trainable(model, pc.train)
         opt = engine.make_optimizer(model, pc, fused=device.type == "cuda")
         state = engine.TrainState()
@@ -194,6 +210,8 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
         total, timed = since(counts0), since(counts1)
         out["compile"] = {"graphs": total.get("graphs", 0), "graphs_while_timed": timed.get("graphs", 0),
                           "graph_breaks": total.get("graph_breaks", 0), "backend": compile_backend,
+                          "cudagraph_skips": total.get("cudagraph_skips", 0),
+                          "compile_s": round(total.get("compile_ms", 0) / 1000, 2),
                           "dynamo_disabled": dynamo_disabled()}
         out["compile_fallback"] = fell_back(total)
     return out
@@ -215,6 +233,14 @@ def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup:
     transforms, fp32 (or AMP); timed over at least ``steps`` steps and ``min_seconds`` seconds."""
     from torchvision import datasets, transforms
 
+    if device.type == "cuda" and not amp and (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32):
+        # the "fp32" row is strict float32: TF32 off for matmuls and convolutions (run_all switches it on for ours)
+        tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            return time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_root, workers, min_seconds)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
     model = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
     model.frozen_body_fast = False  # a plain loop has no inference-mode shortcut
     model.to(device)
@@ -338,6 +364,8 @@ def main() -> int:
     p.add_argument("--plain-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                    help="DataLoader workers of the plain loop (default: one per core but one)")
     p.add_argument("--jpegs", type=int, default=2048, help="JPEGs the plain loop reads (at least 8 batches)")
+    p.add_argument("--configs", default="fast",
+                   help="our training configurations, comma-separated: fast | paper (vgg16-paper's own)")
     p.add_argument("--compile", action="store_true", help="torch.compile our model (fullgraph)")
     p.add_argument("--compile-mode", default="default",
                    help="torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune")
@@ -394,7 +422,12 @@ def run_all(a: argparse.Namespace, res: Results, device: torch.device, gpu: bool
     header += f" {'input':>6} {'s':>5}"  # the input pipeline alone, as a share of the training step's time
     print(header)
     print("-" * len(header), flush=True)
-    jobs = []  # (system, amp, model, size, phase, batch, FLOPs an image)
+    jobs = []  # (system, amp, config, model, size, phase, batch, FLOPs an image)
+    batches = [int(b) for b in a.batch.split(",")]
+    configs = a.configs.split(",")
+    for c in configs:
+        if c not in CONFIGS:
+            raise SystemExit(f"--configs: unknown configuration {c!r} (known: {', '.join(CONFIGS)})")
     for name in a.models.split(","):
         for size in map(int, a.sizes.split(",")):
             m = create_model(name, 200, pretrained=False, head=HEADS.get(name, "pool"), input_size=size)
@@ -403,33 +436,34 @@ def run_all(a: argparse.Namespace, res: Results, device: torch.device, gpu: bool
             del m
             for phase in a.phases.split(","):
                 per_img = {"inference": fwd, "frozen": fwd + 2 * head_fwd, "unfrozen": 3 * fwd}[phase]
-                for batch in map(int, a.batch.split(",")):
+                for batch in batches:
                     tag = "" if not a.compile else "+compile" + (
                         "" if a.compile_mode == "default" else f"({a.compile_mode})")
-                    systems = [("tinytransfer" + tag, None)]
+                    systems = [("tinytransfer" + ("" if c == "fast" else f"[{c}]") + tag, None, c) for c in configs
+                               if c == "fast" or (batch == min(batches) and phase != "inference")]
                     if a.cpu_bf16 and not gpu:
-                        systems.append(("tinytransfer+bf16", "bf16"))
+                        systems.append(("tinytransfer+bf16", "bf16", "fast"))
                     if a.peers:
-                        systems.append(("plain-pytorch", False))
+                        systems.append(("plain-pytorch", False, None))
                         if gpu:
-                            systems.append(("plain-pytorch+amp", True))
-                    jobs += [(system, amp, name, size, phase, batch, per_img) for system, amp in systems]
+                            systems.append(("plain-pytorch+amp", True, None))
+                    jobs += [(system, amp, c, name, size, phase, batch, per_img) for system, amp, c in systems]
     # The plain loops run first, in the process as Python starts it: our rows then switch glibc to keeping freed
     # memory (engine.retain_host_memory, as the CLI does), which is process-wide and would speed the peers up too.
     jobs.sort(key=lambda j: not j[0].startswith("plain"))
     jpeg_dir = None
-    for system, amp, name, size, phase, batch, per_img in jobs:
+    for system, amp, config, name, size, phase, batch, per_img in jobs:
         compiled = "compile" in system
         try:
             if amp is None or amp == "bf16":
                 engine.retain_host_memory()
                 got = time_ours(name, size, phase, batch, steps, warmup, device, a.compile,
-                                amp="bf16" if amp == "bf16" else "auto", compile_mode=a.compile_mode,
-                                min_seconds=a.min_seconds, compile_backend=a.compile_backend)
+                                amp="bf16" if amp == "bf16" else None, compile_mode=a.compile_mode,
+                                min_seconds=a.min_seconds, compile_backend=a.compile_backend, config=config)
             else:
                 if jpeg_dir is None:
                     jpeg_dir = Path(tempfile.mkdtemp(prefix="tt-bench-"))
-                    write_jpegs(jpeg_dir, synthetic_split(max(a.jpegs, batch * 8), 64))
+                    write_jpegs(jpeg_dir, synthetic_split(max(a.jpegs, max(batches) * 8), 64))  # the largest batch
                 got = time_plain(name, size, phase, batch, steps, warmup, device, amp, jpeg_dir, a.plain_workers,
                                  min_seconds=a.min_seconds)
         except Exception as e:  # one failing configuration must not lose the others
@@ -439,7 +473,7 @@ def run_all(a: argparse.Namespace, res: Results, device: torch.device, gpu: bool
             continue
         r, input_frac = got["img_s"], got["input_fraction"]
         tflops = r * per_img / 1e12
-        row = {"system": system, "model": name, "input_size": size, "phase": phase, "batch": batch,
+        row = {"system": system, "config": config, "model": name, "input_size": size, "phase": phase, "batch": batch,
                "device": dev_name, "img_s": round(r, 2), "tflops": round(tflops, 4),
                "gflop_per_img": round(per_img / 1e9, 3),
                "peak_fraction": round(tflops / peak, 4) if peak else None,

@@ -12,6 +12,12 @@ step; ``--grace`` seconds later it is killed. SIGINT/SIGTERM to this script stop
 generation at once. The curve is read from the run's ``metrics.csv`` (cumulative seconds of training and
 evaluation, val top-1 per epoch), with the wall time at which each epoch's row appeared. The JSON is rewritten
 after every epoch, so a kill leaves the epochs so far; ``partial`` says whether the script was stopped.
+``--stop-after-epochs N`` stops a run the same way once N epochs are in (a budget in epochs, not seconds).
+Each run records its phases' ``train`` settings (for a projection of a cut run) and, when it compiles, the run
+folder's ``compile.json`` (graphs, recompiles, breaks, CUDA-graph skips and compile seconds per phase, whatever
+``--quiet`` hides). ``--synthetic N`` writes N learnable images: 200 classes (fewer for small N) that differ in
+colour and stripe texture (``pipeline.make_tree(learnable=True)``), so the accuracy says that the pipeline
+learns, not how good the recipe is on real images.
 Writes ``benchmarks/results/time_to_accuracy.json``.
 """
 
@@ -34,6 +40,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import Results  # noqa: E402
+
+from tinytransfer.runs.runfolder import read_compile  # noqa: E402  (_common put src/ on the path)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "time_to_accuracy.json"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -75,17 +83,21 @@ def record(label: str, recipe: str, sets: list[str], out: Path, walls: list[floa
            stopped: str | None, compile_lines: list[str]) -> dict:
     curve, cfg = read_curve(out, walls)
     best = max((c["val_acc"] for c in curve if c["val_acc"] is not None), default=None)
+    phases = read_compile(out)  # per phase, written by the run itself whatever its log level
     return {"label": label, "recipe": recipe, "sets": sets, "wall_s": round(wall, 1),
             "stopped_by_budget": stopped is not None, "stopped": stopped,
             "backbone": cfg.get("model", {}).get("backbone"), "input_size": cfg.get("model", {}).get("input_size"),
             "phase_epochs": [p.get("epochs") for p in cfg.get("phases", [])],
-            "compile": compile_lines, "compile_fell_back": any("fell back" in c for c in compile_lines),
+            "phase_train": [p.get("train") for p in cfg.get("phases", [])],
+            "compile": compile_lines, "compile_phases": phases,
+            "compile_fell_back": any("fell back" in c for c in compile_lines) or any(p.get("fell_back") for p in phases),
             "best_val_acc": best, "curve": curve}
 
 
 def run(label: str, recipe: str, data: str, out: Path, budget: float, sets: list[str], *, deadline: float,
-        grace: float, flag: _StopFlag, on_epoch) -> dict:
-    """Run one recipe until it ends, its budget is spent, ``deadline`` - ``grace`` (Unix time) or a signal."""
+        grace: float, flag: _StopFlag, on_epoch, max_epochs: int = 0) -> dict:
+    """Run one recipe until it ends, its budget is spent (``budget`` seconds, or ``max_epochs`` epochs when > 0),
+    ``deadline`` - ``grace`` (Unix time) or a signal."""
     cmd = [sys.executable, "-m", "tinytransfer.cli", "train", "--recipe", recipe, "--data", data, "--out", str(out),
            "--force", "--quiet", "--no-finish"]
     for s in sets:
@@ -119,7 +131,7 @@ def run(label: str, recipe: str, data: str, out: Path, budget: float, sets: list
         if n > len(walls):
             walls += [now - t0] * (n - len(walls))
             on_epoch(record(label, recipe, sets, out, walls, now - t0, stopped, compile_lines))
-        if stopped is None and (now >= stop_at or flag.signum is not None):
+        if stopped is None and (now >= stop_at or flag.signum is not None or 0 < max_epochs <= n):
             stopped = f"signal {flag.signum}" if flag.signum is not None else "budget"
             proc.send_signal(signal.SIGINT)
             sent_at = now
@@ -147,6 +159,8 @@ def main() -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--synthetic", type=int, default=0,
                    help="instead of --data: N generated images in 200 classes, Tiny ImageNet layout (train/ only)")
+    p.add_argument("--stop-after-epochs", type=int, default=0, metavar="N",
+                   help="stop each run cleanly once N epochs are done (an epoch budget; 0: none)")
     p.add_argument("--compare-random", action="store_true", help="also run from random weights")
     p.add_argument("--out", default=str(RESULTS))
     a = p.parse_args()
@@ -165,7 +179,10 @@ def main() -> int:
         if a.synthetic:
             from pipeline import make_tree
 
-            data = str(make_tree(work / "synthetic", a.synthetic))
+            data = str(make_tree(work / "synthetic", a.synthetic, learnable=True))
+            res.update(data="synthetic: classes that differ in colour and stripe texture (learnable), "
+                            "Tiny ImageNet layout; its accuracy shows that the pipeline learns, not the recipe's "
+                            "accuracy on real images")
         elif not data:
             from tinytransfer.data.sources import build_demo_dataset
 
@@ -188,7 +205,7 @@ def main() -> int:
             break
         out = work / label.replace(" ", "-")
         r = run(label, a.recipe, data, out, a.budget, sets, deadline=deadline, grace=a.grace, flag=flag,
-                on_epoch=lambda rec: res.update(runs=[*runs, rec]))
+                on_epoch=lambda rec: res.update(runs=[*runs, rec]), max_epochs=a.stop_after_epochs)
         runs.append(r)
         res.update(runs=runs)
     print(f"recipe {a.recipe} on {data}, device {device}, budget {a.budget:.0f} s a run"
@@ -198,6 +215,10 @@ def main() -> int:
               + (f" (stopped: {r['stopped']})" if r["stopped"] else ""))
         for line in r["compile"]:
             print(f"  {line}")
+        for c in r["compile_phases"]:
+            print(f"  compile, phase {c['phase']}: {c.get('graphs')} graphs ({c.get('graphs_after_first_epoch')} after "
+                  f"its first epoch), {c.get('graph_breaks')} breaks, {c.get('cudagraph_skips')} cudagraph skips, "
+                  f"{c.get('compile_s')} s compiling" + ("" if c.get("complete") else ", phase cut"))
         if r["compile_fell_back"]:
             print("  COMPILE FELL BACK TO EAGER in this run (see the lines above)")
         print(f"  {'epoch':>5} {'phase':>5} {'seconds':>8} {'wall':>7} {'val top-1':>9} {'train':>7} {'img/s':>7}")

@@ -17,6 +17,7 @@ from PIL import Image
 
 import tinytransfer as tt
 from tinytransfer.cli import main
+from tinytransfer.runs.runfolder import read_config, read_run_meta
 
 TINY = {
     "model.backbone": "timm:test_resnet", "model.head": "pool", "model.pretrained": False, "model.input_size": 32,
@@ -59,7 +60,8 @@ def runs(tree, tmp_path_factory):
 def test_api_run_equals_cli_run(runs):
     api_run, cli_dir = runs
     assert isinstance(api_run, tt.Run) and api_run.dir.is_dir()
-    assert (api_run.dir / "config.yaml").read_text() == (cli_dir / "config.yaml").read_text()
+    assert read_config(api_run.dir) == read_config(cli_dir)  # the same configuration ...
+    assert read_run_meta(api_run.dir)["run_id"] != read_run_meta(cli_dir)["run_id"]  # ... of two runs
     assert _rows(api_run.dir) == _rows(cli_dir) and len(_rows(cli_dir)) == 3
     m = api_run.metrics
     assert [r["epoch"] for r in m] == [1, 2, 3] and all(isinstance(r["val_acc"], float) for r in m)
@@ -99,7 +101,8 @@ def test_run_predict_inputs_equal_cli_predict(runs, tree, tmp_path, capsys):
 def test_run_evaluate_equals_cli_evaluate(runs, capsys):
     run, cli_dir = runs
     res = run.evaluate("val")
-    assert set(res) == {"top1", "top5", "loss", "images"} and res["images"] == 6
+    assert set(res) == {"top1", "top5", "loss", "images", "temperature", "nll_before", "nll_after", "ece_before",
+                        "ece_after"} and res["images"] == 6
     capsys.readouterr()
     assert main(["evaluate", str(run.dir)]) == 0
     line = capsys.readouterr().out
@@ -144,10 +147,13 @@ def test_load_names_the_missing_folder(tmp_path):
 
 
 def test_readme_example_runs(tree, tmp_path, monkeypatch):
-    """The README's notebook example, run as written but on the small generated tree instead of the digits."""
+    """The README's worked example in Python ("### From Python"), run as written but on the small generated tree
+    instead of the digits."""
     text = README.read_text()
-    block = re.search(r"```python\n(import tinytransfer as tt\n.*?)```", text, re.S)
-    assert block, "README has no python example starting with 'import tinytransfer as tt'"
+    section = re.search(r"^### From Python\n(.*?)(?=^#)", text, re.S | re.M)
+    assert section, "README has no '### From Python' section"
+    block = re.search(r"```python\n(import tinytransfer as tt\n.*?)```", section.group(1), re.S)
+    assert block, "README's From Python section has no example starting with 'import tinytransfer as tt'"
     code = block.group(1).replace('"data/digits', '"' + str(tree))
     monkeypatch.chdir(tmp_path)
     ns: dict = {}
@@ -194,3 +200,23 @@ def test_demo_trains_the_demo_recipe_without_the_flip_on_digits(tmp_path, monkey
     assert plain.phases == shipped.phases and plain.model == shipped.model  # otherwise the recipe as shipped
     user = resolve_config(calls[1][0], tmp_path, calls[1][1])
     assert user.data.augment == "flip" and user.phases[0].epochs == 1  # the user's overrides win
+
+
+def test_api_misuse_gives_one_clear_error(runs, tree):
+    """Each was an IndexError, a TypeError, a silent NaN or a silent wrong answer (docs/resume.md lists them)."""
+    run, _ = runs
+    with pytest.raises(tt.UserError, match="the test split is unlabelled"):
+        run.evaluate("test")
+    with pytest.raises(ValueError, match=r"image 0: an array must be \(H, W, 3\) uint8 with H, W >= 1"):
+        run.predict(np.zeros((0, 0, 3), np.uint8))
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        run.predict(torch.full((1, 3, 32, 32), float("nan")))
+    with pytest.raises(ValueError, match="lies within 0..1: multiply it by 255"):
+        run.predict(torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert len(run.predict(255 * torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)))) == 1
+    with pytest.raises(ValueError, match="a list of them, got int"):
+        run.predict(3)
+    with pytest.raises(tt.UserError, match=r"got the string 'phases.0.epochs=1' \(write \['phases.0.epochs=1'\]\)"):
+        tt.train("vgg16-paper", tree, overrides="phases.0.epochs=1")
+    with pytest.raises(tt.UserError, match="which='nosuch': expected 'best' or 'last'"):
+        tt.load(run.dir, which="nosuch")

@@ -42,7 +42,8 @@ def test_train_then_evaluate(tree, tmp_path, capsys):
     with open(out / "metrics.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
     ck = load_checkpoint(out / "best.pt")
-    assert ck["config"] == cfg
+    run_id = cfg.pop("run_id")  # the run's identity, beside its configuration, and in every checkpoint
+    assert ck["config"] == cfg and ck["run_id"] == run_id
     assert not (out / ".lock").exists()
     capsys.readouterr()
     assert main(["evaluate", str(out)]) == 0

@@ -26,12 +26,13 @@ def test_paper_recipe_is_table_1():
     assert all(p.patience_scope == "phase" for p in cfg.phases)
 
 
-def test_improved_recipe_differs_from_the_paper_only_in_weights_and_input():
+def test_improved_recipe_differs_from_the_paper_only_in_weights_input_and_precision():
     paper = to_dict(from_dict(load_recipe("vgg16-paper")))
     improved = to_dict(from_dict(load_recipe("vgg16-improved")))
     assert improved["model"].pop("weights") == "" and paper["model"].pop("weights") == "keras"
     assert improved["data"].pop("normalize") == "backbone" and paper["data"].pop("normalize") == "rescale"
     assert improved.pop("name") == "vgg16-improved" and paper.pop("name") == "vgg16-paper"
+    assert improved.pop("amp") == "auto" and paper.pop("amp") == "off"  # the report trained fp32; improved: bf16
     assert improved == paper
 
 
@@ -108,3 +109,23 @@ def test_a_folder_named_like_a_recipe_does_not_shadow_it(tmp_path, monkeypatch):
     assert from_dict(load_recipe("demo")).model.backbone == "efficientnet_lite0"
     (tmp_path / "mine.yaml").write_text("name: mine\nseed: 4\n")
     assert from_dict(load_recipe("mine.yaml")).seed == 4
+
+
+@pytest.mark.filterwarnings("ignore:CUDA is not available")  # a CUDA autocast object built on a CPU machine
+def test_the_report_recipe_trains_in_float32_and_the_others_keep_bf16_on_cuda():
+    import contextlib
+
+    import torch
+
+    from tinytransfer.config import from_dict, load_recipe
+    from tinytransfer.training.steps import autocast
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    paper = from_dict(load_recipe("vgg16-paper"))
+    assert paper.amp == "off" and isinstance(autocast(cuda, paper.amp), contextlib.nullcontext)
+    from pathlib import Path
+
+    assert "TF32" in (Path(__file__).resolve().parents[1] / "src/tinytransfer/recipes/vgg16-paper.yaml").read_text()
+    for name in ("vgg16-improved", "demo"):
+        cfg = from_dict(load_recipe(name))
+        assert cfg.amp == "auto" and isinstance(autocast(cuda, cfg.amp), torch.autocast), name

@@ -108,9 +108,9 @@ def test_contracts_list_the_checkpoint_keys_the_code_writes(tmp_path) -> None:
     from tinytransfer.runs.checkpoint import load_checkpoint
     from tinytransfer.training.engine import fit
 
-    doc = (PKG.parents[1] / "docs" / "CONTRACTS.md").read_text()
+    doc = (PKG.parents[1] / "docs" / "internals.md").read_text()
     listed = re.search(r"<!-- checkpoint-keys -->(.*?)<!-- /checkpoint-keys -->", doc, re.S)
-    assert listed, "docs/CONTRACTS.md lost its checkpoint-keys list"
+    assert listed, "docs/internals.md lost its checkpoint-keys list"
     keys = set(re.findall(r"`([a-z_0-9]+)`", listed.group(1)))
     g = torch.Generator().manual_seed(0)
     split = Split(images=torch.randint(0, 256, (8, 16, 16, 3), generator=g, dtype=torch.uint8).numpy(),

@@ -26,7 +26,7 @@ steps; a callback stamps the end of every step and only the last ``steps`` count
 
 Parameter counts: Keras counts BatchNormalization's moving mean and variance (2 x 2 x 512 = 2,048) as non-trainable
 *parameters*; PyTorch keeps them as buffers. So Keras's total is 16,133,128 = 16,131,080 (the PyTorch count in
-DESIGN.md) + 2,048, and with the base frozen its trainable count is the head's 1,416,392.
+docs/keras-reference.md) + 2,048, and with the base frozen its trainable count is the head's 1,416,392.
 
 Writes ``--out`` (default ``benchmarks/results/keras_report.json``): ``{"rows": [{system: "keras-report", model:
 "vgg16", input_size: 64, phase, batch, device, img_s}, ...], ...}`` plus versions and parameter counts.
@@ -47,7 +47,7 @@ import numpy as np  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "keras_report.json"
 SIZE, CLASSES = 64, 200
-PYTORCH_TOTAL = 16_131_080  # DESIGN.md, BatchNorm running statistics as buffers
+PYTORCH_TOTAL = 16_131_080  # docs/keras-reference.md, BatchNorm running statistics as buffers
 HEAD = 1_416_392
 BN_STATS = 2 * 2 * 512  # moving mean + variance of the two BatchNormalization layers
 

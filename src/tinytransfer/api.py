@@ -32,15 +32,17 @@ from torch import nn
 from .config import RunConfig, from_dict, list_recipes, to_dict
 from .models.backbones import BACKBONES, TIMM_PREFIX, model_from_config
 from .models.backbones import create_model as _create_model_impl
+from .outputs.datareport import audit_for_run
 from .run import Prediction, Run, UserError, load, load_data, read_run_config, resolve_config
 from .runs.checkpoint import load_checkpoint
 from .runs.runfolder import CONFIG_YAML, LAST_PT, new_run_problem
 from .training.engine import fit
 from .training.parallel import barrier, launch, setup, teardown, world
-from .training.steps import resolve_device
+from .training.steps import Interrupted, resolve_device
 
 __all__ = [
     "Prediction",
+    "audit",
     "resolve_config",
     "Run",
     "UserError",
@@ -142,9 +144,11 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
 def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
     """The number of processes to launch here (1 under torchrun, which launched them); refuses a batch that does
     not divide among all the ranks."""
-    n = int(nproc or 1)
+    n = 1 if nproc is None else int(nproc)
     if n < 1:
         raise UserError(f"nproc={nproc}: must be >= 1")
+    if n == 1 and not world().active:  # (ranks check their own devices)
+        resolve_device(cfg.device)  # "cuda" where there is none: refused before the data are decoded
     if n > 1 and world().active:
         raise UserError("nproc: this process already runs under torchrun; pass --nproc-per-node to torchrun instead")
     ranks = max(n, world().world_size)
@@ -163,20 +167,18 @@ def _launch(n: int, cfg: RunConfig, run_dir: Path, resuming: bool, *, progress: 
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    from .training.steps import Interrupted
-
     log.info("data-parallel training in %d processes", n)
     try:
         launch(n, _rank_main, to_dict(cfg), str(run_dir), resuming, progress, force)
     except SignalException as e:  # Ctrl-C / SIGTERM to the launcher: the agent has stopped every rank
-        raise Interrupted(f"stopped by signal {e.sigval}") from None
+        raise Interrupted(_stopped(f"stopped by signal {e.sigval}", run_dir)) from None
     except ChildFailedError as e:
         rank, failure, lines = _root_failure(e.failures)
         raise UserError(f"data-parallel training failed on rank {rank} (exit code {failure.exitcode})"
                         + (f": {lines[0][:300]}" if lines else "; its output above says why")) from None
     run = Run(run_dir, device=cfg.device)
     if finish:
-        run.report()
+        _finish(run, None)
     return run
 
 
@@ -212,26 +214,32 @@ def _rank_body(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | No
     _train(from_dict(cfg_dict), Path(run_dir), ckpt, progress=progress, finish=False, verbose=False, force=force)
 
 
-def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *, nproc: int | None = None,
+def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *,
+           overrides: Mapping[str, Any] | Sequence[str] | None = None, nproc: int | None = None,
            progress: bool | None = None, finish: bool = True, verbose: bool = True, force: bool = False,
            started: float | None = None) -> "Run":
     """Continue the run in folder ``run`` from its ``last.pt`` (same RNG streams: on the CPU with
     ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved.
-    ``nproc`` may differ from the run's start: checkpoints hold global state only. ``force``: take over the lock
-    of a run on another host (which cannot be checked from here)."""
+    ``overrides``: settings that can still apply (later phases, the LR bounds, epochs and patience of the phase under
+    way, the device; docs/resume.md), recorded in config.yaml with the epoch they take effect; others are refused.
+    A last.pt of another run, or data that changed, is refused. ``nproc`` may differ from the run's start:
+    checkpoints hold global state only. ``force``: take over the lock of a run on another host (which cannot be
+    checked from here)."""
+    from .training.resumecheck import changed_settings, check_changes
+
     # a budgeted run's clock goes on from what its earlier commands spent, counting this one from ``started``
     started = time.perf_counter() if started is None else started
     run_dir = Path(run)
     if not (run_dir / CONFIG_YAML).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")
     raw = read_run_config(run_dir)
-    if data is not None:
-        raw.setdefault("data", {})["root"] = str(Path(data).resolve())
-    cfg = from_dict(raw)
+    cfg = resolve_config(raw, data, overrides)
     n = _check_procs(cfg, nproc)
+    ckpt = load_checkpoint(run_dir / LAST_PT) if (run_dir / LAST_PT).is_file() and world().main else None
+    if ckpt is not None:  # a setting that cannot change is refused before the data are loaded
+        check_changes(changed_settings(from_dict(raw), cfg), cfg, ckpt)
     if n > 1:
         return _launch(n, cfg, run_dir, True, progress=progress, finish=finish, force=force)
-    ckpt = load_checkpoint(run_dir / LAST_PT) if (run_dir / LAST_PT).is_file() and world().main else None
     return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose, force=force,
                   started=started)
 
@@ -271,20 +279,43 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                 box = [ckpt]
                 torch.distributed.broadcast_object_list(box, src=0)
                 ckpt = box[0]
+            if d.main:  # audit.json, duplicates.png and the cross-split warning, before the first epoch
+                audit_for_run(data, run_dir, cfg=cfg, resuming=ckpt is not None, force=force, workers=cfg.data.workers)
             log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
             state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, force=force,
                         started=started)
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
                      run_dir)
             run = Run(run_dir, device=cfg.device if not d.active else "cpu")
+            if d.main:
+                run.calibrate(data)  # the temperature of best.pt, fitted on val (outputs/calibration.py)
             if finish and d.main:
-                run.report(data=data)
+                _finish(run, data)
+    except (Interrupted, KeyboardInterrupt) as e:
+        raise Interrupted(_stopped(str(e) or "interrupted", run_dir)) from None
     finally:
         teardown()
         if quiet is not None:
             logging.getLogger("tinytransfer").setLevel(quiet)
     return run
 
+
+
+def _stopped(why: str, run_dir: Path) -> str:
+    """The line for a run stopped by a signal: how to continue it, or that there is nothing to continue yet."""
+    if (run_dir / LAST_PT).is_file():
+        return f"{why}; last.pt holds the last complete epoch, continue with: tinytransfer train --resume {run_dir}"
+    return f"{why} before the run saved its first epoch; {run_dir} holds nothing to resume: start it again"
+
+
+def _finish(run: Run, data: Any) -> None:
+    """The figures, predictions and report after training; a full disk there says that the checkpoints are safe."""
+    try:
+        run.report(data=data)
+    except OSError as e:
+        raise UserError(f"{e.filename or run.dir}: {e.strerror or e} while writing the report; the training finished "
+                        f"and its checkpoints in {run.dir} are safe: redo the report with tinytransfer report "
+                        f"{run.dir}") from None
 
 
 def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data: str | os.PathLike | None = None,
@@ -318,6 +349,25 @@ def lr_find(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", dat
     folder.mkdir(parents=True, exist_ok=True)
     write_lr_find(folder, res)
     plot_lr_find(res, folder / "lr_find.png")
+    return res
+
+
+def audit(data: str | os.PathLike, out: str | os.PathLike | None = None, *, val_mode: str = "official",
+          holdout_per_class: int = 50, workers: int = 2) -> dict:
+    """The data audit of a dataset folder (docs/audit.md), from its uint8 cache (built on the first use, unreadable
+    files skipped and listed): written to ``out`` (default ``<data>/audit.json``) and returned as a dict."""
+    from .data.audit import AUDIT_JSON, audit_dataset, write_audit
+    from .data.dataset import load_dataset
+
+    ds = load_dataset(data, val_mode=val_mode, holdout_per_class=holdout_per_class, skip_bad_images=True,
+                      workers=workers)
+    res = audit_dataset(ds, workers=workers)
+    path = Path(out) if out else Path(ds.root) / AUDIT_JSON
+    try:
+        write_audit(res, path)
+    except OSError as e:
+        raise UserError(f"{path}: cannot write the audit ({e.strerror or e}); choose another place with out=") from None
+    res["path"] = str(path)
     return res
 
 

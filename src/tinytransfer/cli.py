@@ -31,7 +31,15 @@ UserError = api.UserError
 
 def _setup_logging(verbose: bool, quiet: bool = False) -> None:
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stdout, force=True)
+    from .outputs.predict import printable
+
+    class Printable(logging.Formatter):  # a file name that is not UTF-8 is logged with \xNN escapes, as in the CSVs
+        def format(self, record: logging.LogRecord) -> str:
+            return printable(super().format(record))
+
+    logging.basicConfig(level=level, stream=sys.stdout, force=True)
+    for handler in logging.getLogger().handlers:
+        handler.setFormatter(Printable("%(message)s"))
 
 
 def _sets(args: argparse.Namespace) -> list[str]:
@@ -51,16 +59,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         started = time.perf_counter() - process_age_s()  # a budget counts the whole command, imports included
         if args.resume:
-            run = api.resume(args.resume, args.data, nproc=args.nproc, progress=progress, finish=not args.no_finish,
-                             force=args.force, started=started)
+            run = api.resume(args.resume, args.data, overrides=_resume_sets(args, sets), nproc=args.nproc,
+                             progress=progress, finish=not args.no_finish, force=args.force, started=started)
         else:
-            run = api.train(args.recipe, args.data, args.out, sets, args.seed, args.deterministic, args.device,
-                            args.nproc, auto_lr=args.auto_lr, budget=args.budget, force=args.force,
+            run = api.train(args.recipe or "vgg16-paper", args.data, args.out, sets, args.seed, args.deterministic,
+                            args.device, args.nproc, auto_lr=args.auto_lr, budget=args.budget, force=args.force,
                             progress=progress, finish=not args.no_finish, started=started)
-    except Interrupted as e:
-        where = args.resume or args.out or "RUN_DIR"
-        raise Interrupted(f"{e}; last.pt holds the last complete epoch, continue with: "
-                              f"tinytransfer train --resume {where}") from None
+    except KeyboardInterrupt:  # before the API took the run in hand (from then on it says how to continue)
+        if args.resume:
+            raise Interrupted(f"interrupted; continue with: tinytransfer train --resume {args.resume}") from None
+        raise Interrupted("interrupted before the training started; nothing to resume") from None
     if not world().main:
         return 0
     best = run.metrics
@@ -71,11 +79,46 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _resume_sets(args: argparse.Namespace, sets: list[str]) -> list[str]:
+    """``--resume``'s overrides; UserError for an option that cannot apply to a run under way."""
+    why = {"--recipe": (args.recipe, "the run's recipe is in RUN_DIR/config.yaml; --set changes what can change"),
+           "--seed": (args.seed is not None, "the random streams continue from last.pt"),
+           "--out": (args.out and Path(args.out).resolve() != Path(args.resume).resolve(),
+                     "the run continues in RUN_DIR; copy the folder first to branch off"),
+           "--force": (args.force, "it starts a run over; without --resume it trains RUN_DIR afresh"),
+           "--auto-lr": (args.auto_lr, "use --set phases.N.auto_lr=true for a phase not yet started")}
+    for flag, (given, reason) in why.items():
+        if given:
+            raise UserError(f"{flag} cannot apply with --resume: {reason}")
+    return [*sets, *(["deterministic=true"] if args.deterministic else []),
+            *([f"device={args.device}"] if args.device else [])]
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     run = api.load(args.run, which=args.which, device=args.device or "auto")
     res = run.evaluate(args.split, data=args.data, tta=args.tta)
     print(f"{args.split}: top-1 {100 * res['top1']:.2f}%  top-5 {100 * res['top5']:.2f}%  loss {res['loss']:.4f}  "
           f"({res['images']} images, checkpoint epoch {run.checkpoint.epoch}{', TTA' if args.tta else ''})")
+    print(f"{args.split}: NLL {res['nll_before']:.4f} -> {res['nll_after']:.4f}  ECE {res['ece_before']:.4f} -> "
+          f"{res['ece_after']:.4f}  (15 bins; before -> after temperature {res['temperature']:.4g})")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from .data.audit import warning_line
+
+    a = api.audit(args.data, args.out, val_mode=args.val_mode, holdout_per_class=args.holdout, workers=args.workers)
+    ex, ne = a["exact_duplicates"], a["near_duplicates"]
+    print(f"{a['root']}: {a['images']} images ("
+          + ", ".join(f"{n} {v['images']}" for n, v in a["splits"].items()) + f"), {len(a['classes'])} classes")
+    print(f"  imbalance ratio {a['imbalance_ratio']}, empty classes {len(a['empty_classes'])}, grayscale "
+          f"{100 * a['grayscale_share']:.1f} %, unreadable files skipped {len(a['skipped'])}")
+    print(f"  exact duplicate pairs {ex['pairs_total']} ({ex['within_train']} within train, {ex['cross_split']} "
+          f"across splits); near {ne['pairs_total']} ({ne['within_train']} within train, {ne['cross_split']} across)")
+    line = warning_line(a)
+    if line:
+        print(f"  {line}")
+    print(f"  {a['seconds']:.1f} s; {a['path']}")
     return 0
 
 
@@ -121,8 +164,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from .outputs.predict import write_predictions
 
         write_predictions(preds, out)
+    from .outputs.predict import printable
+
     for p in preds[: args.show]:
-        print(f"{p.file}\t{p.wnid}\t{p.name}\t{p.prob:.3f}")
+        print(f"{printable(p.file)}\t{p.wnid}\t{p.name}\t{p.prob:.3f}")
     print(f"{len(preds)} predictions written to {out}")
     return 0
 
@@ -147,7 +192,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    print(api.load(args.run, device=args.device or "auto").report())
+    print(api.load(args.run, device=args.device or "auto").report(data=args.data))
     return 0
 
 
@@ -185,7 +230,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a recipe on a dataset")
-    t.add_argument("--recipe", default="vgg16-paper", help="a shipped recipe name or a YAML path")
+    t.add_argument("--recipe", help="a shipped recipe name or a YAML path (default vgg16-paper)")
     t.add_argument("--data", help="dataset folder (Tiny ImageNet layout or one folder per class)")
     t.add_argument("--out", help="run folder (default runs/<recipe>-<time>)")
     t.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -200,7 +245,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "measured costs to end within it (docs/budget.md)")
     t.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
-    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt (with --set for "
+                   "the settings that can still change: docs/resume.md)")
     t.add_argument("--force", action="store_true",
                    help="overwrite a run folder that holds another run; take over a lock left by another host")
     t.add_argument("--quiet", action="store_true", help="print only errors and the final line")
@@ -221,6 +267,14 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--tta", action="store_true", help="average over flipped and shifted views")
     e.add_argument("--device")
     e.set_defaults(func=cmd_evaluate)
+
+    au = sub.add_parser("audit", help="class counts, sizes, grayscale, unreadable files, exact and near duplicates")
+    au.add_argument("data", help="dataset folder")
+    au.add_argument("--out", help="where audit.json goes (default DATA/audit.json)")
+    au.add_argument("--val-mode", choices=("official", "holdout"), default="official")
+    au.add_argument("--holdout", type=int, default=50, help="images a class held out for val (holdout mode)")
+    au.add_argument("--workers", type=int, default=2, help="processes decoding and reading headers")
+    au.set_defaults(func=cmd_audit)
 
     d = sub.add_parser("download", help="download and safely extract Tiny ImageNet")
     d.add_argument("dataset", choices=("tiny-imagenet",))
@@ -256,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="figures, predictions, error analysis and report.html for a run")
     rp.add_argument("run")
+    rp.add_argument("--data", help="dataset folder, if it moved since training")
     rp.add_argument("--device")
     rp.set_defaults(func=cmd_report)
 
@@ -314,11 +369,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except Interrupted as e:
-        msg = str(e) if "--resume" in str(e) else f"{e}; last.pt holds the last complete epoch, continue with --resume"
+        msg = str(e) if "resume" in str(e) else f"{e}; last.pt holds the last complete epoch, continue with --resume"
         print(f"tinytransfer: {msg}", file=sys.stderr)
         return 130
     except KeyboardInterrupt:
-        print("tinytransfer: interrupted; a run continues with: tinytransfer train --resume RUN_DIR", file=sys.stderr)
+        print("tinytransfer: interrupted", file=sys.stderr)
         return 130
     except (ConfigError, DataError, CheckpointError, NonFiniteLoss, DistError, ValueError, FileNotFoundError) as e:
         if args.verbose:

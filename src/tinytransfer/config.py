@@ -18,21 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = [
-    "step_size_of",
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "PhaseConfig",
-    "PlanConfig",
-    "RunConfig",
-    "apply_overrides",
-    "from_dict",
-    "list_recipes",
-    "load_recipe",
-    "parse_budget",
-    "to_dict",
-]
+__all__ = ["step_size_of", "ConfigError", "DataConfig", "ModelConfig", "PhaseConfig", "PlanConfig", "RunConfig",
+           "apply_overrides", "from_dict", "list_recipes", "load_recipe", "parse_budget", "to_dict"]
 
 
 class ConfigError(ValueError):
@@ -158,10 +145,6 @@ def parse_budget(text: str) -> float:
     return secs
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
 def _coerce(value: Any, typ: Any, key: str) -> Any:
     """Convert ``value`` (YAML or string from ``--set``) to ``typ``; ConfigError naming ``key`` if it cannot."""
     origin = typing.get_origin(typ)
@@ -208,7 +191,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {raw!r}")
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names))
     if unknown:
@@ -300,10 +283,23 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"phases.{i}.batch_size: must be >= 1, got {p.batch_size}")
         if p.lr_max <= 0 or p.lr_min < 0:
             raise ConfigError(f"phases.{i}: learning rates must be positive")
+        if p.lr_min > p.lr_max and p.lr_policy != "constant":  # constant uses lr_max alone
+            raise ConfigError(f"phases.{i}: lr_min {p.lr_min:g} is above lr_max {p.lr_max:g}")
+        for key, low, high in (("weight_decay", 0, None), ("step_size", 0, None), ("label_smoothing", 0, 1)):
+            v = getattr(p, key)
+            if v < low or (high is not None and v >= high):
+                raise ConfigError(f"phases.{i}.{key}: must be >= {low}{f' and < {high}' if high else ''}, got {v}")
         if not (p.train in ("head", "all", "auto") or p.train.startswith("from:")):
             raise ConfigError(f"phases.{i}.train: {p.train!r} is not head, all, from:<block> or auto")
         if p.train == "auto" and not (cfg.budget and p.train_choices):
             raise ConfigError(f"phases.{i}.train: auto needs a budget and train_choices (candidates, smallest first)")
+    if not any(p.epochs for p in cfg.phases):
+        raise ConfigError("phases: every phase has epochs=0, so nothing would train")
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
+        raise ConfigError(f"device: {cfg.device!r} is not auto, cpu, mps, cuda or cuda:N")
+    for key, seed in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
+        if not 0 <= seed < 2**63:  # torch generators take 64-bit seeds (and seed + 1)
+            raise ConfigError(f"{key}: must be in [0, 2**63), got {seed}")
     if cfg.budget:
         parse_budget(cfg.budget)  # ConfigError where it is not a duration
     if cfg.model.input_size == 0 and not (cfg.budget and min(cfg.model.input_sizes, default=0) >= 8):

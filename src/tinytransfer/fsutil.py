@@ -68,7 +68,8 @@ def remove_quietly(path: str | os.PathLike) -> None:
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
     """Call ``write(tmp_path)`` to fill a temp file beside ``path``, fsync it, rename it onto ``path``, fsync the
-    folder. The temp file is removed on any failure; the previous file at ``path`` stays as it was. Returns ``path``.
+    folder. The temp file is removed on any failure; the previous file at ``path`` stays as it was, and an OSError
+    names ``path``. Returns ``path``.
     """
     path = os.fspath(path)
     tmp = temp_name(path)
@@ -80,6 +81,10 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> str:
         finally:
             os.close(fd)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota: the error names the file being written, not its temp name
+        if e.errno is None or e.filename not in (None, tmp):
+            raise
+        raise OSError(e.errno, e.strerror, path) from e
     finally:
         if os.path.exists(tmp):
             remove_quietly(tmp)
@@ -183,9 +188,13 @@ class PidLock:
                 _log.warning("removing stale lock %s (pid %s is not running)", self.path, pid)
                 self._unlink_stale()
                 continue
-            with os.fdopen(fd, "w") as f:
-                start = process_start_time(os.getpid())
-                f.write(f"{os.getpid()}\n{start if start is not None else '-'}\n{socket.gethostname()}\n")
+            try:
+                with os.fdopen(fd, "w") as f:
+                    start = process_start_time(os.getpid())
+                    f.write(f"{os.getpid()}\n{start if start is not None else '-'}\n{socket.gethostname()}\n")
+            except OSError as e:  # a full disk: no empty lock left behind (it would read as "starting"); name it
+                remove_quietly(self.path)
+                raise OSError(e.errno, e.strerror, str(self.path)) from e
             self.held = True
             self._clean_temps()
             return self

@@ -3,6 +3,7 @@ what both it and training need: the configuration a recipe resolves to and the d
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,7 @@ from .runs.runfolder import (
     read_config,
     run_dir_of,
 )
-from .training.engine import split_loader
 from .training.metrics import topk_correct
-from .training.steps import evaluate as evaluate_loader
 from .training.steps import resolve_device
 
 __all__ = ["Prediction", "Run", "UserError", "load", "load_data", "read_run_config", "resolve_config"]
@@ -65,6 +64,9 @@ def resolve_config(recipe: str | os.PathLike | RunConfig | Mapping, data: str | 
         raw = dict(recipe)
     else:
         raw = load_recipe(os.fspath(recipe))
+    if isinstance(overrides, (str, bytes)):
+        raise UserError(f"overrides: expected a {{key: value}} mapping or a list of 'key=value' strings, got the "
+                        f"string {overrides!r} (write [{overrides!r}])")
     if budget:
         raw["budget"] = str(budget)
     sets: dict[str, Any] = {}
@@ -115,6 +117,8 @@ class Run:
         path = Path(run)
         if not path.exists():
             raise CheckpointError(f"{path}: no such run folder or checkpoint")
+        if which not in ("best", "last"):
+            raise UserError(f"which={which!r}: expected 'best' or 'last'")
         self.dir = run_dir_of(path)
         self._which = path if path.is_file() else which
         self.device = resolve_device(device)
@@ -179,7 +183,7 @@ class Run:
     def predict(self, images: ImageLike | Sequence[ImageLike], tta: bool = False,
                 skip_bad: bool = False) -> list[Prediction]:
         """Predictions for file paths, folders, PIL images, (H, W, 3) uint8 arrays or a (B, 3, H, W) uint8/float
-        tensor batch (float in 0..255, as pixels). ``tta``: average over the image and its flip (where the recipe's
+        tensor batch (float in pixel units 0..255: a float batch in 0..1 is refused, multiply it by 255). ``tta``: average over the image and its flip (where the recipe's
         augmentation flips) and small shifts. An unreadable file raises ValueError naming it (``skip_bad``: it is
         logged and left out)."""
         from .outputs.predict import gather_images, predict_arrays
@@ -189,8 +193,10 @@ class Run:
         return _predictions(files, probs, self.classes, self.names)
 
     def evaluate(self, split: str = "val", data: str | os.PathLike | None = None, tta: bool = False) -> dict:
-        """``{"top1", "top5", "loss", "images"}`` of the checkpoint on a split of the run's dataset (``data``: the
-        dataset's new place, if it moved)."""
+        """``{"top1", "top5", "loss", "images", "temperature", "nll_before", "nll_after", "ece_before",
+        "ece_after"}`` of the checkpoint on a split of the run's dataset (``data``: the dataset's new place, if it
+        moved). ``loss`` is the raw network's (T = 1) cross-entropy; NLL and ECE (15 bins) are given without
+        (before) and with (after) the checkpoint's temperature; top-1 and top-5 do not depend on it."""
         cfg = self.checkpoint.config
         if data is not None:
             cfg = resolve_config(cfg, data)
@@ -200,18 +206,20 @@ class Run:
             raise UserError(f"{cfg.data.root}: no {split} split")
         if list(ds.classes) != self.classes:
             raise UserError(f"{cfg.data.root}: its classes differ from the checkpoint's")
-        if tta:
-            from .outputs.predict import predict_arrays
+        if (np.asarray(part.labels) < 0).any():
+            raise UserError(f"{cfg.data.root}: the {split} split is unlabelled, so it has no accuracy to measure; "
+                            f"evaluate val or train, or predict {split}")
+        return _scores(self.model, part, self.checkpoint, self.device, cfg.eval_batch_size, tta)
 
-            probs = predict_arrays(self.model, part.images, self.checkpoint, device=self.device, tta=True)
-            y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
-            c1, c5 = (int(c) for c in topk_correct(probs, y, (1, 5)))
-            return {"top1": c1 / len(y), "top5": c5 / len(y),
-                    "loss": float(torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), y)),
-                    "images": len(y)}
-        res = evaluate_loader(self.model, split_loader(part, cfg, self.model, self.device), device=self.device,
-                              amp=cfg.amp)
-        return {"top1": res["acc"], "top5": res["top5"], "loss": res["loss"], "images": res["n"]}
+    def calibrate(self, data: Dataset | None = None) -> dict | None:
+        """Fit the temperature of ``best.pt`` on the validation split (stored in the checkpoint, summary in
+        ``calibration.json``); ``train`` does this after the last epoch. Returns the summary (None: no val split)."""
+        from .outputs.calibration import calibrate_run
+
+        summary = calibrate_run(self.dir, data if data is not None else load_data(self.checkpoint.config),
+                                device=self.device)
+        self._model = self._view = None  # reload: the checkpoint now holds the temperature
+        return summary
 
     def predict_split(self, split: str = "test", out: str | os.PathLike | None = None,
                       data: str | os.PathLike | None = None, tta: bool = False) -> tuple[Path, list[Prediction]]:
@@ -274,10 +282,16 @@ class Run:
         samples = sample_images(view.input_size, view.config.data.root)[1] if fmt == "onnx" else None
         return export_model(model, view, self.dir, fmt, out, output=output, samples=samples)
 
-    def report(self, data: Dataset | None = None) -> Path:
-        """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``."""
+    def report(self, data: Dataset | str | os.PathLike | None = None) -> Path:
+        """Figures, Table 1, test predictions, error analysis, feature maps, Grad-CAM and ``report.html``. ``data``:
+        the dataset (loaded, or its folder if it moved since training; default: the folder in the run's config)."""
         from .outputs.finish import finish_run
 
+        if data is not None and not isinstance(data, Dataset):
+            data = load_data(resolve_config(self.checkpoint.config, data))
+        elif data is None and not Path(self.checkpoint.config.data.root).is_dir():
+            raise UserError(f"{self.checkpoint.config.data.root}: the run's dataset folder is gone; if it moved, "
+                            f"pass its new place (tinytransfer report {self.dir} --data DIR)")
         return Path(finish_run(self.dir, data, device=str(self.device)))
 
 
@@ -291,3 +305,24 @@ def _predictions(files: list[str], probs: torch.Tensor, classes: list[str], name
                               top5=tuple((classes[j], float(p)) for j, p in zip(idx, ps))))
     return out
 
+
+@torch.no_grad()
+def _scores(model: nn.Module, part: Split, view: CheckpointView, device: torch.device, batch_size: int,
+            tta: bool) -> dict:
+    """Run.evaluate's figures from one pass over the split's logits. With TTA the views' probabilities are averaged,
+    tempered ones for top-k and "after" (as ``predict --tta`` gives them), raw ones for ``loss`` and "before"."""
+    from .outputs.predict import logit_views
+    from .training.calibrate import ece, nll
+
+    t = view.temperature
+    logp: dict[float, list[torch.Tensor]] = {1.0: [], t: []}
+    for views in logit_views(model, part.images, view, device, batch_size, tta):
+        for temp in {1.0, t}:  # log of the mean probability over the views
+            lp = torch.stack([torch.log_softmax(z.double() / temp, dim=1) for z in views])
+            logp[temp].append(torch.logsumexp(lp, dim=0) - math.log(len(views)))
+    before, after = torch.cat(logp[1.0]), torch.cat(logp[t])
+    y = torch.as_tensor(np.asarray(part.labels), dtype=torch.long)
+    c1, c5 = (int(c) for c in topk_correct(after, y, (1, 5)))
+    nll0, nll1 = nll(before, y), nll(after, y)
+    return {"top1": c1 / len(y), "top5": c5 / len(y), "loss": nll0, "images": len(y), "temperature": t,
+            "nll_before": nll0, "nll_after": nll1, "ece_before": ece(before, y), "ece_after": ece(after, y)}

@@ -109,7 +109,10 @@ def test_predict_arrays_probabilities(run):
     std = torch.tensor(run.ckpt.std).view(1, 3, 1, 1)
     x = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - mean) / std
     with torch.no_grad():
-        assert torch.allclose(probs, run.model.eval()(x).softmax(dim=1), atol=1e-5)
+        logits = run.model.eval()(x)
+        assert torch.allclose(probs, (logits / run.ckpt.temperature).softmax(dim=1), atol=1e-5)  # calibrated
+        raw = predict_arrays(run.model, images, run.ckpt, temperature=1.0)
+        assert torch.allclose(raw, logits.softmax(dim=1), atol=1e-5)
     assert torch.allclose(predict_arrays(run.model, images, run.ckpt, batch_size=2), probs, atol=1e-6)
     rows = top_k_rows([f"img{i}" for i in range(7)], probs, run.classes, list(run.ckpt.names))
     for row, p in zip(rows, probs):
@@ -272,6 +275,7 @@ def _check_sidecar(run, path: Path) -> None:
     meta = yaml.safe_load(path.with_name(path.name + ".yaml").read_text())
     assert meta["classes"] == run.classes and meta["input_size"] == 32
     assert meta["mean"] == list(run.ckpt.mean) and meta["std"] == list(run.ckpt.std)
+    assert meta["image_size"] == run.ckpt.image_size and (meta["resize"] is None) == (run.ckpt.image_size == 32)
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning", "ignore::DeprecationWarning", "ignore::UserWarning")
@@ -337,7 +341,8 @@ def test_export_onnx_writes_model_and_sidecar_and_checks_parity(run, capsys):
     got = sess.run(None, {"input": _feed_from_sidecar(meta, images)})[0]
     ref = predict_arrays(run.model, images, run.ckpt)  # tinytransfer's own probabilities
     assert got.shape == (5, 3)
-    np.testing.assert_allclose(torch.from_numpy(got).softmax(1).numpy(), ref.numpy(), atol=1e-5)
+    calibrated = (torch.from_numpy(got) / meta["temperature"]).softmax(1)  # model.json says how
+    np.testing.assert_allclose(calibrated.numpy(), ref.numpy(), atol=1e-5)
 
 
 def test_export_onnx_probabilities_output(run, tmp_path):

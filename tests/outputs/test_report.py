@@ -6,13 +6,19 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import yaml
 
+from tinytransfer.data.audit import AUDIT_JSON, audit_splits, write_audit
+from tinytransfer.data.dataset import Split
 from tinytransfer.outputs import analysis, plots, report
+from tinytransfer.outputs.calibration import CALIBRATION_JSON, RELIABILITY_PNG, plot_reliability
+from tinytransfer.outputs.datareport import DUPLICATES_PNG, plot_duplicate_pairs
+from tinytransfer.training.calibrate import calibration_summary, fit_temperature
 from tinytransfer.runs import metricsfile
 
 METRICS = """\
@@ -57,6 +63,19 @@ def build_full_run(run_dir: Path) -> Path:
     rows = ["file,wnid,name,prob,top5"] + [f"test/images/test_{i}.JPEG,{CLASSES[i % 4]},\"{NAMES[i % 4]}\",0.9,"
                                           f"{' '.join(CLASSES)}" for i in range(30)]
     (run_dir / "predictions.csv").write_text("\n".join(rows) + "\n")
+    # the data audit (one train image copied into val) and the calibration of 200 over-confident predictions
+    train = Split(images, np.arange(4), [f"train/{c}/images/{c}_0.JPEG" for c in CLASSES])
+    val = Split(images[:1].copy(), np.zeros(1, dtype=np.int64), ["val/images/val_0.JPEG"])
+    audit = audit_splits({"train": (train.images, train.labels, train.files), "val": (val.images, val.labels,
+                                                                                     val.files)}, CLASSES, names=NAMES)
+    write_audit(audit, run_dir / AUDIT_JSON)
+    plot_duplicate_pairs(audit["exact_duplicates"]["pairs"], SimpleNamespace(train=train, val=val),
+                         run_dir / DUPLICATES_PNG)
+    logits = torch.randn(200, 4, generator=torch.Generator().manual_seed(0)) * 4
+    labels = torch.multinomial((logits / 4).softmax(1), 1, generator=torch.Generator().manual_seed(1))[:, 0]
+    summary = {**calibration_summary(logits, labels, fit_temperature(logits, labels)), "split": "val"}
+    (run_dir / CALIBRATION_JSON).write_text(json.dumps(summary))
+    plot_reliability(summary, run_dir / RELIABILITY_PNG)
     return run_dir
 
 
@@ -81,7 +100,7 @@ def test_report_has_every_section_and_embeds_images(full_run: Path) -> None:
     assert set(report.SECTION_IDS) <= set(secs)
     # Every PNG of the run folder is embedded as a data URI; nothing is fetched from anywhere.
     pngs = sorted(p.name for p in full_run.glob("*.png"))
-    assert len(pngs) == 8  # 3 curves, 2 analysis charts, the gallery, feature maps, Grad-CAM
+    assert len(pngs) == 10  # 3 curves, 2 analysis charts, gallery, feature maps, Grad-CAM, duplicates, reliability
     assert page.count('<img src="data:image/png;base64,') == len(pngs)
     assert not re.search(r'(src|href)="(?!data:|#)', page)
     assert "http://" not in page and "https://" not in page and "@import" not in page

@@ -306,7 +306,8 @@ def _eager_dynamo(monkeypatch):
 
     real = torch.compile
     dynamo.reset()
-    monkeypatch.setattr(torch, "compile", lambda model, mode=None, **k: real(model, backend="eager", fullgraph=True))
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None, dynamic=None, **k: real(
+        model, backend="eager", fullgraph=True, dynamic=dynamic))
 
 
 def test_compiled_run_has_static_shapes_and_logs_compiles_per_phase(tree, tmp_path, monkeypatch, caplog):

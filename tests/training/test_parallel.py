@@ -24,7 +24,7 @@ SETS = {
 }
 ENV = {**os.environ, "PYTHONPATH": str(Path(tt.__file__).parents[1]), "OMP_NUM_THREADS": "1"}
 CMD = [sys.executable, "-m", "tinytransfer", "train", "--recipe", "vgg16-paper", "--no-finish"]
-RUN_FILES = {"config.yaml", "metrics.csv", "best.pt", "last.pt"}
+RUN_FILES = {"config.yaml", "metrics.csv", "best.pt", "last.pt", "audit.json", "calibration.json"}
 
 
 def _sets(d: dict) -> list[str]:

@@ -111,7 +111,7 @@ def _cache_candidates(root: str, cache_dir: str) -> list[str]:
     """Where the cache may be: the given folder; else <root>/.tinytransfer-cache, then the user cache dir."""
     if cache_dir:
         return [os.path.abspath(os.path.expanduser(cache_dir))]
-    h = hashlib.sha256(os.path.realpath(root).encode()).hexdigest()[:16]
+    h = hashlib.sha256(os.fsencode(os.path.realpath(root))).hexdigest()[:16]
     return [os.path.join(root, ".tinytransfer-cache"), os.path.join(_user_cache_root(), h)]
 
 
@@ -125,7 +125,8 @@ def _cache_key(layout: str, classes: list[str], splits: dict[str, tuple[list[str
         files, labels = splits[name]
         h.update(f"\n[{name}] {len(files)}\n".encode())
         h.update("".join(f"{f}\t{lab}\t" + "\t".join(map(str, st)) + "\n"
-                         for f, lab, st in zip(files, labels, stats[name])).encode())
+                         for f, lab, st in zip(files, labels, stats[name]))
+                 .encode("utf-8", "surrogateescape"))  # a file name that is not UTF-8: its bytes
     return h.hexdigest()
 
 

@@ -209,12 +209,24 @@ class DeviceLoader:
         """Each batch's positions in the epoch's permutation, (B,) int64 on the CPU, and how many are padding."""
         out = []
         for a, b in spans:
-            pad = self.batch_size - (b - a) if self.pad_last and 0 < b - a < self.batch_size else 0
+            pad = self._pad(a, b)
             pos = torch.arange(a, b)
             if pad:  # the last partial batch, filled up with copies of its last sample
                 pos = torch.cat([pos, torch.full((pad,), b - 1)])
             out.append((pos, pad))
         return out
+
+    def _pad(self, a: int, b: int) -> int:
+        """Padding samples of the batch of positions [a, b) (``pad_last``)."""
+        return self.batch_size - (b - a) if self.pad_last and 0 < b - a < self.batch_size else 0
+
+    def _take(self, t: torch.Tensor, a: int, b: int, pad: int) -> torch.Tensor:
+        """Rows [a, b) of a device tensor, the last one repeated ``pad`` times: a slice (a view) where there is no
+        padding, else an index built on the device. No host tensor, no copy to the device, no sync."""
+        if not pad:
+            return t[a:b]
+        idx = torch.arange(a, b + pad, device=t.device).clamp_(max=b - 1)  # (B,) positions, the last repeated
+        return t.index_select(0, idx)
 
     def _streamed(self, batches: list[np.ndarray]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Host batches gathered ``prefetch`` ahead by a background thread (a bounded queue), in order."""
@@ -251,30 +263,44 @@ class DeviceLoader:
             thread.join()
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The epoch's setup happens here, at ``iter()`` (the permutation, its one copy to the device, the
+        augmentation plan); the batches then come from a generator. In ``resident`` mode a batch is slices of
+        device tensors: no host tensor, no host→device copy and no sync per batch."""
         perm = self._permutation()
-        batches = self._positions(self._spans())
+        spans = self._spans()
         plan = self._plan(len(perm))  # indexed by position in the permutation, like the batches
-
-        def planned(pos: torch.Tensor) -> object | None:
-            return None if plan is None else plan[pos.to(self.device)]
-
         if self.mode == "resident":
-            perm_dev = perm.to(self.device, non_blocking=True)
-            for pos, pad in batches:
-                sel = perm_dev[pos.to(self.device)]
-                x = self._images_dev.index_select(0, sel)  # (B, H, W, 3) uint8 on the device
-                y = self._labels_dev.index_select(0, sel)  # (B,) int64
-                if pad:
-                    y[-pad:] = PAD_LABEL
-                yield self._finish(x, planned(pos)), y
-            return
+            src = perm.pin_memory() if self._pin else perm
+            return self._resident(src.to(self.device, non_blocking=self._pin), spans, plan)
+        return self._from_host(perm, spans, plan)
+
+    def _resident(self, perm_dev: torch.Tensor, spans: list[tuple[int, int]],
+                  plan: object | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for a, b in spans:
+            pad = self._pad(a, b)
+            sel = self._take(perm_dev, a, b, pad)  # (B,) sample indices on the device
+            x = self._images_dev.index_select(0, sel)  # (B, H, W, 3) uint8 on the device
+            y = self._labels_dev.index_select(0, sel)  # (B,) int64
+            if pad:
+                y[-pad:] = PAD_LABEL
+            yield self._finish(x, None if plan is None else self._take_plan(plan, a, b, pad)), y
+
+    def _take_plan(self, plan: object, a: int, b: int, pad: int) -> object:
+        """The plan of positions [a, b) (+ padding): a slice, or an index built on the device."""
+        if not pad:
+            return plan[a:b]
+        return plan[torch.arange(a, b + pad, device=self.device).clamp_(max=b - 1)]
+
+    def _from_host(self, perm: torch.Tensor, spans: list[tuple[int, int]],
+                   plan: object | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        batches = self._positions(spans)
         idx = perm.numpy()
         rows = [idx[pos.numpy()] for pos, _ in batches]
         host = (self._gather(r) for r in rows) if self.mode == "host" else self._streamed(rows)
-        for (pos, pad), (xt, yt) in zip(batches, host):
-            x = xt.to(self.device, non_blocking=True)
+        for (a, b), (pos, pad), (xt, yt) in zip(spans, batches, host):
+            x = xt.to(self.device, non_blocking=True)  # pinned host memory on CUDA: an asynchronous copy
             y = yt.to(self.device, non_blocking=True)
             if pad:
                 y = y.clone()
                 y[-pad:] = PAD_LABEL
-            yield self._finish(x, planned(pos)), y
+            yield self._finish(x, None if plan is None else self._take_plan(plan, a, b, pad)), y

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["BN_VARIANCES", "HEAD_INITS", "STEMS", "KerasBatchNorm1d", "keep_resolution", "paper_head", "pool_head"]
+__all__ = ["BN_VARIANCES", "HEAD_INITS", "STEMS", "KerasBatchNorm1d", "KerasSyncBatchNorm1d", "convert_sync_bn",
+           "keep_resolution", "paper_head", "pool_head"]
 
 STEMS = ("default", "stride1", "nopool", "keep")
 HEAD_INITS = ("keras", "torch")  # paper head Linear init: Keras glorot_uniform + zero bias | PyTorch's nn.Linear default
@@ -28,6 +29,59 @@ class KerasBatchNorm1d(nn.BatchNorm1d):
             self.running_var.lerp_(var.to(self.running_var.dtype), self.momentum)
             self.num_batches_tracked.add_(1)
         return out
+
+
+class KerasSyncBatchNorm1d(KerasBatchNorm1d):
+    """:class:`KerasBatchNorm1d` over the global batch of data-parallel training (``sync_bn``): batch mean and
+    biased variance from every rank's share (one differentiable all-reduce of the per-feature sums, so gradients
+    flow through the global statistics as in ``nn.SyncBatchNorm``), running statistics by the Keras rule. Outside
+    an initialised process group of several ranks (or in evaluation) it is :class:`KerasBatchNorm1d`."""
+
+    def forward(self, x: Tensor) -> Tensor:  # x (B, C)
+        import torch.distributed as dist
+
+        if not (self.training and self.track_running_stats and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        xf = x.float()
+        local = torch.cat([xf.sum(0), (xf * xf).sum(0), xf.new_full((1,), float(x.shape[0]))])  # (2C + 1,)
+        total = all_reduce(local)  # summed over the ranks, differentiable
+        c = x.shape[1]
+        n = total[-1]
+        mean = total[:c] / n
+        var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)  # biased, as Keras
+        out = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            out = out * self.weight + self.bias
+        with torch.no_grad():
+            self.running_mean.lerp_(mean.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+            self.num_batches_tracked.add_(1)
+        return out.to(x.dtype)
+
+
+def convert_sync_bn(module: nn.Module) -> nn.Module:
+    """``nn.SyncBatchNorm.convert_sync_batchnorm`` that keeps the Keras variance rule: every
+    :class:`KerasBatchNorm1d` becomes a :class:`KerasSyncBatchNorm1d` (same parameters and buffers, so state dicts
+    are unchanged), every other BatchNorm an ``nn.SyncBatchNorm``. Returns the converted module."""
+    if isinstance(module, KerasBatchNorm1d) and not isinstance(module, KerasSyncBatchNorm1d):
+        new = KerasSyncBatchNorm1d(module.num_features, eps=module.eps, momentum=module.momentum,
+                                   affine=module.affine, track_running_stats=module.track_running_stats)
+        new.load_state_dict(module.state_dict())
+        if module.affine:
+            new.weight.requires_grad_(module.weight.requires_grad)
+            new.bias.requires_grad_(module.bias.requires_grad)
+        return new.to(module.running_mean.device).train(module.training)
+    if isinstance(module, nn.modules.batchnorm._BatchNorm) and not isinstance(module, (nn.SyncBatchNorm,
+                                                                                       KerasBatchNorm1d)):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        new_child = convert_sync_bn(child)
+        if new_child is not child:
+            module.add_module(name, new_child)
+    return module
 
 
 def paper_head(in_features: int, num_classes: int, hidden: int, dropout: float, *, init: str = "keras",

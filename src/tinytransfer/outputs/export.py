@@ -28,8 +28,8 @@ from ..data.augment import make_transform
 from ..fsutil import atomic_write_bytes, atomic_write_text
 from ..runs.runfolder import CheckpointView
 
-__all__ = ["EXPORT_FORMATS", "ONNX_OUTPUTS", "ONNX_PARITY_TOL", "ExportError", "export_model", "onnx_parity",
-           "sample_images"]
+__all__ = ["EXPORT_FORMATS", "ONNX_OUTPUTS", "ONNX_PARITY_TOL", "ExportError", "Temperature", "export_model",
+           "onnx_parity", "resize_meta", "sample_images"]
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,34 @@ ONNX_OPSET = 17
 _SUFFIX = {"torchscript": ".torchscript.pt", "torch-export": ".pt2", "onnx": ".onnx"}
 
 
+class Temperature(nn.Module):
+    """``logits / T``: the fitted temperature (calibration), as a graph node before the exported softmax."""
+
+    def __init__(self, t: float) -> None:
+        super().__init__()
+        self.register_buffer("inv_t", torch.tensor(1.0 / t, dtype=torch.float32))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.inv_t
+
+
 class ExportError(ValueError):
     """An export that cannot be made or does not reproduce the PyTorch model; one line naming why."""
+
+
+def resize_meta(image_size: int, input_size: int) -> dict:
+    """The sidecar's ``image_size`` (the side of the images the model was trained from) and ``resize``: how
+    training turned them into the graph's S × S input (None when the sizes are equal). The graph takes S × S; a
+    program that feeds it images of ``image_size`` must resize them the same way: bilinear on the 0..255 pixels,
+    half-pixel centres (``align_corners=False``), no antialiasing, before scaling and normalising."""
+    same = int(image_size) == int(input_size)
+    return {"image_size": int(image_size),
+            "resize": None if same else {
+                "from": [int(image_size), int(image_size)], "to": [int(input_size), int(input_size)],
+                "method": "bilinear", "align_corners": False, "pixel_centers": "half-pixel", "antialias": False,
+                "order": "resize the 0..255 RGB image first, then scale and normalise",
+                "torch": f"torch.nn.functional.interpolate(x, size=({input_size}, {input_size}), mode='bilinear', "
+                         "align_corners=False, antialias=False)"}}
 
 
 def export_model(model: nn.Module, ckpt: CheckpointView, run_dir: str | os.PathLike, fmt: str = "torchscript",
@@ -68,8 +94,10 @@ def export_model(model: nn.Module, ckpt: CheckpointView, run_dir: str | os.PathL
         prog = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch")},))
         torch.export.save(prog, str(path))
     meta = {"classes": list(ckpt.classes), "names": list(ckpt.names), "mean": list(ckpt.mean),
-            "std": list(ckpt.std), "input_size": size,
-            "input": "(B, 3, S, S) float32 RGB, x = (pixels / 255 - mean) / std; output: logits (B, classes)"}
+            "std": list(ckpt.std), "input_size": size, **resize_meta(ckpt.image_size, size),
+            "temperature": float(ckpt.temperature),
+            "input": "(B, 3, S, S) float32 RGB, x = (pixels / 255 - mean) / std; output: logits (B, classes); "
+                     "calibrated probabilities = softmax(logits / temperature)"}
     atomic_write_text(path.with_name(path.name + ".yaml"), yaml.safe_dump(meta, sort_keys=False))
     return path
 
@@ -129,7 +157,7 @@ def onnx_parity(onnx_model: bytes | str | os.PathLike, torch_model: nn.Module, m
         x = torch.from_numpy(np.asarray(images)).permute(0, 3, 1, 2).float()  # (N, 3, S, S) 0..255
         ref = torch_model.eval()(tf(x, None)).float()
         if meta["output"] == "probabilities":
-            ref = ref.softmax(dim=1)
+            ref = (ref / float(meta.get("temperature", 1.0))).softmax(dim=1)
     return float(np.abs(got - ref.numpy()).max())
 
 
@@ -161,7 +189,8 @@ def _export_onnx(model: nn.Module, ckpt: CheckpointView, path: Path, output: str
     if output not in ONNX_OUTPUTS:
         raise ValueError(f"ONNX output {output!r}: not one of {', '.join(ONNX_OUTPUTS)}")
     size = ckpt.input_size
-    net = nn.Sequential(model, nn.Softmax(dim=1)).eval() if output == "probabilities" else model
+    t = float(ckpt.temperature)
+    net = nn.Sequential(model, Temperature(t), nn.Softmax(dim=1)).eval() if output == "probabilities" else model
     data = _onnx_bytes(net, size, output)
     meta = {
         "format": "tinytransfer-onnx/1",
@@ -169,7 +198,8 @@ def _export_onnx(model: nn.Module, ckpt: CheckpointView, path: Path, output: str
         "classes": list(ckpt.classes),  # wnids / folder names in the model's output order
         "names": list(ckpt.names),  # human-readable names, same order
         "input_name": "input",
-        "input_size": size,  # S: images are resized to S × S before preprocessing
+        "input_size": size,  # S: the graph takes S × S images (resized as "resize" says where the data differs)
+        **resize_meta(ckpt.image_size, size),
         "input_shape": ["batch", 3, size, size],
         "dtype": "float32",
         "layout": "NCHW",
@@ -180,6 +210,8 @@ def _export_onnx(model: nn.Module, ckpt: CheckpointView, path: Path, output: str
         "preprocess": "x = (pixels * scale - mean) / std per channel, pixels 0..255 RGB, then HWC → CHW",
         "output_name": output,
         "output": output,  # "logits" (apply softmax yourself) or "probabilities" (softmax inside the graph)
+        "temperature": t,  # calibrated probabilities = softmax(logits / temperature); inside the graph for
+        # "probabilities", to apply yourself to "logits"
         "output_shape": ["batch", len(ckpt.classes)],
         "opset": ONNX_OPSET,
         "parity": None,

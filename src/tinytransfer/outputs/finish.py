@@ -20,6 +20,7 @@ from ..runs.metricsfile import table1
 from ..runs.runfolder import CheckpointView, load_model
 from ..training.metrics import confusion_matrix, topk_correct
 from .analysis import analysis_from_confusion, confident_mistakes, write_analysis
+from .calibration import RELIABILITY_PNG, plot_reliability, read_calibration
 from .cam import conv_layers, default_cam_layer, feature_maps, grad_cam
 from .plots import (
     CONFUSION_MATRIX_PNG,
@@ -80,7 +81,7 @@ def visualize(model: nn.Module, ckpt: CheckpointView, image: np.ndarray, out_dir
     maps = feature_maps(model, x, layers)
     written = [plot_feature_maps(maps, out_dir / f"featuremaps_{tag}.png")]
     with torch.no_grad():
-        probs = model.eval()(x).float().softmax(1)[0]
+        probs = (model.eval()(x).float() / ckpt.temperature).softmax(1)[0]
     top = int(probs.argmax())
     names = ckpt.names
     cams = {f"top-1: {names[top]} ({probs[top]:.2f})": grad_cam(model, x, layer, top)}
@@ -138,6 +139,9 @@ def finish_run(run_dir: str | os.PathLike, data: Dataset | None = None, *, devic
         for j, i in enumerate(picks):
             visualize(model, ckpt, np.asarray(data.val.images[i]), run_dir, tag=str(j),
                       true_label=int(data.val.labels[i]), cam_layer=cam_layer, device=dev)
+    cal = read_calibration(run_dir)
+    if cal is not None:
+        plot_reliability(cal, run_dir / RELIABILITY_PNG)
     splits = {name: len(part) for name, part in (("train", data.train), ("val", data.val), ("test", data.test))
               if part is not None}
     path = write_report(run_dir, splits=splits)

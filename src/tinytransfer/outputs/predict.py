@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,8 @@ from ..data.augment import flips, make_transform
 from ..data.decode import IMAGE_EXTENSIONS, DataError, decode_image, to_rgb
 from ..runs.runfolder import CheckpointView
 
-__all__ = ["IMAGE_SUFFIXES", "collect_images", "gather_images", "predict_arrays", "tta_views", "read_image", "top_k_rows", "write_predictions"]
+__all__ = ["IMAGE_SUFFIXES", "check_tensor_batch", "collect_images", "gather_images", "logit_views", "predict_arrays",
+           "predict_logits", "printable", "read_image", "top_k_rows", "tta_views", "write_predictions"]
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,13 @@ def gather_images(images: Any, size: int, *, skip_bad: bool = False) -> tuple[li
     (uint8, or float in 0..255) is passed through as it is. Unreadable files raise ValueError naming the file
     (``skip_bad``: a warning, and the file is left out)."""
     if isinstance(images, torch.Tensor):
-        if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"a tensor batch must be (B, 3, H, W), got {tuple(images.shape)}")
+        check_tensor_batch(images)
         return [f"<{i}>" for i in range(images.shape[0])], images
     if isinstance(images, (str, os.PathLike, Image.Image, np.ndarray)):
         images = [images]
+    if not isinstance(images, (list, tuple)):
+        raise ValueError(f"images: expected a path, a PIL image, an (H, W, 3) uint8 array, a (B, 3, H, W) tensor or "
+                         f"a list of them, got {type(images).__name__}")
     names: list[str] = []
     arrays: list[np.ndarray] = []
     for i, item in enumerate(images):
@@ -85,8 +88,9 @@ def gather_images(images: Any, size: int, *, skip_bad: bool = False) -> tuple[li
             arrays.append(_pil_to_array(item, size))
             names.append(f"<{i}>")
         elif isinstance(item, np.ndarray):
-            if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8:
-                raise ValueError(f"image {i}: an array must be (H, W, 3) uint8, got {item.shape} {item.dtype}")
+            if item.ndim != 3 or item.shape[2] != 3 or item.dtype != np.uint8 or not item.shape[0] * item.shape[1]:
+                raise ValueError(f"image {i}: an array must be (H, W, 3) uint8 with H, W >= 1, got {item.shape} "
+                                 f"{item.dtype}")
             arrays.append(item if item.shape[:2] == (size, size) else _pil_to_array(Image.fromarray(item), size))
             names.append(f"<{i}>")
         else:
@@ -95,6 +99,23 @@ def gather_images(images: Any, size: int, *, skip_bad: bool = False) -> tuple[li
     if not arrays:
         return [], np.zeros((0, size, size, 3), dtype=np.uint8)
     return names, np.stack(arrays)
+
+
+def check_tensor_batch(x: torch.Tensor) -> None:
+    """ValueError unless ``x`` is a (B, 3, H, W) batch of pixels in 0..255: uint8, or float without NaN or inf; a
+    float batch within 0..1 (and not all zero) is refused as being in the wrong unit rather than read as near-black."""
+    if x.ndim != 4 or x.shape[1] != 3 or not x.shape[2] * x.shape[3]:
+        raise ValueError(f"a tensor batch must be (B, 3, H, W) with H, W >= 1, got {tuple(x.shape)}")
+    if not x.is_floating_point() or not x.numel():
+        return
+    if not torch.isfinite(x).all():
+        raise ValueError("the tensor batch holds NaN or infinite values")
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > 255:
+        raise ValueError(f"a float tensor batch must hold pixels in 0..255, got values in [{lo:g}, {hi:g}]")
+    if 0 < hi <= 1:
+        raise ValueError("a float tensor batch must hold pixels in 0..255; this one lies within 0..1: multiply it "
+                         "by 255 (or pass uint8)")
 
 
 def tta_views(x: torch.Tensor, flip: bool) -> list[torch.Tensor]:
@@ -113,24 +134,42 @@ def tta_views(x: torch.Tensor, flip: bool) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def predict_arrays(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: CheckpointView, *,
-                   device: torch.device | str = "cpu", batch_size: int = 256, tta: bool = False) -> torch.Tensor:
+                   device: torch.device | str = "cpu", batch_size: int = 256, tta: bool = False,
+                   temperature: float | None = None) -> torch.Tensor:
     """Softmax probabilities (N, classes) float32 on the CPU for uint8 images (N, H, W, 3), or a (N, 3, H, W)
-    tensor in pixel units, no augmentation; ``tta`` averages the probabilities of :func:`tta_views`."""
+    tensor in pixel units, no augmentation; ``tta`` averages the probabilities of :func:`tta_views`. The logits are
+    divided by the checkpoint's fitted temperature (``temperature``: another one, 1.0 for the raw softmax)."""
+    t = ckpt.temperature if temperature is None else float(temperature)
+    out = [sum((z / t).softmax(dim=1) for z in views) / len(views)
+           for views in logit_views(model, images, ckpt, device, batch_size, tta)]
+    if not out:
+        return torch.zeros(0, len(ckpt.classes))
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: CheckpointView, *,
+                   device: torch.device | str = "cpu", batch_size: int = 256) -> torch.Tensor:
+    """The raw logits (N, classes) float32 on the CPU (no temperature, no augmentation) of what
+    :func:`predict_arrays` takes: what the temperature is fitted on and calibration is scored on."""
+    out = [views[0] for views in logit_views(model, images, ckpt, device, batch_size, False)]
+    return torch.cat(out) if out else torch.zeros(0, len(ckpt.classes))
+
+
+def logit_views(model: nn.Module, images: np.ndarray | torch.Tensor, ckpt: CheckpointView,
+                device: torch.device | str, batch_size: int, tta: bool) -> Iterator[list[torch.Tensor]]:
+    """Per batch of ``images``, the raw float32 CPU logits (B, classes) of each view: one view, or with ``tta`` those
+    of :func:`tta_views`. Call under ``torch.no_grad()``."""
     tf = make_transform("none", ckpt.mean, ckpt.std, input_size=ckpt.input_size)
     mirror = flips(ckpt.config.data.augment)  # a mirrored view only where training mirrored images
     model.eval()
-    out = []
     for i in range(0, len(images), batch_size):
         if isinstance(images, torch.Tensor):
             x = images[i : i + batch_size].to(device).float()  # (B, 3, H, W) 0..255
         else:
             x = torch.from_numpy(np.array(images[i : i + batch_size])).to(device).permute(0, 3, 1, 2).float()
         views = tta_views(x, mirror) if tta else [x]
-        p = sum(model(tf(v, None)).float().softmax(dim=1) for v in views) / len(views)
-        out.append(p.cpu())
-    if not out:
-        return torch.zeros(0, len(ckpt.classes))
-    return torch.cat(out)
+        yield [model(tf(v, None)).float().cpu() for v in views]
 
 
 def top_k_rows(files: list[str], probs: torch.Tensor, classes: list[str], names: list[str], k: int = 5) -> list[dict]:
@@ -146,9 +185,16 @@ def top_k_rows(files: list[str], probs: torch.Tensor, classes: list[str], names:
     return rows
 
 
+def printable(name: str) -> str:
+    """A file name as valid UTF-8 text: the bytes of a name that is not UTF-8 (``os.fsdecode`` keeps them as
+    surrogates, which no UTF-8 file or terminal takes) become ``\\xNN`` escapes; other names are unchanged."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def write_predictions(rows: Sequence[Any], path: str | os.PathLike) -> None:
     """``predictions.csv`` written atomically: file, wnid, name, prob, top5 (space-separated class ids). ``rows``
-    are :func:`top_k_rows` dicts or ``api.Prediction`` objects."""
+    are :func:`top_k_rows` dicts or ``api.Prediction`` objects. Always valid UTF-8: a file name that is not (an
+    ``os.fsdecode`` name with surrogates) is written with its odd bytes as ``\\xff`` escapes (:func:`printable`)."""
     import io
 
     from ..fsutil import atomic_write_bytes
@@ -156,8 +202,9 @@ def write_predictions(rows: Sequence[Any], path: str | os.PathLike) -> None:
     rows = [r if isinstance(r, dict) else
             {"file": r.file, "wnid": r.wnid, "name": r.name, "prob": f"{r.prob:.6f}",
              "top5": " ".join(c for c, _ in r.top5)} for r in rows]
+    rows = [{**r, "file": printable(r["file"])} for r in rows]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=["file", "wnid", "name", "prob", "top5"], lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
-    atomic_write_bytes(path, buf.getvalue().encode())
+    atomic_write_bytes(path, buf.getvalue().encode("utf-8"))

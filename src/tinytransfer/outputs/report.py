@@ -38,6 +38,8 @@ from . import htmlparts as hp
 from . import plots
 from .analysis import ANALYSIS_JSON
 from .budgetreport import budget_part
+from .calibration import calibration_section
+from .datareport import data_section
 from .htmlparts import NOT_PRODUCED
 
 log = logging.getLogger(__name__)
@@ -50,7 +52,8 @@ __all__ = [
 ]
 
 REPORT_HTML = "report.html"
-SECTION_IDS = ("run", "headline", "config", "summary", "curves", "final", "errors", "inside", "predictions")
+SECTION_IDS = ("run", "headline", "data", "config", "summary", "curves", "final", "calibration", "errors", "inside",
+               "predictions")
 _PREDICTION_ROWS = 20  # rows of predictions.csv shown
 
 
@@ -267,9 +270,9 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
     subtitle = " · ".join(str(s) for s in (model.get("backbone"), model.get("head") and f"{model['head']} head",
                                            run_dir.resolve()) if s)
     nav = "".join(f'<a href="#{sid}">{hp.esc(title)}</a>' for sid, title in (
-        ("headline", "Result"), ("config", "Configuration"), ("summary", "Training summary"), ("curves", "Curves"),
-        ("final", "Final metrics"), ("errors", "Error analysis"), ("inside", "Inside the network"),
-        ("predictions", "Predictions")))
+        ("headline", "Result"), ("data", "Data"), ("config", "Configuration"), ("summary", "Training summary"),
+        ("curves", "Curves"), ("final", "Final metrics"), ("calibration", "Calibration"), ("errors", "Error analysis"),
+        ("inside", "Inside the network"), ("predictions", "Predictions")))
     curves = "".join(hp.img_or_missing(run_dir, n, cap) for n, cap in (
         (plots.ACCURACY_PNG, "accuracy over epochs (train and validation)"),
         (plots.LOSS_PNG, "loss over epochs (train and validation)"),
@@ -278,11 +281,13 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
         f'<header id="run"><h1>tinytransfer run: {hp.esc(name)}</h1><p>{hp.esc(subtitle)}</p><nav>{nav}</nav></header>',
         "<main>",
         hp.section("headline", "Result", _headline_section(rows, cfg, splits)),
+        hp.section("data", "Data", data_section(run_dir)),
         hp.section("config", "Configuration", _config_section(cfg)),
         hp.section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)
                    + budget_part(cfg)),
         hp.section("curves", "Curves", curves),
         hp.section("final", "Final metrics", _final_section(rows, analysis, extra)),
+        hp.section("calibration", "Calibration", calibration_section(run_dir)),
         hp.section("errors", "Error analysis", _errors_section(run_dir, analysis)),
         hp.section("inside", "Inside the network", _inside_section(run_dir)),
         hp.section("predictions", "Predictions", _predictions_section(run_dir)),

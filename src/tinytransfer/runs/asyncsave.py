@@ -81,6 +81,10 @@ def snapshot(obj: Any, memo: dict[int, torch.Tensor] | None = None, pool: list[t
     return out
 
 
+class FileWriteError(OSError):
+    """A file other than a checkpoint (``metrics.csv``) could not be written in its turn: ``PATH: reason``."""
+
+
 class AsyncCheckpointWriter:
     """One background thread writing snapshots of checkpoint dicts; errors surface on the caller's thread.
 
@@ -119,9 +123,10 @@ class AsyncCheckpointWriter:
                     try:
                         item()
                     except Exception as e:  # not a checkpoint's fault: say so, and name the file where known
-                        where = getattr(e, "filename", None) or "after the checkpoint"
-                        raise CheckpointError(f"{where}: {type(e).__name__}: {str(e)[:160]} (the checkpoints "
-                                              "before it were saved)") from e
+                        if isinstance(e, OSError) and e.filename and e.strerror:  # "PATH: No space left on device"
+                            raise FileWriteError(e.errno, e.strerror, e.filename) from e
+                        raise CheckpointError(f"after the checkpoint: {type(e).__name__}: {str(e)[:160]} (the "
+                                              "checkpoints before it were saved)") from e
                     continue
                 ckpt, path = item
                 self._path = path
@@ -149,11 +154,12 @@ class AsyncCheckpointWriter:
         e, self._error = self._error, None
         if e is None:
             return
-        if isinstance(e, CheckpointError):
+        if isinstance(e, (CheckpointError, FileWriteError)):
             raise e
         name = Path(self._path).name if self._path else "checkpoint"
+        kept = "; the previous one is kept" if self._path and Path(self._path).is_file() else ""
         raise CheckpointError(f"{self._path or name}: could not save the checkpoint ({type(e).__name__}: "
-                              f"{str(e)[:160]}); the previous one is kept") from e
+                              f"{str(e)[:160]}){kept}") from e
 
     @property
     def blocked_s(self) -> float:

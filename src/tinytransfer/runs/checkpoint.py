@@ -39,15 +39,15 @@ def save_checkpoint(ckpt: dict, path: str | os.PathLike) -> None:
     """Serialise ``ckpt`` in memory first, then write it atomically.
 
     A failed write (full disk, quota, I/O error) raises CheckpointError naming the file; the previous file at
-    ``path`` is left as it was.
+    ``path``, if any, is left as it was.
     """
     buf = io.BytesIO()
     torch.save(ckpt, buf)
     try:
         atomic_write_bytes(path, buf.getvalue())
     except OSError as e:
-        raise CheckpointError(f"{path}: could not save the checkpoint ({e.strerror or e}); "
-                              "the previous one is kept") from e
+        kept = "; the previous one is kept" if Path(path).is_file() else ""
+        raise CheckpointError(f"{path}: could not save the checkpoint ({e.strerror or e}){kept}") from e
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:

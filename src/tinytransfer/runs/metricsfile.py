@@ -18,6 +18,7 @@ from ..fsutil import atomic_write, atomic_write_text
 from .runfolder import METRICS_CSV, TABLE1_CSV, TABLE1_MD, read_config
 
 __all__ = [
+    "console_line",
     "METRIC_COLUMNS",
     "OPTIONAL_COLUMNS",
     "TABLE1_COLUMNS",
@@ -199,13 +200,16 @@ class MetricsWriter:
 
     def append(self, row: dict) -> None:
         new = not self.path.exists()
-        with open(self.path, "a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
-            if new:
-                w.writeheader()
-            w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(self.path, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS)
+                if new:
+                    w.writeheader()
+                w.writerow({k: _fmt(row.get(k)) for k in METRIC_COLUMNS})
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:  # a full disk: say which file
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
 
 
 def _complete(row: dict) -> bool:
@@ -298,3 +302,13 @@ def table1(run_dir: str | os.PathLike) -> list[dict]:
     atomic_write_text(run_dir / TABLE1_CSV, buf.getvalue())
     log.info("Table 1 (%d phases) written to %s", len(table), run_dir / TABLE1_MD)
     return table
+
+
+def console_line(row: dict) -> str:
+    """One fixed-column console line an epoch; the same values go to metrics.csv."""
+    val = (f"val {row['val_loss']:7.4f} {100 * row['val_acc']:6.2f}% top5 {100 * row['val_top5']:6.2f}%"
+           if row.get("val_acc") is not None else "val      -       -")
+    ema = f" | ema {100 * row['ema_val_acc']:6.2f}%" if row.get("ema_val_acc") is not None else ""
+    return (f"phase {row['phase']:>2} epoch {row['epoch']:>4} step {row['step']:>7} lr {row['lr']:.2e} | "
+            f"train {row['train_loss']:7.4f} {100 * row['train_acc']:6.2f}% | {val} | "
+            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s{ema}")

@@ -14,21 +14,22 @@ import logging
 import math
 import os
 import shutil
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import nn
 
+from ..config import RunConfig, from_dict, to_dict
+from ..fsutil import PidLock, atomic_write_text
 from .checkpoint import CheckpointError, find_checkpoint, load_checkpoint
-from ..config import PhaseConfig, RunConfig, from_dict, to_dict
-from ..fsutil import PidLock, atomic_write, atomic_write_text
 
 __all__ = [
     "BEST_PT",
+    "COMPILE_JSON",
     "CONFIG_YAML",
     "AUTO_LR_JSON",
     "LAST_PT",
@@ -40,11 +41,16 @@ __all__ = [
     "load_model",
     "new_run_problem",
     "read_auto_lr",
+    "read_compile",
     "read_config",
+    "read_run_meta",
+    "new_run_id",
+    "RUN_META",
     "run_dir_of",
     "same_run",
     "unplanned",
     "write_auto_lr",
+    "write_compile",
     "write_config",
     "write_lr_find",
 ]
@@ -63,16 +69,30 @@ PREDICTIONS_CSV = "predictions.csv"
 ANALYSIS_JSON = "analysis.json"
 REPORT_HTML = "report.html"
 AUTO_LR_JSON = "auto_lr.json"  # LR range tests of auto_lr phases: {"<phase, 1-based>": {recipe, chosen, curve, ...}}
+COMPILE_JSON = "compile.json"  # compiled runs: {"phases": [{phase, epochs, graphs, graph_breaks, compile_s, ...}]}
 # What a run leaves beside its checkpoints (outputs/: figures, Table 1, predictions, analysis, report, exports;
 # runs/tb.py: event files); a fresh start in the folder removes them, so none describes the previous run
 PREVIOUS_RUN_FILES = (
-    BEST_PT, LAST_PT, AUTO_LR_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
+    BEST_PT, LAST_PT, AUTO_LR_JSON, COMPILE_JSON, TABLE1_MD, TABLE1_CSV, PREDICTIONS_CSV, ANALYSIS_JSON, REPORT_HTML,
     "accuracy.png", "loss.png", "lr.png", "confusion_pairs.png", "confusion_matrix.png", "per_class.png",
     "mistakes.png", "model.torchscript.pt", "model.torchscript.pt.yaml", "model.pt2", "model.pt2.yaml",
-    "model.onnx", "model.json",
+    "model.onnx", "model.json", "calibration.json", "reliability.png",
 )
 PREVIOUS_RUN_GLOBS = ("featuremaps_*.png", "gradcam_*.png")
 PREVIOUS_RUN_DIRS = ("tensorboard",)
+
+
+def write_compile(run_dir: str | os.PathLike, phases: list[dict]) -> None:
+    """What torch.compile did in each phase so far (``training.compiling.CompileLog``), atomically."""
+    atomic_write_text(Path(run_dir) / COMPILE_JSON, json.dumps({"phases": phases}, indent=1) + "\n")
+
+
+def read_compile(run_dir: str | os.PathLike) -> list[dict]:
+    """The phases :func:`write_compile` recorded; [] where the run did not compile (or the file is unreadable)."""
+    try:
+        return list(json.loads((Path(run_dir) / COMPILE_JSON).read_text()).get("phases", []))
+    except (OSError, ValueError, AttributeError):
+        return []
 
 
 def run_dir_of(run: str | os.PathLike) -> Path:
@@ -83,18 +103,30 @@ def run_dir_of(run: str | os.PathLike) -> Path:
 # ---- config.yaml --------------------------------------------------------------------------------------------------
 
 
-def write_config(run_dir: str | os.PathLike, cfg: RunConfig) -> Path:
-    """``config.yaml``: the resolved configuration, atomically."""
+# config.yaml keys beside the RunConfig's: the run's identity (also in every checkpoint, so that a resume refuses
+# another run's last.pt) and the settings changed at each --resume: [{epoch (first one run with them), set, was}]
+RUN_META = ("run_id", "resumed_with")
+
+
+def new_run_id() -> str:
+    """A fresh run's identity: 16 random hex digits."""
+    return uuid.uuid4().hex[:16]
+
+
+def write_config(run_dir: str | os.PathLike, cfg: RunConfig, meta: Mapping | None = None) -> Path:
+    """``config.yaml``: the resolved configuration and the run's ``RUN_META`` keys, atomically. ``meta`` None keeps
+    those the file already has."""
     path = Path(run_dir) / CONFIG_YAML
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    meta = read_run_meta(run_dir) if meta is None else meta
+    out = {**to_dict(cfg), **{k: meta[k] for k in RUN_META if k in meta}}
+    atomic_write_text(path, yaml.safe_dump(out, sort_keys=False))
     return path
 
 
 # ---- config.yaml (read) ------------------------------------------------------------------------------------------
 
 
-def read_config(run_dir: str | os.PathLike) -> dict:
-    """``config.yaml`` of a run folder as a plain dict; ``{}`` if the file is absent."""
+def _read_yaml(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
         return {}
@@ -105,6 +137,16 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     if not isinstance(cfg, dict):
         raise ValueError(f"{path}: expected a mapping at the top level, got {type(cfg).__name__}")
     return cfg
+
+
+def read_config(run_dir: str | os.PathLike) -> dict:
+    """The run's configuration in ``config.yaml`` as a plain dict (without ``RUN_META``); ``{}`` if absent."""
+    return {k: v for k, v in _read_yaml(run_dir).items() if k not in RUN_META}
+
+
+def read_run_meta(run_dir: str | os.PathLike) -> dict:
+    """The ``RUN_META`` keys of ``config.yaml`` (``{}`` for a run written before they existed)."""
+    return {k: v for k, v in _read_yaml(run_dir).items() if k in RUN_META}
 
 
 # ---- the lock, and who may start in a folder -----------------------------------------------------------------------
@@ -241,6 +283,7 @@ class CheckpointView:
     image_size: int  # side the images were decoded at for training (pixels)
     epoch: int  # global epochs completed when it was written
     best_acc: float  # best validation top-1 so far (fraction; -1 when unknown)
+    temperature: float = 1.0  # softmax(logits / T): fitted on val after training ("temperature" key; 1 if absent)
 
     @property
     def input_size(self) -> int:
@@ -254,10 +297,14 @@ class CheckpointView:
     @classmethod
     def from_dict(cls, ckpt: Mapping, path: str | os.PathLike = "") -> "CheckpointView":
         cfg = from_dict(dict(ckpt["config"]))
+        t = float(ckpt.get("temperature", 1.0))
+        if not (math.isfinite(t) and t > 0):
+            raise ValueError(f"temperature {t} is not a positive number")
         return cls(path=Path(path), raw=dict(ckpt), config=cfg, classes=tuple(ckpt["classes"]),
                    names=tuple(ckpt.get("names") or ckpt["classes"]), mean=tuple(ckpt["mean"]),
                    std=tuple(ckpt["std"]), image_size=int(ckpt.get("image_size") or cfg.model.input_size),
-                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)))
+                   epoch=int(ckpt.get("epoch", 0)), best_acc=float(ckpt.get("best_acc", -1.0)),
+                   temperature=t)
 
 
 def checkpoint_view(run: str | os.PathLike, which: str = "best") -> CheckpointView:

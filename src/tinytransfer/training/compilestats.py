@@ -1,32 +1,36 @@
 """What ``torch.compile`` did: dynamo's process-wide counters, read before and after a stretch of work.
 
 ``torch._dynamo.utils.counters`` is a private ``defaultdict(Counter)`` whose keys move between releases (torch 2.11
-and 2.14 both have ``stats.unique_graphs``; ``frames.total/ok`` and ``graph_break`` appear once something sets
-them), so every key is optional here and a missing one counts 0.
+and 2.14 both have ``stats.unique_graphs``; ``frames.total/ok``, ``graph_break`` and ``inductor.cudagraph_skips``
+appear once something sets them), so every key is optional here and a missing one counts 0. Compile time comes from
+``torch._dynamo.utils.cumulative_time_spent_ns`` (``entire_frame_compile``: dynamo's tracing plus the backend's
+compilation of the forward graph; a backward graph that AOTAutograd compiles lazily at the first backward counts
+where dynamo times it, under a key naming ``backward``).
 """
 
 from __future__ import annotations
 
-import logging
-
-__all__ = ["dynamo_counts", "dynamo_disabled", "fell_back", "log_compiles", "since"]
-
-log = logging.getLogger(__name__)
+__all__ = ["dynamo_counts", "dynamo_disabled", "fell_back", "since"]
 
 
 def dynamo_counts() -> dict[str, int]:
     """Totals so far in this process: ``graphs`` compiled (every compile and recompile makes one), ``frames``
-    handed to dynamo and ``frames_ok`` converted, ``graph_breaks``. Empty where dynamo cannot be imported."""
+    handed to dynamo and ``frames_ok`` converted, ``graph_breaks``, ``cudagraph_skips`` (graphs that inductor
+    left without CUDA graphs under mode reduce-overhead), ``compile_ms`` (milliseconds spent compiling). Empty
+    where dynamo cannot be imported."""
     try:
-        from torch._dynamo.utils import counters
+        from torch._dynamo.utils import counters, cumulative_time_spent_ns
     except Exception:  # pragma: no cover - a torch without dynamo
         return {}
     frames = counters.get("frames", {})
+    ns = sum(v for k, v in cumulative_time_spent_ns.items() if k == "entire_frame_compile" or "backward" in k)
     return {
         "graphs": int(counters.get("stats", {}).get("unique_graphs", 0)),
         "frames": int(frames.get("total", 0)),
         "frames_ok": int(frames.get("ok", 0)),
         "graph_breaks": int(sum(counters.get("graph_break", {}).values())),
+        "cudagraph_skips": int(counters.get("inductor", {}).get("cudagraph_skips", 0)),
+        "compile_ms": int(ns // 1_000_000),
     }
 
 
@@ -51,20 +55,12 @@ def dynamo_disabled() -> bool:
 
 def fell_back(delta: dict[str, int], steps_ran: bool = True) -> bool:
     """Whether some compiled code ran eagerly instead: a frame dynamo could not convert (with ``suppress_errors``
-    it runs eagerly), a graph break, or no graph at all although compiled steps ran (and dynamo is on)."""
+    it runs eagerly) or a graph break.
+
+    "No new graph" is not a fallback: a phase that trains the same parameters as the one before (vgg16-paper's
+    phase 3 after phase 2) reuses dynamo's cached graphs and converts no new frame at all. ``steps_ran`` is kept
+    for callers of the old signature and no longer changes the answer."""
     if dynamo_disabled():
         return False
     failed = delta.get("frames", 0) > delta.get("frames_ok", 0)
-    return failed or delta.get("graph_breaks", 0) > 0 or (steps_ran and delta.get("graphs", 0) == 0
-                                                          and delta.get("frames_ok", 0) == 0)
-
-
-def log_compiles(phase: int, start: dict[str, int], first_epoch: dict[str, int]) -> None:
-    """One line a phase: what torch.compile did in it; a warning where compiled code fell back to eager."""
-    total, later = since(start), since(first_epoch)
-    frames = f", frames {total['frames_ok']}/{total['frames']} converted" if total.get("frames") else ""
-    log.info("torch.compile, phase %d: %d graphs compiled (%d after its first epoch)%s, %d graph breaks", phase + 1,
-             total.get("graphs", 0), later.get("graphs", 0), frames, total.get("graph_breaks", 0))
-    if fell_back(total):
-        log.warning("torch.compile fell back to eager in phase %d (%s): part of it ran uncompiled", phase + 1,
-                    total)
+    return failed or delta.get("graph_breaks", 0) > 0

@@ -27,16 +27,19 @@ from ..data.dataset import Dataset, Split
 from ..data.loader import DeviceLoader
 from ..data.mixing import make_mixer
 from ..models.freezing import check_trainable, set_trainable
+from ..models.heads import convert_sync_bn
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import CheckpointError, load_checkpoint, unwrap_model
-from ..runs.metricsfile import MetricsWriter
-from ..runs.runfolder import BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_problem, write_config
+from ..runs.metricsfile import MetricsWriter, console_line
+from ..runs.runfolder import (BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_id,
+                               new_run_problem, write_config)
 from ..runs.tb import TensorBoardLog, open_tensorboard
 from .budgetrun import start_budget
-from .compilestats import dynamo_counts, log_compiles
+from .compiling import CompileLog, wrap_for_phase
 from .ema import start_ema
 from .parallel import Dist
-from .snapshot import checkpoint_state, rng_state, set_rng_state
+from .resumecheck import prepare_resume
+from .snapshot import checkpoint_state, model_weights, rng_state, set_rng_state
 from .steps import (
     Interrupted,
     NonFiniteLoss,
@@ -76,16 +79,6 @@ def input_norm(cfg: RunConfig, model: nn.Module) -> tuple[tuple, tuple]:
     return tuple(base.mean), tuple(base.std)
 
 
-def _fmt_line(row: dict) -> str:
-    """One fixed-column console line an epoch; the same values go to metrics.csv."""
-    val = (f"val {row['val_loss']:7.4f} {100 * row['val_acc']:6.2f}% top5 {100 * row['val_top5']:6.2f}%"
-           if row.get("val_acc") is not None else "val      -       -")
-    ema = f" | ema {100 * row['ema_val_acc']:6.2f}%" if row.get("ema_val_acc") is not None else ""
-    return (f"phase {row['phase']:>2} epoch {row['epoch']:>4} step {row['step']:>7} lr {row['lr']:.2e} | "
-            f"train {row['train_loss']:7.4f} {100 * row['train_acc']:6.2f}% | {val} | "
-            f"{row['seconds']:7.1f}s {row['img_s']:8.1f} img/s{ema}")
-
-
 def fit(
     model: nn.Module,
     data: Dataset,
@@ -115,6 +108,7 @@ def fit(
     dist = dist or Dist()
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = ""  # the run's identity, in config.yaml and every checkpoint (rank 0 writes them)
     with contextlib.ExitStack() as stack:
         if dist.main:
             stack.enter_context(RunLock(run_dir, force=force))
@@ -123,12 +117,14 @@ def fit(
                 if problem:
                     raise CheckpointError(problem)
                 clear_previous_run(run_dir)
-                write_config(run_dir, cfg)
-        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, started)
+                write_config(run_dir, cfg, {"run_id": (run_id := new_run_id())})
+            else:  # refuses another run's last.pt, changed data, settings that cannot change; records the rest
+                run_id = prepare_resume(run_dir, cfg, data, resume)
+        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, run_id, started)
 
 
 def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, dist: Dist,
-         show_progress: bool | None, started: float | None) -> TrainState:
+         show_progress: bool | None, run_id: str = "", started: float | None = None) -> TrainState:
     """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: DDP-wrapped, compiled)."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -155,13 +151,13 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
     shuffle_gen = torch.Generator().manual_seed(cfg.seed)
     aug_gen = torch.Generator(device=device).manual_seed(cfg.seed + 1)
     writer = MetricsWriter(run_dir / METRICS_CSV)
-    state = TrainState()
+    state = TrainState(run_id=run_id)
     if resume is not None:
         model.load_state_dict(resume["model"])
         state = TrainState(
             phase=resume["phase"], phase_epoch=resume["phase_epoch"], epoch=resume["epoch"], step=resume["step"],
             best_acc=resume["best_acc"], best_epoch=resume.get("best_epoch", 0), bad_epochs=resume["bad_epochs"],
-            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0),
+            rng=resume["rng"], phase_best_acc=resume.get("phase_best_acc", -1.0), run_id=run_id,
         )
         set_rng_state(state.rng, shuffle_gen, aug_gen)
         if dist.main:
@@ -171,7 +167,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
         writer.truncate_after(0)
     if cfg.sync_bn and dist.active:
         if device.type == "cuda":
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = convert_sync_bn(model)  # KerasBatchNorm1d keeps its variance rule over the global batch
         else:
             log.warning("sync_bn: SyncBatchNorm needs CUDA; on the CPU each rank's BatchNorm sees its own share")
     tb = open_tensorboard(run_dir, state.epoch) if cfg.tensorboard and rank == 0 else None
@@ -194,8 +190,9 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                                   generators=(shuffle_gen, aug_gen), test_images=len(data.test or ()), main=dist.main,
                                   started=time.perf_counter() if started is None else started)
     fused = device.type == "cuda"
+    compiles = CompileLog(run_dir, cfg.compile, write=dist.main)  # compile.json: per phase, whatever the verbosity
     # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
-    with StopOnSignal() as stop, AsyncCheckpointWriter() as saver:
+    with StopOnSignal() as stop, AsyncCheckpointWriter() as saver, _phase_cut(compiles):
         while state.phase < len(cfg.phases):
             phase = cfg.phases[state.phase]
             fresh_phase = state.phase_epoch == 0 and state.step == 0
@@ -206,7 +203,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 log.info("phase %d starts from the best weights so far (epoch %d, val %.4f)",
                          state.phase + 1, best["epoch"], best["best_acc"])
             set_trainable(model, phase.train)
-            net, eval_net = _wrap(model, cfg, dist)  # DDP over this phase's trainable parameters, then compile
+            net, eval_net = wrap_for_phase(model, cfg, dist)  # DDP over the trainable parameters, then compile
             optimizer = make_optimizer(model, phase, fused=fused)
             if not fresh_phase and resume is not None and resume.get("optimizer"):
                 optimizer.load_state_dict(resume["optimizer"])
@@ -220,15 +217,14 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 cfg = auto_lr_phase(model, loader, cfg, state.phase, run_dir, device=device, rank=rank,
                                     generators=(shuffle_gen, aug_gen))
                 phase = cfg.phases[state.phase]
-            compiled = [dynamo_counts()] if cfg.compile else []  # at the phase's start, after its first epoch
+            compiles.start(state.phase)
             while state.phase_epoch < phase.epochs:
                 if dist.active:  # per-rank streams that depend on (seed, rank, epoch) only: any N resumes exactly
                     torch.manual_seed(_stream_seed(cfg.seed, rank, state.epoch))
                     aug_gen.manual_seed(_stream_seed(cfg.seed + 1, rank, state.epoch))
                 row = _run_epoch(net, eval_net, loader, val_loader, optimizer, phase, state, cfg, device, stop,
                                  show_progress, dist, mix=mix, ema=ema, tb=tb)
-                if len(compiled) == 1:
-                    compiled.append(dynamo_counts())
+                compiles.epoch()
                 # the EMA weights count where they score better (best.pt then holds them)
                 use_ema = row.get("ema_val_acc") is not None and row["ema_val_acc"] > row["val_acc"]
                 score = row["ema_val_acc"] if use_ema else row["val_acc"]
@@ -250,13 +246,16 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 state.rng = rng_state(shuffle_gen, aug_gen)
                 if dist.main:
                     saver.wait()  # the previous epoch's checkpoints and row are on disk
-                    log.info(_fmt_line(row))
+                    log.info(console_line(row))
                     saves = []
                     if tb is not None:
                         tb.epoch(row)
+                    # each state dict taken once an epoch and shared: the writer copies each tensor to the host once
+                    weights = model_weights(model)
+                    ema_weights = model_weights(ema.module) if ema is not None else None
                     if improved:
-                        best_ckpt = checkpoint_state(ema.module if use_ema else model, optimizer, cfg, data, state, mean,
-                                                std)
+                        best_ckpt = checkpoint_state(ema.module if use_ema else model, optimizer, cfg, data, state,
+                                                     mean, std, weights=ema_weights if use_ema else weights)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
                         saves.append((best_ckpt, run_dir / BEST_PT))
                     # the row once best.pt is on disk (the report's headline is a model in the folder), before
@@ -267,9 +266,10 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     if done_phase:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
                         nxt.phase_best_acc = -1.0
-                    last_ckpt = checkpoint_state(model, None if done_phase else optimizer, cfg, data, nxt, mean, std)
+                    last_ckpt = checkpoint_state(model, None if done_phase else optimizer, cfg, data, nxt, mean, std,
+                                                 weights=weights)
                     if ema is not None and not done_phase:  # a resumed phase continues its EMA
-                        last_ckpt["ema"] = {k: v.detach().cpu() for k, v in ema.module.state_dict().items()}
+                        last_ckpt["ema"] = ema_weights
                     saves.append((last_ckpt, run_dir / LAST_PT))
                     saver.submit(saves)  # snapshot now, serialise + fsync + rename in the background
                     log.debug("checkpoint: %.3f s on the training thread so far", saver.blocked_s)
@@ -279,8 +279,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     break
                 if stop.signum is not None:
                     raise Interrupted(f"stopped by signal {stop.signum} after epoch {state.epoch}")
-            if len(compiled) == 2:
-                log_compiles(state.phase, compiled[0], compiled[1])
+            compiles.end()
             state.phase += 1
             state.phase_epoch = 0
             state.step = 0
@@ -307,26 +306,14 @@ def _stream_seed(seed: int, rank: int, epoch: int) -> int:
     return (seed * 1_000_003 + rank * 10_007 + epoch) % 2**63
 
 
-def _wrap(model: nn.Module, cfg: RunConfig, dist: Dist) -> tuple[nn.Module, nn.Module]:
-    """(training net, evaluation net) for a phase: DistributedDataParallel over the trainable parameters where
-    several processes train (evaluation runs the raw model: no collectives per batch, shards may differ in
-    batches), then ``torch.compile`` where asked."""
-    net, eval_net = model, model
-    if dist.active:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(model, device_ids=[dist.device.index] if dist.device.type == "cuda" else None)
-    if cfg.compile:
-        import torch._dynamo as dynamo  # (a plain "import torch._dynamo" would make torch local to fit)
-
-        # compilation happens lazily at the first step: where it fails, run that graph eagerly instead of dying
-        dynamo.config.suppress_errors = True
-        try:
-            net = torch.compile(net, mode=cfg.compile_mode)
-            eval_net = net if not dist.active else torch.compile(model, mode=cfg.compile_mode)
-        except Exception as e:  # pragma: no cover - depends on the platform
-            log.warning("torch.compile failed (%s); running eager", e)
-    return net, eval_net
+@contextlib.contextmanager
+def _phase_cut(compiles: CompileLog):
+    """A phase left by an exception (a signal, a crash) still records its compile figures, marked incomplete."""
+    try:
+        yield
+    except BaseException:
+        compiles.end(complete=False)
+        raise
 
 
 def _run_epoch(net: nn.Module, eval_net: nn.Module, loader: DeviceLoader, val_loader: DeviceLoader | None,

@@ -7,6 +7,11 @@ corrections inside (ε added to the corrected sqrt(v)), ε = 1e-8. Keras 2 (TF 2
     lr_t = lr·sqrt(1 − β2^t)/(1 − β1^t);  m = β1·m + (1 − β1)·g;  v = β2·v + (1 − β2)·g²;  w −= lr_t·m/(sqrt(v) + ε)
 
 The two agree when sqrt(v) ≫ ε; they part where gradients are tiny (early steps, rarely-firing units).
+
+Multiplying numerator and denominator by sqrt(1 − β2^t) shows that Keras's update at step t *is* PyTorch's with
+ε_torch = ε / sqrt(1 − β2^t) and the same lr. So ``fused=True`` runs PyTorch's fused Adam kernel
+(``torch._fused_adam_``: one kernel over all parameters, on CUDA and the CPU) with that ε at each step: the same
+update to float rounding, as fast as ``torch.optim.Adam(fused=True)``.
 """
 
 from __future__ import annotations
@@ -30,10 +35,11 @@ class KerasAdam(torch.optim.Optimizer):
     """
 
     def __init__(self, params: Iterable[Any], lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = KERAS_ADAM_EPS, weight_decay: float = 0.0) -> None:
+                 eps: float = KERAS_ADAM_EPS, weight_decay: float = 0.0, fused: bool = False) -> None:
         if lr < 0 or eps < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"KerasAdam: invalid lr {lr}, betas {betas}, eps {eps} or weight_decay {weight_decay}")
         super().__init__(params, {"lr": lr, "betas": tuple(betas), "eps": eps, "weight_decay": weight_decay})
+        self.fused = fused  # PyTorch's fused Adam kernel with Keras's ε rescaled (module docstring); not saved
 
     @torch.no_grad()
     def step(self, closure: Callable[[], float] | None = None) -> float | None:  # type: ignore[override]
@@ -52,7 +58,7 @@ class KerasAdam(torch.optim.Optimizer):
             # one multi-tensor update per distinct t (all of a group's parameters share it unless some had no grad)
             for t in sorted({int(self.state[p]["step"]) + 1 for p in params}):
                 same = [p for p in params if int(self.state[p]["step"]) + 1 == t]
-                self._update(same, t, group)
+                (self._update_fused if self.fused else self._update)(same, t, group)
         return loss
 
     def _update(self, params: list[torch.Tensor], t: int, group: dict[str, Any]) -> None:
@@ -71,5 +77,22 @@ class KerasAdam(torch.optim.Optimizer):
         denom = torch._foreach_sqrt(v)
         torch._foreach_add_(denom, group["eps"])  # ε on the raw sqrt(v), as Keras 2
         torch._foreach_addcdiv_(params, m, denom, value=-lr_t)
+        for p in params:
+            self.state[p]["step"] = t
+
+    def _update_fused(self, params: list[torch.Tensor], t: int, group: dict[str, Any]) -> None:
+        """The same update through ``torch._fused_adam_`` (one kernel per device and dtype): PyTorch's Adam with
+        ε / sqrt(1 − β2^t) is Keras 2's with ε (module docstring); L2 weight decay is added to the gradient by both."""
+        beta1, beta2 = group["betas"]
+        eps = group["eps"] / math.sqrt(1 - beta2 ** t)
+        by_kind: dict[tuple, list[torch.Tensor]] = {}
+        for p in params:
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        for (device, _), ps in by_kind.items():
+            step = torch.full((), float(t), dtype=torch.float32, device=device)  # a fill: no host→device copy
+            torch._fused_adam_(ps, [p.grad for p in ps], [self.state[p]["exp_avg"] for p in ps],
+                               [self.state[p]["exp_avg_sq"] for p in ps], [], [step] * len(ps), lr=group["lr"],
+                               beta1=beta1, beta2=beta2, weight_decay=group["weight_decay"], eps=eps,
+                               amsgrad=False, maximize=False, grad_scale=None, found_inf=None)
         for p in params:
             self.state[p]["step"] = t

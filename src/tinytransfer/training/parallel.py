@@ -105,7 +105,7 @@ def agree(flag: bool, d: Dist, device: torch.device) -> bool:
     """True on every rank if ``flag`` is true on any (a stop request, seen by all ranks at the same step)."""
     if not d.active:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    t = torch.full((1,), 1.0 if flag else 0.0, device=device)  # a fill on the device, no host→device copy
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
 

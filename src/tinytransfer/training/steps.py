@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import PhaseConfig
+from ..config import ConfigError, PhaseConfig
 from ..data.loader import PAD_LABEL, DeviceLoader
 from ..models.freezing import param_groups, train_mode
 from ..runs.checkpoint import unwrap_model
@@ -40,6 +40,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+AGREE_EVERY = 25  # data-parallel: steps between agreements on a stop request (an all-reduce and a sync each)
+
 
 class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the phase, step and learning rate."""
@@ -62,6 +64,7 @@ class TrainState:
     best_epoch: int = 0  # global epoch of best_acc
     bad_epochs: int = 0  # epochs since the phase's last improvement (early stopping)
     rng: dict = field(default_factory=dict)  # generator states at the end of the last epoch
+    run_id: str = ""  # the run's identity (config.yaml's run_id), written into every checkpoint
 
 
 def retain_host_memory() -> bool:
@@ -93,9 +96,14 @@ def retain_host_memory() -> bool:
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"device: {name!r} is not auto, cpu, mps, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda: no CUDA device is available here")
+        raise ConfigError(f"device {name}: no CUDA device is available here (use device=auto or cpu)")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"device {name}: only {torch.cuda.device_count()} CUDA devices are visible")
     return dev
 
 
@@ -105,8 +113,8 @@ def make_optimizer(model: nn.Module, phase: PhaseConfig, fused: bool = False) ->
     extra: dict[str, Any] = {"fused": True} if fused else {}
     if phase.optimizer == "adam":
         return torch.optim.Adam(groups, lr=phase.lr_min, betas=phase.betas, **extra)
-    if phase.optimizer == "adam-keras":  # Keras 2's update (see optim.KerasAdam); no fused kernel
-        return KerasAdam(groups, lr=phase.lr_min, betas=phase.betas)
+    if phase.optimizer == "adam-keras":  # Keras 2's update (see optim.KerasAdam), fused where Adam is
+        return KerasAdam(groups, lr=phase.lr_min, betas=phase.betas, fused=fused)
     if phase.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=phase.lr_min, betas=phase.betas, **extra)
     if phase.optimizer == "sgd":
@@ -211,7 +219,7 @@ def train_one_epoch(
     correct = torch.zeros(2, device=device, dtype=torch.long)
     seen = 0
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    sync_each_step = device.type == "cpu"  # .item() costs nothing on the CPU
+    sync_each_step = _sync_each_step(device)
     lr = lr_at(state.step, phase, steps_per_epoch)
     last_refresh = time.monotonic()
     step_begin = _step_marker(model)
@@ -256,10 +264,23 @@ def train_one_epoch(
             progress({"loss": loss_sum.item() / seen, "acc": c[0] / seen, "lr": lr, "n": n, "step": i + 1})
         elif progress is not None:
             progress({"n": n, "step": i + 1})
-        if stop is not None and agree(stop.signum is not None, dist, device):  # every rank stops at the same step
+        if stop is not None and _agree_now(i, steps_per_epoch, dist) and agree(stop.signum is not None, dist, device):
             raise Interrupted(f"stopped by signal {stop.signum or 'on another rank'} during epoch {state.epoch + 1}")
     _check_finite(first_bad, phase, state, steps_per_epoch)
     return {**_reduced(loss_sum, correct, seen, dist), "lr": lr}
+
+
+def _sync_each_step(device: torch.device) -> bool:
+    """Whether the loss is read on the host every step (an immediate NaN error): on the CPU, where ``.item()``
+    costs nothing. Elsewhere a device-side flag is read at progress refreshes and at the epoch's end."""
+    return device.type == "cpu"
+
+
+def _agree_now(i: int, steps_per_epoch: int, dist: Dist) -> bool:
+    """Whether step ``i`` (0-based) ends with the ranks agreeing on a stop request. One process: every step (a
+    Python test). Several: every ``AGREE_EVERY`` steps and at the epoch's last step, a schedule of step indices
+    alone, so every rank agrees at the same steps and a Ctrl-C stops them all at the same step."""
+    return not dist.active or (i + 1) % AGREE_EVERY == 0 or i + 1 == steps_per_epoch
 
 
 def _reduced(loss_sum: torch.Tensor, correct: torch.Tensor, seen: int, dist: Dist) -> dict:
