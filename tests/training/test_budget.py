@@ -22,7 +22,7 @@ from tinytransfer.training.budget import (
     replan,
     with_epochs,
 )
-from tinytransfer.runs.runfolder import unplanned
+from tinytransfer.runs.runfolder import read_config, unplanned
 from tinytransfer.training.schedule import lr_at
 
 from test_engine import TINY, read_rows, run, run_killed_at_epoch, tiny_config
@@ -272,7 +272,7 @@ def test_tiny_budgeted_run_records_its_plan_and_resume_continues_it(tree, tmp_pa
     monkeypatch.setattr(budgetrun, "plan_epochs", lambda recipe, *a, **k: list(recipe))  # keep the test short:
     monkeypatch.setattr(budgetrun, "replan", lambda cfg, *a: [p.epochs for p in cfg.phases])  # the recipe's epochs
     run_killed_at_epoch(tree, tmp_path / "k", raw, 3, monkeypatch)
-    cfg = yaml.safe_load((tmp_path / "k" / "config.yaml").read_text())
+    cfg = read_config(tmp_path / "k")  # config.yaml without the run's id
     plan = cfg["plan"]
     assert plan["budget_s"] == 3600 and plan["recipe_epochs"] == [2, 2] and len(plan["epoch_s"]) == 2
     assert all(s > 0 for s in plan["epoch_s"]) and plan["start_s"] > 0 and plan["finish_s"] > 0
