@@ -15,6 +15,7 @@ tt.load("runs/digits").predict("a_folder/")
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -107,8 +108,9 @@ def _console(verbose: bool) -> Iterator[None]:
 def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data: str | os.PathLike | None = None,
           out: str | os.PathLike | None = None, overrides: Mapping[str, Any] | Sequence[str] | None = None,
           seed: int | None = None, deterministic: bool = False, device: str | None = None,
-          nproc: int | None = None, *, auto_lr: bool = False, force: bool = False, progress: bool | None = None,
-          finish: bool = True, verbose: bool = True) -> "Run":
+          nproc: int | None = None, *, auto_lr: bool = False, budget: str | None = None, force: bool = False,
+          progress: bool | None = None, finish: bool = True, verbose: bool = True,
+          started: float | None = None) -> "Run":
     """Train ``recipe`` on the dataset folder ``data`` into the run folder ``out`` and return the :class:`Run`.
 
     ``out`` defaults to ``runs/<recipe>-<time>``. ``device`` None keeps the recipe's (``auto``: CUDA where present).
@@ -117,8 +119,12 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
     afterwards. ``nproc``: data-parallel training in that many processes on this machine (torchrun's elastic agent;
     one GPU each on CUDA). Under ``torchrun`` every rank calls ``train`` and rank 0 writes the folder. ``auto_lr``: every
     phase's LR bounds come from an LR range test run before it (``auto_lr: true`` in each phase; see autolr.py).
+    ``budget``: the wall time of the whole call, e.g. ``"5m"`` (``budget:`` in the recipe): each phase's epochs are
+    planned from measured costs to end within it, and re-planned every epoch (training/budget.py, docs/budget.md);
+    it counts from ``started`` (``time.perf_counter()`` at the command's start; default: this call).
     """
-    cfg = resolve_config(recipe, data, overrides, seed, deterministic, device)
+    started = time.perf_counter() if started is None else started
+    cfg = resolve_config(recipe, data, overrides, seed, deterministic, device, budget=budget)
     if auto_lr:
         cfg = resolve_config(cfg, overrides={"phases.*.auto_lr": True})
     n = _check_procs(cfg, nproc)
@@ -131,7 +137,8 @@ def train(recipe: str | os.PathLike | RunConfig | Mapping = "vgg16-paper", data:
             raise UserError(problem)
     if n > 1:
         return _launch(n, cfg, run_dir, False, progress=progress, finish=finish, force=force)
-    return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose, force=force)
+    return _train(cfg, run_dir, None, progress=progress, finish=finish, verbose=verbose, force=force,
+                  started=started)
 
 
 def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
@@ -145,6 +152,8 @@ def _check_procs(cfg: RunConfig, nproc: int | None) -> int:
     if n > 1 and world().active:
         raise UserError("nproc: this process already runs under torchrun; pass --nproc-per-node to torchrun instead")
     ranks = max(n, world().world_size)
+    if cfg.budget and ranks > 1:
+        raise UserError(f"budget {cfg.budget}: not supported with data-parallel training (several processes) yet")
     for p in cfg.phases:
         if p.batch_size % ranks:
             raise UserError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {ranks} processes "
@@ -207,7 +216,8 @@ def _rank_body(cfg_dict: dict, run_dir: str, resuming: bool, progress: bool | No
 
 def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *,
            overrides: Mapping[str, Any] | Sequence[str] | None = None, nproc: int | None = None,
-           progress: bool | None = None, finish: bool = True, verbose: bool = True, force: bool = False) -> "Run":
+           progress: bool | None = None, finish: bool = True, verbose: bool = True, force: bool = False,
+           started: float | None = None) -> "Run":
     """Continue the run in folder ``run`` from its ``last.pt`` (same RNG streams: on the CPU with
     ``deterministic`` the result equals an uninterrupted run). ``data``: the dataset's new place, if it moved.
     ``overrides``: settings that can still apply (later phases, the LR bounds, epochs and patience of the phase under
@@ -217,6 +227,8 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *,
     checked from here)."""
     from .training.resumecheck import changed_settings, check_changes
 
+    # a budgeted run's clock goes on from what its earlier commands spent, counting this one from ``started``
+    started = time.perf_counter() if started is None else started
     run_dir = Path(run)
     if not (run_dir / CONFIG_YAML).is_file():
         raise UserError(f"{run_dir}: not a run folder (no config.yaml) to resume")
@@ -228,11 +240,12 @@ def resume(run: str | os.PathLike, data: str | os.PathLike | None = None, *,
         check_changes(changed_settings(from_dict(raw), cfg), cfg, ckpt)
     if n > 1:
         return _launch(n, cfg, run_dir, True, progress=progress, finish=finish, force=force)
-    return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose, force=force)
+    return _train(cfg, run_dir, ckpt, progress=progress, finish=finish, verbose=verbose, force=force,
+                  started=started)
 
 
 def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool | None, finish: bool,
-           verbose: bool, force: bool = False) -> "Run":
+           verbose: bool, force: bool = False, started: float | None = None) -> "Run":
     d = setup(cfg.device)  # one process: nothing to join
     quiet = logging.getLogger("tinytransfer").level if not d.main else None
     try:
@@ -247,6 +260,10 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
                      len(data.train), len(data.val) if data.val else 0, len(data.test) if data.test else 0,
                      data.image_size)
             m = cfg.model
+            if m.input_size == 0:  # auto: the budget picks the side; the pool head does not depend on it
+                if m.head != "pool":
+                    raise UserError("model.input_size: auto needs head: pool (the paper head is sized for one side)")
+                m = dataclasses.replace(m, input_size=max(m.input_sizes))
             try:
                 # other ranks get rank 0's weights when DDP wraps the model (it broadcasts every parameter)
                 model = model_from_config(m, len(data.classes), load_weights=ckpt is None and d.main)
@@ -265,7 +282,8 @@ def _train(cfg: RunConfig, run_dir: Path, ckpt: dict | None, *, progress: bool |
             if d.main:  # audit.json, duplicates.png and the cross-split warning, before the first epoch
                 audit_for_run(data, run_dir, cfg=cfg, resuming=ckpt is not None, force=force, workers=cfg.data.workers)
             log.info("run folder: %s%s", run_dir, f" ({d.world_size} processes)" if d.active else "")
-            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, force=force)
+            state = fit(model, data, cfg, run_dir, resume=ckpt, dist=d, show_progress=progress, force=force,
+                        started=started)
             log.info("best val accuracy %.4f at epoch %d; checkpoints in %s", state.best_acc, state.best_epoch,
                      run_dir)
             run = Run(run_dir, device=cfg.device if not d.active else "cpu")

@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import time
 from pathlib import Path
 
 from . import api
 from .outputs.export import EXPORT_FORMATS
+from .training.budgetrun import process_age_s
 
 __all__ = ["main"]
 
@@ -55,13 +57,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         sets.append("tensorboard=true")
     progress = False if args.quiet else args.progress
     try:
+        started = time.perf_counter() - process_age_s()  # a budget counts the whole command, imports included
         if args.resume:
             run = api.resume(args.resume, args.data, overrides=_resume_sets(args, sets), nproc=args.nproc,
-                             progress=progress, finish=not args.no_finish, force=args.force)
+                             progress=progress, finish=not args.no_finish, force=args.force, started=started)
         else:
             run = api.train(args.recipe or "vgg16-paper", args.data, args.out, sets, args.seed, args.deterministic,
-                            args.device, args.nproc, auto_lr=args.auto_lr, force=args.force, progress=progress,
-                            finish=not args.no_finish)
+                            args.device, args.nproc, auto_lr=args.auto_lr, budget=args.budget, force=args.force,
+                            progress=progress, finish=not args.no_finish, started=started)
     except KeyboardInterrupt:  # before the API took the run in hand (from then on it says how to continue)
         if args.resume:
             raise Interrupted(f"interrupted; continue with: tinytransfer train --resume {args.resume}") from None
@@ -237,6 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--deterministic", action="store_true", help="deterministic kernels (bit-identical on CPU)")
     t.add_argument("--auto-lr", action="store_true",
                    help="each phase's LR bounds from an LR range test before it (same as phases.*.auto_lr=true)")
+    t.add_argument("--budget", metavar="TIME",
+                   help="wall time of the whole command, e.g. 90s, 5m, 1h: each phase's epochs are planned from "
+                        "measured costs to end within it (docs/budget.md)")
     t.add_argument("--tensorboard", action="store_true",
                    help="TensorBoard event files in RUN/tensorboard (needs the tensorboard package)")
     t.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt (with --set for "

@@ -7,6 +7,7 @@ plain dict (``to_dict``), and read back with ``from_dict``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import typing
@@ -17,19 +18,8 @@ from typing import Any, Mapping
 
 import yaml
 
-__all__ = [
-    "step_size_of",
-    "ConfigError",
-    "DataConfig",
-    "ModelConfig",
-    "PhaseConfig",
-    "RunConfig",
-    "apply_overrides",
-    "from_dict",
-    "list_recipes",
-    "load_recipe",
-    "to_dict",
-]
+__all__ = ["step_size_of", "ConfigError", "DataConfig", "ModelConfig", "PhaseConfig", "PlanConfig", "RunConfig",
+           "apply_overrides", "from_dict", "list_recipes", "load_recipe", "parse_budget", "to_dict"]
 
 
 class ConfigError(ValueError):
@@ -59,7 +49,8 @@ class ModelConfig:
     weights: str = ""  # local state dict or Keras .h5 for the backbone, used instead of a download when set; "keras": Keras's VGG16 file (fetched once, only when pretrained)
     hidden: int = 512  # width of the paper head's hidden layers
     dropout: float = 0.4  # dropout probability in the head
-    input_size: int = 64  # the model's input side in pixels; batches are resized on the device when it differs
+    input_size: int = 64  # the model's input side in pixels; batches are resized on the device when it differs; "auto" (0): a budget picks from input_sizes
+    input_sizes: tuple[int, ...] = ()  # candidate sides for input_size: auto, the largest that keeps the recipe's epochs within the budget
     head_init: str = "keras"  # paper head Linear init: keras (glorot_uniform kernels, zero biases) | torch (nn.Linear's)
     bn_momentum: float = 0.01  # paper head BatchNorm momentum, PyTorch convention (= Keras momentum 0.99)
     bn_eps: float = 1e-3  # paper head BatchNorm epsilon (Keras's default)
@@ -71,7 +62,8 @@ class ModelConfig:
 class PhaseConfig:
     name: str = "phase"  # shown in logs, metrics and Table 1
     epochs: int = 1  # maximum epochs of this phase (early stopping may end it sooner)
-    train: str = "head"  # trainable part: "head" | "all" | "from:<block>" (a block name of the backbone)
+    train: str = "head"  # trainable part: "head" | "all" | "from:<block>" (a block name of the backbone) | "auto" (a budget picks from train_choices)
+    train_choices: tuple[str, ...] = ()  # candidates for train: auto, smallest trainable part first; a budget picks the largest that fits
     optimizer: str = "adam"  # adam | adam-keras (Keras 2's update: eps 1e-7 on the raw sqrt(v)) | adamw | sgd
     lr_policy: str = "triangular"  # triangular (Smith's CLR) | constant | onecycle
     lr_min: float = 1e-4  # CLR base LR; one-cycle start/end scale; ignored by constant
@@ -95,6 +87,21 @@ class PhaseConfig:
     cutmix: float = 0.0  # CutMix alpha; 0 = off; with mixup also on, each batch is one or the other (half and half)
     mix_prob: float = 1.0  # probability that a batch is mixed at all (when mixup or cutmix is on)
     lr_decay: float = 1.0  # layer-wise LR decay: head at lr, the body block k blocks below it at lr x lr_decay^k; 1 = off
+    lr_epochs: int = 0  # epochs the LR schedule is laid out on; 0 = epochs (a budget re-plan of a running phase keeps it)
+    lr_knots: tuple[float, ...] = ()  # (epoch, schedule epoch) pairs, flattened: a re-plan fits the rest of the schedule into the new end (schedule.py)
+
+
+@dataclass(frozen=True)
+class PlanConfig:  # what the time-budget planner measured and decided (training/budget.py); empty in a recipe
+    budget_s: float = 0.0  # the budget in seconds the plan is for; 0 = no plan made yet
+    recipe_epochs: tuple[int, ...] = ()  # each phase's epochs in the recipe: the proportions the plan keeps
+    epoch_s: tuple[float, ...] = ()  # measured seconds of one epoch (training + validation) of each phase
+    start_s: float = 0.0  # seconds of the command before training: data cache, model load, the measurement itself
+    finish_s: float = 0.0  # estimated seconds after training: predictions, analysis, figures, report
+    planned_s: float = 0.0  # the whole command's seconds as planned at the last (re)plan
+    elapsed_s: float = 0.0  # seconds spent (over every command of the run) at the last (re)plan
+    choices: tuple[str, ...] = ()  # what the planner chose where the recipe left it open (input_size, train: auto)
+    replans: tuple[str, ...] = ()  # one line a re-plan that changed the epochs: when, why, old -> new
 
 
 @dataclass(frozen=True)
@@ -114,9 +121,11 @@ class RunConfig:
     sync_bn: bool = False  # data-parallel on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)
     max_steps_per_epoch: int = 0  # cap on steps an epoch (0 = full epochs); for smoke tests and benchmarks
     tensorboard: bool = False  # TensorBoard events in RUN/tensorboard: epoch metrics, LR and loss per iteration (tb.py)
+    budget: str = ""  # wall time of the whole command, e.g. 90s, 5m, 1h30m: phase epochs planned to fit; "" = off
+    plan: PlanConfig = field(default_factory=PlanConfig)  # the budget's plan and re-plans (written by training)
 
 
-_SECTIONS = {"data": DataConfig, "model": ModelConfig}
+_SECTIONS = {"data": DataConfig, "model": ModelConfig, "plan": PlanConfig}
 
 
 def step_size_of(phase: PhaseConfig, steps_per_epoch: int) -> int:
@@ -124,8 +133,16 @@ def step_size_of(phase: PhaseConfig, steps_per_epoch: int) -> int:
     return phase.step_size if phase.step_size > 0 else max(1, 2 * steps_per_epoch)
 
 
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
+def parse_budget(text: str) -> float:
+    """Seconds in a duration: ``90`` (seconds), ``90s``, ``5m``, ``1.5h``, ``1h30m``; ConfigError naming ``budget``."""
+    t = str(text).strip().lower().replace(" ", "")
+    num = r"(\d+(?:\.\d+)?)"
+    m = re.fullmatch(num, t) or re.fullmatch(f"(?:{num}h)?(?:{num}m)?(?:{num}s)?", t)
+    secs = (float(m.group(1)) if m.re.groups == 1 else sum(float(g or 0) * k for g, k in zip(m.groups(), (3600, 60, 1)))
+            ) if m and t else 0.0
+    if secs <= 0:
+        raise ConfigError(f"budget: {text!r} is not a duration like 90s, 5m, 1h or 1h30m")
+    return secs
 
 
 def _coerce(value: Any, typ: Any, key: str) -> Any:
@@ -135,6 +152,10 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         args = typing.get_args(typ)
         if isinstance(value, str):
             value = yaml.safe_load(value)
+        if len(args) == 2 and args[1] is Ellipsis:  # tuple[T, ...]: any length
+            if not isinstance(value, (list, tuple)):
+                raise ConfigError(f"{key}: expected a list, got {value!r}")
+            return tuple(_coerce(v, args[0], key) for v in value)
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise ConfigError(f"{key}: expected a list of {len(args)} values, got {value!r}")
         return tuple(_coerce(v, t, key) for v, t in zip(value, args))
@@ -146,30 +167,16 @@ def _coerce(value: Any, typ: Any, key: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    if typ is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
+    if typ in (int, float):  # a bool is neither; a whole float is an int; strings are parsed
+        if not isinstance(value, bool):
+            if typ is int and isinstance(value, float) and value.is_integer():
                 return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    if typ is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+            if isinstance(value, (int, float) if typ is float else int):
+                return typ(value)
+            if isinstance(value, str):
+                with contextlib.suppress(ValueError):
+                    return typ(value)
+        raise ConfigError(f"{key}: expected {'an integer' if typ is int else 'a number'}, got {value!r}")
     if typ is str:
         if value is None:
             return ""
@@ -184,7 +191,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{prefix or 'recipe'}: expected a mapping, got {raw!r}")
-    hints = _hints(cls)
+    hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(raw) - set(names))
     if unknown:
@@ -196,7 +203,9 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
             continue
         key = f"{prefix}.{name}" if prefix else name
         typ = hints[name]
-        if name in _SECTIONS and cls is RunConfig:
+        if name == "input_size" and cls is ModelConfig and raw[name] == "auto":
+            kwargs[name] = 0  # chosen from input_sizes by the budget planner
+        elif name in _SECTIONS and cls is RunConfig:
             kwargs[name] = _build(_SECTIONS[name], raw[name], key)
         elif name == "phases" and cls is RunConfig:
             phases = raw[name]
@@ -252,20 +261,14 @@ def validate(cfg: RunConfig) -> None:
         if value not in choices:
             raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
 
-    check("data.val_mode", cfg.data.val_mode, _CHOICES["data.val_mode"])
-    check("data.augment", cfg.data.augment, _CHOICES["data.augment"])
-    check("data.normalize", cfg.data.normalize, _CHOICES["data.normalize"])
-    check("model.head", cfg.model.head, _CHOICES["model.head"])
-    check("model.head_init", cfg.model.head_init, _CHOICES["model.head_init"])
-    check("model.bn_variance", cfg.model.bn_variance, _CHOICES["model.bn_variance"])
-    check("model.stem", cfg.model.stem, _CHOICES["model.stem"])
-    check("amp", cfg.amp, _CHOICES["amp"])
-    check("channels_last", cfg.channels_last, _CHOICES["channels_last"])
-    check("compile_mode", cfg.compile_mode, _CHOICES["compile_mode"])
+    for key, choices in _CHOICES.items():  # the run's and its sections' keys (a phase's are checked below)
+        section, _, name = key.rpartition(".")
+        owner = getattr(cfg, section) if section else cfg
+        if hasattr(owner, name):
+            check(key, getattr(owner, name), choices)
     for i, p in enumerate(cfg.phases):
-        check(f"phases.{i}.optimizer", p.optimizer, _CHOICES["optimizer"])
-        check(f"phases.{i}.lr_policy", p.lr_policy, _CHOICES["lr_policy"])
-        check(f"phases.{i}.patience_scope", p.patience_scope, _CHOICES["patience_scope"])
+        for name in ("optimizer", "lr_policy", "patience_scope"):
+            check(f"phases.{i}.{name}", getattr(p, name), _CHOICES[name])
         if p.epochs < 0:
             raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
         if not 0.0 <= p.ema < 1.0:
@@ -286,8 +289,10 @@ def validate(cfg: RunConfig) -> None:
             v = getattr(p, key)
             if v < low or (high is not None and v >= high):
                 raise ConfigError(f"phases.{i}.{key}: must be >= {low}{f' and < {high}' if high else ''}, got {v}")
-        if not (p.train in ("head", "all") or p.train.startswith("from:")):
-            raise ConfigError(f"phases.{i}.train: {p.train!r} is not head, all or from:<block>")
+        if not (p.train in ("head", "all", "auto") or p.train.startswith("from:")):
+            raise ConfigError(f"phases.{i}.train: {p.train!r} is not head, all, from:<block> or auto")
+        if p.train == "auto" and not (cfg.budget and p.train_choices):
+            raise ConfigError(f"phases.{i}.train: auto needs a budget and train_choices (candidates, smallest first)")
     if not any(p.epochs for p in cfg.phases):
         raise ConfigError("phases: every phase has epochs=0, so nothing would train")
     if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", cfg.device):
@@ -295,7 +300,11 @@ def validate(cfg: RunConfig) -> None:
     for key, seed in (("seed", cfg.seed), ("data.split_seed", cfg.data.split_seed)):
         if not 0 <= seed < 2**63:  # torch generators take 64-bit seeds (and seed + 1)
             raise ConfigError(f"{key}: must be in [0, 2**63), got {seed}")
-    if cfg.model.input_size < 8:
+    if cfg.budget:
+        parse_budget(cfg.budget)  # ConfigError where it is not a duration
+    if cfg.model.input_size == 0 and not (cfg.budget and min(cfg.model.input_sizes, default=0) >= 8):
+        raise ConfigError("model.input_size: auto needs a budget and model.input_sizes (candidate sides, each >= 8)")
+    if cfg.model.input_size != 0 and cfg.model.input_size < 8:
         raise ConfigError(f"model.input_size: must be >= 8, got {cfg.model.input_size}")
     if not 0.0 <= cfg.model.bn_momentum <= 1.0 or cfg.model.bn_eps <= 0:
         raise ConfigError(f"model.bn_momentum must be in [0, 1] and model.bn_eps > 0, got {cfg.model.bn_momentum} "
@@ -326,7 +335,7 @@ def apply_overrides(raw: dict, overrides: list[str] | Mapping[str, Any]) -> dict
     for key, value, text in items:
         if isinstance(value, tuple):
             value = list(value)
-        if isinstance(value, (dict, list)) and not key.endswith("betas"):
+        if isinstance(value, (dict, list)) and not key.endswith(("betas", "input_sizes", "train_choices")):
             raise ConfigError(f"--set {key}: expected a single value, got {text!r}")
         parts = key.split(".")
         targets = [out]

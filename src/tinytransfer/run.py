@@ -53,10 +53,11 @@ class Prediction:
 
 def resolve_config(recipe: str | os.PathLike | RunConfig | Mapping, data: str | os.PathLike | None = None,
                    overrides: Mapping[str, Any] | Sequence[str] | None = None, seed: int | None = None,
-                   deterministic: bool = False, device: str | None = None) -> RunConfig:
+                   deterministic: bool = False, device: str | None = None, budget: str | None = None) -> RunConfig:
     """The run's configuration: a shipped recipe name, a YAML path, a RunConfig or a raw dict, then ``data``,
     ``overrides`` (``{"phases.0.epochs": 3}`` or ``["phases.0.epochs=3"]``), ``seed``, ``deterministic`` and
-    ``device`` applied in that order (each only where given)."""
+    ``device`` applied in that order (each only where given). ``budget`` (e.g. ``"5m"``) is set first, so that a
+    recipe's ``auto`` choices that need one are valid."""
     if isinstance(recipe, RunConfig):
         raw = to_dict(recipe)
     elif isinstance(recipe, Mapping):
@@ -66,6 +67,8 @@ def resolve_config(recipe: str | os.PathLike | RunConfig | Mapping, data: str | 
     if isinstance(overrides, (str, bytes)):
         raise UserError(f"overrides: expected a {{key: value}} mapping or a list of 'key=value' strings, got the "
                         f"string {overrides!r} (write [{overrides!r}])")
+    if budget:
+        raw["budget"] = str(budget)
     sets: dict[str, Any] = {}
     if data is not None:
         sets["data.root"] = str(Path(data).resolve())

@@ -37,6 +37,7 @@ from ..runs.runfolder import read_auto_lr, read_config
 from . import htmlparts as hp
 from . import plots
 from .analysis import ANALYSIS_JSON
+from .budgetreport import budget_part
 from .calibration import calibration_section
 from .datareport import data_section
 from .htmlparts import NOT_PRODUCED
@@ -282,7 +283,8 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
         hp.section("headline", "Result", _headline_section(rows, cfg, splits)),
         hp.section("data", "Data", data_section(run_dir)),
         hp.section("config", "Configuration", _config_section(cfg)),
-        hp.section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)),
+        hp.section("summary", "Training summary (Table 1)", _summary_section(table) + _auto_lr_part(run_dir)
+                   + budget_part(cfg)),
         hp.section("curves", "Curves", curves),
         hp.section("final", "Final metrics", _final_section(rows, analysis, extra)),
         hp.section("calibration", "Calibration", calibration_section(run_dir)),

@@ -48,6 +48,7 @@ __all__ = [
     "RUN_META",
     "run_dir_of",
     "same_run",
+    "unplanned",
     "write_auto_lr",
     "write_compile",
     "write_config",
@@ -162,10 +163,26 @@ class RunLock(PidLock):
         super().__init__(Path(run_dir) / LOCK, force=force)
 
 
+def unplanned(raw: dict) -> dict:
+    """A config dict without what a budget's planner writes into it (the plan, each phase's epochs and LR knots, the
+    input size and trainable parts it chose): a budgeted run folder's config.yaml compared with its recipe."""
+    if not raw.get("budget"):
+        return raw
+    out = {k: v for k, v in raw.items() if k != "plan"}
+    if isinstance(out.get("model"), dict):
+        out["model"] = {k: v for k, v in out["model"].items() if k != "input_size"}
+    if isinstance(out.get("phases"), list):
+        out["phases"] = [{k: v for k, v in p.items() if k not in ("epochs", "lr_epochs", "lr_knots", "train")}
+                         if isinstance(p, dict) else p for p in out["phases"]]
+    return out
+
+
 def same_run(stored: Mapping, cfg: RunConfig) -> bool:
     """Whether a folder's config.yaml is ``cfg``'s run: equal, up to the LR bounds that auto_lr phases measured and
-    wrote there."""
+    wrote there and what a time budget planned (:func:`unplanned`)."""
     new = to_dict(cfg)
+    if new.get("budget"):  # a budget's planner rewrote epochs, LR knots and its choices: compare the rest
+        stored, new = unplanned(dict(stored)), unplanned(new)
     phases = stored.get("phases")
     if isinstance(phases, list) and len(phases) == len(new["phases"]):
         stored = {**stored, "phases": [

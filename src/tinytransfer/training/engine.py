@@ -34,6 +34,7 @@ from ..runs.metricsfile import MetricsWriter, console_line
 from ..runs.runfolder import (BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_id,
                                new_run_problem, write_config)
 from ..runs.tb import TensorBoardLog, open_tensorboard
+from .budgetrun import start_budget
 from .compiling import CompileLog, wrap_for_phase
 from .ema import start_ema
 from .parallel import Dist
@@ -87,6 +88,7 @@ def fit(
     resume: dict | None = None,
     dist: Dist | None = None,
     show_progress: bool | None = None,
+    started: float | None = None,
     force: bool = False,
 ) -> TrainState:
     """Train ``model`` through ``cfg.phases`` into ``run_dir``: config.yaml (a fresh run), metrics.csv, last.pt and
@@ -95,7 +97,8 @@ def fit(
     ``resume`` is a checkpoint dict (``last.pt``) to continue from; without it a folder holding another run is refused
     under the lock unless ``force`` (``runfolder.new_run_problem``; ``force`` also takes another host's lock), and
     what the previous run left is removed. ``show_progress``: a progress bar; None = only where stderr is a
-    terminal. Returns the final state.
+    terminal. Returns the final state. ``started``: ``time.perf_counter()`` at the command's start, which
+    ``cfg.budget`` counts from.
 
     ``dist`` (:func:`parallel.setup`): data-parallel training. Every rank calls ``fit`` with the same config and
     a model built from the same seed; each runs ``batch_size / world_size`` images of every global batch, the model
@@ -117,11 +120,11 @@ def fit(
                 write_config(run_dir, cfg, {"run_id": (run_id := new_run_id())})
             else:  # refuses another run's last.pt, changed data, settings that cannot change; records the rest
                 run_id = prepare_resume(run_dir, cfg, data, resume)
-        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, run_id)
+        return _fit(unwrap_model(model), data, cfg, run_dir, resume, dist, show_progress, run_id, started)
 
 
 def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume: dict | None, dist: Dist,
-         show_progress: bool | None, run_id: str = "") -> TrainState:
+         show_progress: bool | None, run_id: str = "", started: float | None = None) -> TrainState:
     """``fit``'s loop; ``model`` is the raw model (``net`` is what runs the steps: DDP-wrapped, compiled)."""
     if show_progress is None:
         show_progress = sys.stderr.isatty()
@@ -132,7 +135,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
                              "processes (the recipe's batch is the global batch)")
         try:
-            check_trainable(model, p.train)
+            for train in p.train_choices if p.train == "auto" else (p.train,):  # auto: a budget picks one
+                check_trainable(model, train)
         except ValueError as e:
             raise ValueError(f"phase {i + 1} ({p.name}): train: {e}") from None
     device = dist.device if dist.active else resolve_device(cfg.device)
@@ -180,6 +184,11 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                           device_cache_gb=cfg.data.device_cache_gb,
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
                           drop_last=static, channels_last=channels_last)
+    clock = None
+    if cfg.budget:  # measured costs -> each phase's epochs (and what the recipe left open), re-planned every epoch
+        cfg, clock = start_budget(model, loader, val_loader, cfg, state, run_dir, norm=(mean, std), device=device,
+                                  generators=(shuffle_gen, aug_gen), test_images=len(data.test or ()), main=dist.main,
+                                  started=time.perf_counter() if started is None else started)
     fused = device.type == "cuda"
     compiles = CompileLog(run_dir, cfg.compile, write=dist.main)  # compile.json: per phase, whatever the verbosity
     # checkpoints are snapshot to host memory on this thread and written by a background one (asyncsave)
@@ -223,6 +232,9 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                 improved = val_loader is None or score > state.best_acc
                 state.phase_epoch += 1
                 state.epoch += 1
+                if clock is not None:  # the time left re-plans the epochs (a shortened phase still anneals)
+                    cfg = clock.replan(cfg, state, run_dir, main=dist.main)
+                    phase = cfg.phases[state.phase]
                 patience_reset = _patience_improved(phase, state, score, improved)
                 if improved:
                     if val_loader is not None:

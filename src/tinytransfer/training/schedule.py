@@ -3,15 +3,21 @@
 The engine writes the value into the optimizer's param groups before every step. ``step`` counts iterations
 from the start of the phase (0-based), so the cyclical LR continues across epochs inside a phase and restarts
 with each phase, as in the report's Table 1.
+
+A time budget may re-plan a running phase's epochs (``training/budget.py``). The schedule then stays the one laid out
+on ``phase.lr_epochs`` epochs, and ``phase.lr_knots`` maps the run's epochs onto it piecewise linearly: the part
+already trained is unchanged and the rest is compressed (or stretched) to end at the new last epoch, so the LR stays
+continuous, still a pure function of the iteration, and still ends where the schedule ends (annealed).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ..config import PhaseConfig, step_size_of
 
-__all__ = ["lr_at", "phase_steps", "range_test_lr", "step_size_of", "triangular"]
+__all__ = ["lr_at", "phase_steps", "range_test_lr", "schedule_epoch", "step_size_of", "triangular"]
 
 
 def triangular(step: int, base_lr: float, max_lr: float, step_size: int) -> float:
@@ -26,8 +32,25 @@ def phase_steps(phase: PhaseConfig, steps_per_epoch: int) -> int:
     return max(1, phase.epochs * steps_per_epoch)
 
 
+def schedule_epoch(epoch: float, knots: tuple[float, ...]) -> float:
+    """Where (in epochs of the laid-out schedule) the run's ``epoch`` falls: linear between the ``knots``
+    ``(e0, s0, e1, s1, ...)`` after an implicit ``(0, 0)``; past the last knot the schedule's end (no knots: itself)."""
+    if not knots:
+        return epoch
+    e0, s0 = 0.0, 0.0
+    for e1, s1 in zip(knots[::2], knots[1::2]):
+        if epoch <= e1:
+            return s0 + (s1 - s0) * (epoch - e0) / (e1 - e0) if e1 > e0 else s1
+        e0, s0 = e1, s1
+    return s0
+
+
 def lr_at(step: int, phase: PhaseConfig, steps_per_epoch: int) -> float:
     """Learning rate for iteration ``step`` (0-based, counted within the phase)."""
+    if phase.lr_knots:  # a re-planned phase: its iteration on the schedule laid out over lr_epochs
+        spe = max(1, steps_per_epoch)  # (iterations done after this one, in epochs: the last one maps to the last)
+        step = max(0.0, schedule_epoch((step + 1) / spe, phase.lr_knots) * spe - 1)
+        phase = dataclasses.replace(phase, epochs=phase.lr_epochs or phase.epochs, lr_knots=())
     if phase.lr_policy == "constant":
         return phase.lr_max
     if phase.lr_policy == "triangular":

@@ -1,0 +1,292 @@
+"""Training to a time budget: the planner at its corners on given costs, the re-plan on a fake clock, the LR that
+still anneals after a re-plan, and one tiny real run (asserting on the plan and the recorded times, not on speed)."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+
+import pytest
+import torch
+import yaml
+
+from tinytransfer.config import ConfigError, PhaseConfig, PlanConfig, RunConfig, from_dict, parse_budget, to_dict
+from tinytransfer.runs.checkpoint import load_checkpoint
+from tinytransfer.training import budgetrun
+from tinytransfer.training.budget import (
+    choose_largest,
+    fit_schedule,
+    plan_epochs,
+    planned_seconds,
+    replan,
+    with_epochs,
+)
+from tinytransfer.runs.runfolder import read_config, unplanned
+from tinytransfer.training.schedule import lr_at
+
+from test_engine import TINY, read_rows, run, run_killed_at_epoch, tiny_config
+
+
+# ---- the plan on given costs ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", [[2, 3], [25, 15, 15], [1], [3, 0, 2]])
+@pytest.mark.parametrize("epoch_s", [[10.0, 20.0, 5.0], [1.0, 1.0, 1.0], [3.0, 40.0, 7.5]])
+@pytest.mark.parametrize("available", [0.0, 30.0, 95.0, 400.0, 5000.0])
+def test_plan_never_overruns_and_keeps_at_least_one_epoch(recipe, epoch_s, available):
+    cost = epoch_s[: len(recipe)]
+    got = plan_epochs(recipe, cost, available)
+    assert all(g >= 1 for g, e in zip(got, recipe) if e > 0)  # at least one epoch a phase
+    assert all(g == 0 for g, e in zip(got, recipe) if e == 0)  # a phase of 0 epochs stays off
+    floors = planned_seconds([1 if e else 0 for e in recipe], cost)
+    if floors <= available:
+        assert planned_seconds(got, cost) <= available  # the plan fits
+        # and it is the most that fits: one scale step more overruns (every phase one more epoch is over)
+        assert planned_seconds([g + 1 if e else 0 for g, e in zip(got, recipe)], cost) > available
+    else:
+        assert got == [1 if e else 0 for e in recipe]  # not even one each fits: one each, and the caller warns
+
+
+def test_plan_keeps_the_recipes_proportions():
+    got = plan_epochs([2, 3], [10.0, 10.0], 500.0)
+    assert sum(got) * 10 <= 500 and abs(got[1] / got[0] - 1.5) < 0.1
+    got = plan_epochs([25, 15, 15], [10.0, 30.0, 30.0], 2000.0)  # the report's 25/15/15 phases
+    assert got[1] == got[2] and abs(got[0] / got[1] - 25 / 15) < 0.2
+    assert plan_epochs([2, 3], [10.0, 20.0], 80.0) == [2, 3]  # exactly the recipe's cost: the recipe's epochs
+
+
+def test_choose_largest_candidate_that_keeps_the_recipes_epochs():
+    recipe = [2, 3]
+    costs = [[1.0, 2.0], [2.0, 4.0], [4.0, 8.0]]  # e.g. input sides 96, 128, 160
+    assert choose_largest(costs, recipe, 100.0) == 2  # 2*4 + 3*8 = 32 fits: the largest
+    assert choose_largest(costs, recipe, 20.0) == 1  # 16 fits, 32 not
+    assert choose_largest(costs, recipe, 5.0) == 0  # nothing keeps the recipe's epochs: the smallest
+
+
+# ---- re-planning and the LR schedule -------------------------------------------------------------------------------
+
+
+def _cfg(epochs=(2, 4), policy="onecycle", budget="10m") -> RunConfig:
+    phases = tuple(PhaseConfig(name=f"p{i}", epochs=e, lr_policy=policy, lr_min=1e-4, lr_max=1e-2)
+                   for i, e in enumerate(epochs))
+    plan = PlanConfig(budget_s=parse_budget(budget), recipe_epochs=tuple(epochs), epoch_s=(10.0,) * len(epochs),
+                      finish_s=5.0)
+    return RunConfig(phases=phases, budget=budget, plan=plan)
+
+
+@pytest.mark.parametrize("policy", ["onecycle", "triangular"])
+def test_shortened_phase_is_continuous_and_ends_where_its_schedule_ends(policy):
+    spe = 10
+    phase = PhaseConfig(epochs=6, lr_policy=policy, lr_min=1e-4, lr_max=1e-2, step_size=15)
+    short = fit_schedule(phase, done=2, new_epochs=3)
+    assert short.epochs == 3 and short.lr_epochs == 6
+    for s in range(0, 2 * spe):  # the part already trained (epochs 1 and 2) is unchanged
+        assert lr_at(s, short, spe) == pytest.approx(lr_at(s, phase, spe))
+    end_old, end_new = lr_at(6 * spe - 1, phase, spe), lr_at(3 * spe - 1, short, spe)
+    assert end_new == pytest.approx(end_old, rel=0.05, abs=1e-6)  # the shortened phase still ends annealed
+    steps = [lr_at(s, short, spe) for s in range(3 * spe)]
+    jumps = [abs(b - a) for a, b in itertools.pairwise(steps)]
+    assert max(jumps) < 0.35 * phase.lr_max  # no jump: the rest of the schedule is compressed, not cut
+    four = fit_schedule(phase, done=2, new_epochs=4)
+    again = fit_schedule(four, done=3, new_epochs=5)  # a later re-plan (here longer) composes with the first
+    assert again.lr_epochs == 6 and lr_at(5 * spe - 1, again, spe) == pytest.approx(end_old, rel=0.05, abs=1e-6)
+    trained = range(3 * spe)
+    assert [lr_at(s, again, spe) for s in trained] == pytest.approx([lr_at(s, four, spe) for s in trained])
+
+
+def test_replan_after_a_slow_epoch_shortens_the_rest_and_fits():
+    cfg = _cfg(epochs=(2, 4))
+    plan = cfg.plan
+    epochs = replan(cfg, phase=0, phase_done=1, epoch_s=[30.0, 30.0], left_s=100.0)  # 3x slower than measured
+    assert epochs[0] == 2  # the running phase keeps one more epoch: its schedule ends
+    assert 1 <= epochs[1] < 4
+    assert planned_seconds(epochs, [30.0, 30.0], done=[1, 0]) <= 100.0
+    new = with_epochs(cfg, epochs, running=0, done=1)
+    assert new.phases[1].lr_knots == () and new.phases[1].epochs == epochs[1]  # not started: laid out afresh
+    assert plan == new.plan
+    # a phase whose schedule has ended is over: the time left goes to the later phases
+    assert replan(cfg, phase=0, phase_done=2, epoch_s=[10.0, 10.0], left_s=1000.0)[0] == 2
+
+
+def test_a_fast_phase_does_not_promise_fast_later_phases(monkeypatch, tmp_path):
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(2, 3), budget="100s"), [2, 3])  # 2 x 10 + 3 x 10 s + 5 s finish, 40 s in
+    clock = budgetrun.BudgetClock(started=-40.0)
+    state = budgetrun.TrainState(phase_epoch=1, epoch=1)
+    now[0] = 2.0  # the head's epoch took 2 s, a fifth of the measured 10
+    cfg = clock.replan(cfg, state, tmp_path)
+    assert cfg.phases[1].epochs <= 5  # (100 - 42 - 2 - 5) / 10 s at most, not / 2 s
+
+
+def test_clock_replans_on_measured_epochs_and_never_plans_past_the_budget(monkeypatch, tmp_path):
+    """A fake clock: from the third epoch of the second phase on, epochs take 2.5x the measured time; every re-plan's
+    plan ends within the budget, the running phase is shortened, and its LR still reaches the annealed end of its
+    schedule."""
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = _cfg(epochs=(2, 6), budget="200s")
+    cfg = with_epochs(cfg, plan_epochs([2, 6], [10.0, 10.0], 200 - 5 - 5))  # as planned at the start (5 s in)
+    assert sum(p.epochs for p in cfg.phases) * 10 <= 190
+    now[0] = 5.0
+    clock = budgetrun.BudgetClock(started=0.0)
+    state = budgetrun.TrainState()
+    spe = 7
+    annealed = lr_at(cfg.phases[1].epochs * spe - 1, cfg.phases[1], spe)
+    while state.phase < len(cfg.phases):
+        while state.phase_epoch < cfg.phases[state.phase].epochs:
+            now[0] += 25.0 if (state.phase, state.phase_epoch) >= (1, 2) else 10.0  # 2.5x slower from phase 2's 3rd
+            state.phase_epoch += 1
+            state.epoch += 1
+            cfg = clock.replan(cfg, state, tmp_path, main=True)
+            assert cfg.plan.planned_s <= 200 + 25  # never planned past the budget by more than the epoch in flight
+        last = cfg.phases[state.phase]
+        state.phase, state.phase_epoch = state.phase + 1, 0
+    assert now[0] + cfg.plan.finish_s <= 200 + 25
+    assert cfg.plan.replans  # the slow epochs were re-planned
+    assert last.lr_knots  # the running last phase was shortened ...
+    laid_out = dataclasses.replace(last, epochs=last.lr_epochs, lr_knots=())
+    end = lr_at(laid_out.epochs * spe - 1, laid_out, spe)
+    assert lr_at(last.epochs * spe - 1, last, spe) == pytest.approx(end, rel=1e-6)  # ... and still ends annealed
+    assert end < last.lr_min and annealed < last.lr_min
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["plan"]["replans"] == list(cfg.plan.replans)
+
+
+# ---- config, recipe, CLI and API plumbing --------------------------------------------------------------------------
+
+
+def test_budget_parses_and_bad_ones_name_the_key():
+    assert [parse_budget(t) for t in ("90", "90s", "5m", "1.5h", "1h30m", "2 m")] == [90, 90, 300, 5400, 5400, 120]
+    for bad in ("", "x", "5x", "m", "0", "-5m"):
+        with pytest.raises(ConfigError, match="budget"):
+            parse_budget(bad)
+    with pytest.raises(ConfigError, match="budget"):
+        from_dict({"budget": "soon"})
+
+
+def test_auto_choices_need_a_budget_and_round_trip_through_the_config():
+    raw = {"budget": "5m", "model": {"input_size": "auto", "input_sizes": [96, 128]},
+           "phases": [{"train": "auto", "train_choices": ["from:blocks.5", "from:blocks.4"]}]}
+    cfg = from_dict(raw)
+    assert cfg.model.input_size == 0 and cfg.model.input_sizes == (96, 128)
+    assert from_dict(to_dict(cfg)) == cfg
+    with pytest.raises(ConfigError, match="input_size: auto needs a budget"):
+        from_dict({**raw, "budget": "", "phases": [{}]})
+    with pytest.raises(ConfigError, match="train: auto needs"):
+        from_dict({"budget": "5m", "phases": [{"train": "auto"}]})
+    planned = dataclasses.replace(cfg, plan=PlanConfig(budget_s=300, replans=("a",)))
+    assert unplanned(to_dict(planned)) == unplanned(to_dict(cfg))
+
+
+def test_cli_and_api_pass_the_budget(monkeypatch, tmp_path):
+    import types
+
+    import tinytransfer.api as api
+    from tinytransfer.cli import main
+
+    seen = {}
+    monkeypatch.setattr(api, "_train", lambda cfg, run_dir, ckpt, **k: seen.setdefault("cfg", cfg))
+    api.train("demo", tmp_path, out=tmp_path / "r", budget="3m", finish=False, verbose=False)
+    assert seen["cfg"].budget == "3m" and seen["cfg"].plan == PlanConfig()
+    stub = types.SimpleNamespace(metrics=[], dir=tmp_path / "r2")
+    monkeypatch.setattr(api, "train", lambda *a, **k: seen.update(k) or stub)
+    assert main(["train", "--recipe", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "r2"),
+                 "--budget", "90s", "--no-finish"]) == 0
+    assert seen["budget"] == "90s"
+    # the command line's budget counts from the process's start: before this call, by the process's age
+    assert seen["started"] <= budgetrun.time.perf_counter() - budgetrun.process_age_s() + 1.0
+    assert budgetrun.process_age_s() > 0 or not os.path.exists("/proc/self/stat")
+    with pytest.raises(api.UserError, match="data-parallel"):
+        api._check_procs(from_dict({"budget": "1m", "phases": [{"batch_size": 64}]}), 2)
+
+
+def test_report_shows_the_plan_and_its_replans(tmp_path):
+    from tinytransfer.outputs.report import write_report
+    from tinytransfer.runs.runfolder import write_config
+
+    cfg = dataclasses.replace(_cfg(epochs=(2, 3)), plan=PlanConfig(
+        budget_s=300, recipe_epochs=(2, 3), epoch_s=(12.5, 30.0), start_s=20, finish_s=15, planned_s=290,
+        elapsed_s=120, choices=("model.input_size: 128 of [96, 128, 160]",),
+        replans=("after epoch 3 (120 s, epochs 1.40x the measured time): [3, 5] -> [3, 4]",)))
+    write_config(tmp_path, cfg)
+    page = (tmp_path / write_report(tmp_path)).read_text()
+    assert "Time budget" in page and "[3, 5] -&gt; [3, 4]" in page and "128 of [96, 128, 160]" in page
+    assert "<td class=\"num\">12.5</td>" in page  # the measured seconds an epoch of phase 1
+    write_config(tmp_path, RunConfig())
+    assert "Time budget" not in (tmp_path / write_report(tmp_path)).read_text()  # no budget, no part
+
+
+# ---- a tiny real run ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tree(make_tiny_tree):
+    return make_tiny_tree(n_classes=3, train_per_class=16, n_val=9, size=32, n_odd_size=0)
+
+
+def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tree, tmp_path):
+    from tinytransfer.data.augment import make_transform
+    from tinytransfer.data.dataset import load_dataset
+    from tinytransfer.data.loader import DeviceLoader
+    from tinytransfer.models.backbones import create_model
+    from tinytransfer.training.snapshot import rng_state
+
+    raw = tiny_config(tree, budget="1h")
+    raw["phases"][1]["train"] = "auto"
+    raw["phases"][1]["train_choices"] = ["from:layer4", "all"]
+    cfg = from_dict(raw)
+    data = load_dataset(tree, workers=1)
+    torch.manual_seed(0)
+    model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32)
+    gens = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    tf = make_transform("keras", (0.5,) * 3, (0.5,) * 3, input_size=32)
+    loader = DeviceLoader(data.train, 16, device="cpu", shuffle=True, generator=gens[0], transform=tf,
+                          aug_generator=gens[1])
+    val = DeviceLoader(data.val, 32, device="cpu", transform=tf)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng = rng_state(*gens)
+    planned, _ = budgetrun.start_budget(model, loader, val, cfg, budgetrun.TrainState(), tmp_path,
+                                        norm=((0.5,) * 3, (0.5,) * 3), device=torch.device("cpu"), generators=gens,
+                                        started=budgetrun.time.perf_counter(), test_images=4)
+    after = model.state_dict()
+    assert any("running_mean" in k for k in before)  # BatchNorm statistics are among what is compared
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    now = rng_state(*gens)
+    assert all(torch.equal(rng[k], now[k]) for k in rng)
+    assert loader.batch_size == 16 and loader.transform is tf and val.transform is tf
+    assert planned.phases[1].train in ("from:layer4", "all") and planned.plan.budget_s == 3600
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["plan"]["epoch_s"] == list(planned.plan.epoch_s)
+
+
+def test_tiny_budgeted_run_records_its_plan_and_resume_continues_it(tree, tmp_path, monkeypatch):
+    """A real run with a budget, killed in its third epoch and resumed: the plan is measured once and written to
+    config.yaml and the checkpoints; the resumed run continues it (nothing measured again) and runs the planned
+    epochs."""
+    raw = tiny_config(tree, budget="1h")
+    raw["phases"][1]["train"] = "auto"
+    raw["phases"][1]["train_choices"] = ["from:layer4", "all"]
+    calls = []
+    real = budgetrun.measure_phase
+    monkeypatch.setattr(budgetrun, "measure_phase", lambda *a, **k: calls.append(a[4]) or real(*a, **k))
+    monkeypatch.setattr(budgetrun, "plan_epochs", lambda recipe, *a, **k: list(recipe))  # keep the test short:
+    monkeypatch.setattr(budgetrun, "replan", lambda cfg, *a: [p.epochs for p in cfg.phases])  # the recipe's epochs
+    run_killed_at_epoch(tree, tmp_path / "k", raw, 3, monkeypatch)
+    cfg = read_config(tmp_path / "k")  # config.yaml without the run's id
+    plan = cfg["plan"]
+    assert plan["budget_s"] == 3600 and plan["recipe_epochs"] == [2, 2] and len(plan["epoch_s"]) == 2
+    assert all(s > 0 for s in plan["epoch_s"]) and plan["start_s"] > 0 and plan["finish_s"] > 0
+    assert cfg["phases"][1]["train"] == "all"  # an hour keeps the recipe's epochs with the largest part trained
+    assert plan["choices"] == ["phases.1.train: all of ['from:layer4', 'all']"]
+    assert "all" in calls and plan["elapsed_s"] >= plan["start_s"]
+    assert load_checkpoint(tmp_path / "k" / "last.pt")["config"]["plan"]["epoch_s"] == plan["epoch_s"]
+
+    calls.clear()
+    run(tree, tmp_path / "k", cfg, resume=load_checkpoint(tmp_path / "k" / "last.pt"))
+    assert calls == []  # nothing measured again
+    resumed = yaml.safe_load((tmp_path / "k" / "config.yaml").read_text())
+    assert resumed["plan"]["epoch_s"] == plan["epoch_s"] and resumed["plan"]["elapsed_s"] >= plan["elapsed_s"]
+    rows = read_rows(tmp_path / "k" / "metrics.csv")
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    assert len(rows) == sum(p["epochs"] for p in resumed["phases"])
+    assert all(float(r["seconds"]) > 0 for r in rows)  # the recorded times the re-plans use
