@@ -41,6 +41,7 @@ from .budgetreport import budget_part
 from .calibration import calibration_section
 from .datareport import data_section
 from .htmlparts import NOT_PRODUCED
+from .predict import printable
 
 log = logging.getLogger(__name__)
 
@@ -298,6 +299,6 @@ def write_report(run_dir: str | os.PathLike, *, extra: Mapping[str, Any] | None 
             f"<title>{hp.esc(name)} · tinytransfer report</title><style>{hp.CSS}</style></head>"
             f"<body>{body}</body></html>\n")
     path = run_dir / REPORT_HTML
-    atomic_write_text(path, page)
+    atomic_write_text(path, printable(page))  # a file name that is not UTF-8: \xNN escapes, as in the CSVs
     log.info("report written to %s", path)
     return str(path)
