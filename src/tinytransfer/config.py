@@ -50,7 +50,7 @@ class ModelConfig:
     hidden: int = 512  # width of the paper head's hidden layers
     dropout: float = 0.4  # dropout probability in the head
     input_size: int = 64  # the model's input side in pixels; batches are resized on the device when it differs; "auto" (0): a budget picks from input_sizes
-    input_sizes: tuple[int, ...] = ()  # candidate sides for input_size: auto, the largest that keeps the recipe's epochs within the budget
+    input_sizes: tuple[int, ...] = ()  # sides a budget may pick from (pool head): the largest that keeps the recipe's epochs; ignored without a budget
     head_init: str = "keras"  # paper head Linear init: keras (glorot_uniform kernels, zero biases) | torch (nn.Linear's)
     bn_momentum: float = 0.01  # paper head BatchNorm momentum, PyTorch convention (= Keras momentum 0.99)
     bn_eps: float = 1e-3  # paper head BatchNorm epsilon (Keras's default)
@@ -63,7 +63,7 @@ class PhaseConfig:
     name: str = "phase"  # shown in logs, metrics and Table 1
     epochs: int = 1  # maximum epochs of this phase (early stopping may end it sooner)
     train: str = "head"  # trainable part: "head" | "all" | "from:<block>" (a block name of the backbone) | "auto" (a budget picks from train_choices)
-    train_choices: tuple[str, ...] = ()  # candidates for train: auto, smallest trainable part first; a budget picks the largest that fits
+    train_choices: tuple[str, ...] = ()  # trainable parts a budget may pick from, smallest first: the largest that fits; ignored without a budget
     optimizer: str = "adam"  # adam | adam-keras (Keras 2's update: eps 1e-7 on the raw sqrt(v)) | adamw | sgd
     lr_policy: str = "triangular"  # triangular (Smith's CLR) | constant | onecycle
     lr_min: float = 1e-4  # CLR base LR; one-cycle start/end scale; ignored by constant
@@ -302,8 +302,13 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{key}: must be in [0, 2**63), got {seed}")
     if cfg.budget:
         parse_budget(cfg.budget)  # ConfigError where it is not a duration
-    if cfg.model.input_size == 0 and not (cfg.budget and min(cfg.model.input_sizes, default=0) >= 8):
+    if cfg.model.input_size == 0 and not (cfg.budget and cfg.model.input_sizes):
         raise ConfigError("model.input_size: auto needs a budget and model.input_sizes (candidate sides, each >= 8)")
+    if cfg.model.input_sizes and min(cfg.model.input_sizes) < 8:
+        raise ConfigError(f"model.input_sizes: each side must be >= 8, got {list(cfg.model.input_sizes)}")
+    if cfg.model.input_sizes and cfg.budget and cfg.model.head != "pool":
+        raise ConfigError("model.input_sizes: a budget picks the side only with head: pool (the paper head is sized "
+                          "for one side)")
     if cfg.model.input_size != 0 and cfg.model.input_size < 8:
         raise ConfigError(f"model.input_size: must be >= 8, got {cfg.model.input_size}")
     if not 0.0 <= cfg.model.bn_momentum <= 1.0 or cfg.model.bn_eps <= 0:

@@ -166,7 +166,7 @@ def test_budget_parses_and_bad_ones_name_the_key():
 
 
 def test_auto_choices_need_a_budget_and_round_trip_through_the_config():
-    raw = {"budget": "5m", "model": {"input_size": "auto", "input_sizes": [96, 128]},
+    raw = {"budget": "5m", "model": {"input_size": "auto", "input_sizes": [96, 128], "head": "pool"},
            "phases": [{"train": "auto", "train_choices": ["from:blocks.5", "from:blocks.4"]}]}
     cfg = from_dict(raw)
     assert cfg.model.input_size == 0 and cfg.model.input_sizes == (96, 128)
@@ -177,6 +177,64 @@ def test_auto_choices_need_a_budget_and_round_trip_through_the_config():
         from_dict({"budget": "5m", "phases": [{"train": "auto"}]})
     planned = dataclasses.replace(cfg, plan=PlanConfig(budget_s=300, replans=("a",)))
     assert unplanned(to_dict(planned)) == unplanned(to_dict(cfg))
+    with pytest.raises(ConfigError, match="only with head: pool"):
+        from_dict({**raw, "model": {"input_size": "auto", "input_sizes": [96, 128]}})
+    with pytest.raises(ConfigError, match="input_sizes: each side must be >= 8"):
+        from_dict({**raw, "model": {"input_size": 64, "input_sizes": [4, 64], "head": "pool"}})
+
+
+def test_candidates_beside_a_fixed_value_are_the_budgets_to_pick_from():
+    """A recipe may keep its own side and trainable part and still list candidates: without a budget they are
+    ignored (the shipped demo recipe runs at 160 px), with one the planner picks among them."""
+    raw = {"model": {"input_size": 160, "input_sizes": [64, 160], "head": "pool"},
+           "phases": [{"train": "from:blocks.4", "train_choices": ["from:blocks.5", "all"]}]}
+    cfg = from_dict(raw)
+    assert cfg.model.input_size == 160 and cfg.phases[0].train == "from:blocks.4"
+    assert from_dict({**raw, "budget": "5m"}).model.input_sizes == (64, 160)
+    demo = from_dict(yaml.safe_load(open(os.path.join(os.path.dirname(budgetrun.__file__), "..", "recipes",
+                                                      "demo.yaml"))))
+    assert demo.model.input_size == 160 and max(demo.model.input_sizes) == 160
+
+
+class _FakeProbe:
+    """Epoch costs of a side, affine in its pixel count, and which sides were measured."""
+
+    def __init__(self, fixed: float, per_pixel: float) -> None:
+        self.fixed, self.per_pixel, self.measured = fixed, per_pixel, []
+
+    def epoch_s(self, size: int, trains) -> list[float]:
+        self.measured.append(size)
+        return [self.fixed + self.per_pixel * size * size, 2 * (self.fixed + self.per_pixel * size * size)]
+
+
+def test_size_choice_measures_the_largest_first_and_costs_the_rest_on_the_pixel_line():
+    sizes, recipe = [64, 96, 128, 160], [2, 3]
+    probe = _FakeProbe(fixed=2.0, per_pixel=1e-3)  # an epoch: 2 s + 1 ms a pixel (phase 2 twice that)
+    cost = lambda s: 8 * (2.0 + 1e-3 * s * s)  # noqa: E731  the recipe's 2 + 3 epochs, phase 2 at twice the cost
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda: cost(160) + 1) == 160
+    assert probe.measured == [160]  # it fits: nothing else measured
+    probe.measured.clear()
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda: cost(128) + 1) == 128
+    assert probe.measured == [160, 64]  # 96 and 128 costed on the line through the two, exactly here
+    probe.measured.clear()
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda: 1.0) == 64  # none fits: smallest
+
+
+def test_eval_measurement_warms_up_at_the_batchs_own_shape():
+    """A first pass at a new shape costs several times a later one (measured 4x at 160 px on a CPU): the warm-up
+    pass has the timed batch's shape, so the finish and validation are not overestimated."""
+    from tinytransfer.config import RunConfig as _RC
+
+    shapes = []
+
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            shapes.append(tuple(x.shape))
+            return x.mean((2, 3))
+
+    loader = [(torch.zeros(24, 3, 8, 8), torch.zeros(24, dtype=torch.long))]
+    seconds = budgetrun._measure_eval(Net(), loader, _RC(amp="off"), torch.device("cpu"))
+    assert seconds > 0 and shapes and all(s == (24, 3, 8, 8) for s in shapes) and len(shapes) >= 2
 
 
 def test_cli_and_api_pass_the_budget(monkeypatch, tmp_path):
@@ -225,7 +283,8 @@ def tree(make_tiny_tree):
     return make_tiny_tree(n_classes=3, train_per_class=16, n_val=9, size=32, n_odd_size=0)
 
 
-def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tree, tmp_path):
+@pytest.mark.parametrize("train", ["auto", "from:layer4"])
+def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tree, tmp_path, train):
     from tinytransfer.data.augment import make_transform
     from tinytransfer.data.dataset import load_dataset
     from tinytransfer.data.loader import DeviceLoader
@@ -233,7 +292,7 @@ def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tr
     from tinytransfer.training.snapshot import rng_state
 
     raw = tiny_config(tree, budget="1h")
-    raw["phases"][1]["train"] = "auto"
+    raw["phases"][1]["train"] = train  # auto, or its own part with candidates beside it: a budget picks either way
     raw["phases"][1]["train_choices"] = ["from:layer4", "all"]
     cfg = from_dict(raw)
     data = load_dataset(tree, workers=1)
@@ -256,6 +315,7 @@ def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tr
     assert all(torch.equal(rng[k], now[k]) for k in rng)
     assert loader.batch_size == 16 and loader.transform is tf and val.transform is tf
     assert planned.phases[1].train in ("from:layer4", "all") and planned.plan.budget_s == 3600
+    assert planned.plan.choices == ("phases.1.train: " + planned.phases[1].train + " of ['from:layer4', 'all']",)
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["plan"]["epoch_s"] == list(planned.plan.epoch_s)
 
 

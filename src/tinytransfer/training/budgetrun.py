@@ -28,7 +28,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -101,14 +101,14 @@ def measure_phase(model: nn.Module, loader: DeviceLoader, cfg: RunConfig, index:
 
 @torch.no_grad()
 def _measure_eval(model: nn.Module, loader: DeviceLoader | None, cfg: RunConfig, device: torch.device) -> float:
-    """Seconds a validation image (0 without a validation split): a few images untimed, then ``EVAL_BATCHES``
-    forward passes of the first batch."""
+    """Seconds a validation image (0 without a validation split): the first batch once untimed, then
+    ``EVAL_BATCHES`` forward passes of it."""
     if loader is None:
         return 0.0
     model.eval()
     x = next(iter(loader))[0]
     with autocast(device, cfg.amp):
-        model(x[:8])  # warm-up
+        model(x)  # warm-up at the batch's own shape (a first pass at a new shape costs several times a later one)
         _sync(device)
         t0 = time.perf_counter()
         for _ in range(EVAL_BATCHES):
@@ -123,6 +123,20 @@ def _measure_checkpoint(model: nn.Module) -> float:
     for _ in range(2):  # last.pt and (often) best.pt
         torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, io.BytesIO())
     return time.perf_counter() - t0
+
+
+def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recipe: Sequence[int],
+                 left: Callable[[], float]) -> int:
+    """The largest of ``sizes`` whose plan keeps the recipe's epochs in ``left()`` seconds. The largest is measured
+    first and taken where it fits; otherwise the smallest too, and the sides between are costed on the straight line
+    through the two in the pixel count (an epoch's steps and validation grow with the pixels, its fixed costs not)."""
+    hi = probe.epoch_s(sizes[-1], trains)
+    if len(sizes) == 1 or all(g >= e for g, e in zip(plan_epochs(recipe, hi, left()), recipe)):
+        return sizes[-1]
+    lo = probe.epoch_s(sizes[0], trains)
+    span = sizes[-1] ** 2 - sizes[0] ** 2
+    costs = [[a + (b - a) * (s * s - sizes[0] ** 2) / span for a, b in zip(lo, hi)] for s in sizes]
+    return sizes[choose_largest(costs, recipe, left())]
 
 
 class _Probe:
@@ -193,19 +207,17 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     probe = _Probe(model, loader, val_loader, cfg, norm, device, generators)
     t_measure = time.perf_counter()
     recipe = [p.epochs for p in cfg.phases]
-    trains = [p.train_choices[0] if p.train == "auto" else p.train for p in cfg.phases]
+    trains = [p.train_choices[0] if p.train_choices else p.train for p in cfg.phases]
     choices: list[str] = []
     n_val = len(val_loader.split) if val_loader is not None else 0
     try:
         size = cfg.model.input_size
-        if size == 0:  # input_size: auto: cost ~ pixels, measured at the smallest side and scaled, then checked
-            sizes = sorted(cfg.model.input_sizes)
-            base = probe.epoch_s(sizes[0], trains)
-            left = budget_s - (time.perf_counter() - started) - FINISH_FIXED_S
-            size = sizes[choose_largest([[c * (s / sizes[0]) ** 2 for c in base] for s in sizes], recipe, left)]
-            choices.append(f"model.input_size: {size} of {sizes}")
+        if cfg.model.input_sizes:  # candidates: the largest side that keeps the recipe's epochs
+            size = _choose_size(probe, sorted(set(cfg.model.input_sizes)), trains, recipe,
+                                lambda: budget_s - (time.perf_counter() - started) - FINISH_FIXED_S)
+            choices.append(f"model.input_size: {size} of {sorted(set(cfg.model.input_sizes))}")
         for i, p in enumerate(cfg.phases):
-            if p.train != "auto":
+            if not p.train_choices:
                 continue
             left = budget_s - (time.perf_counter() - started) - FINISH_FIXED_S
             cands = list(p.train_choices)
@@ -225,7 +237,7 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
              time.perf_counter() - t_measure, time.perf_counter() - started)
     phases = tuple(dataclasses.replace(p, train=t) for p, t in zip(cfg.phases, trains))
     cfg = dataclasses.replace(cfg, phases=phases, model=dataclasses.replace(cfg.model, input_size=size))
-    if probe.cfg.model.input_size == 0:
+    if size != probe.cfg.model.input_size:
         probe.size(size)  # the loaders' transforms at the chosen side
     auto_lr_s = sum(p.auto_lr_steps * probe.step_s(size, i, trains[i]) for i, p in enumerate(cfg.phases) if p.auto_lr)
     finish_s = eval_img_s * (n_val + test_images) + FINISH_FIXED_S

@@ -135,7 +135,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
                              "processes (the recipe's batch is the global batch)")
         try:
-            for train in p.train_choices if p.train == "auto" else (p.train,):  # auto: a budget picks one
+            for train in {*p.train_choices, p.train} - {"auto"}:  # the candidates a budget picks from too
                 check_trainable(model, train)
         except ValueError as e:
             raise ValueError(f"phase {i + 1} ({p.name}): train: {e}") from None
