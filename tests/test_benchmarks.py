@@ -95,7 +95,7 @@ def _cut_curve(wall_offset: float = 0.0) -> list[dict]:
 
 def test_projection_of_a_cut_run_is_per_phase_on_wall_time():
     sys.path.insert(0, str(ROOT / "benchmarks"))
-    from gpu_summary import project, project_wall
+    from gpu_summary import project_wall
 
     # averaging 48 epochs would say 261.6 / 48 * 55 = ~300 s ("met"); 7 more epochs of 9.2 s say 326 s
     assert project_wall(_cut_curve(), [25, 15, 15]) == pytest.approx(50 + 23 * 9.2 + 7 * 9.2)

@@ -111,7 +111,7 @@ def write_planted_tree(root: Path, *, per_class: tuple[int, int, int] = (12, 4, 
             img.save(root / dst, fmt, **kw)
         planted.add(frozenset((src, dst)))
 
-    tr, va, te = files["train"], files["val"], files["test"]
+    tr, va = files["train"], files["val"]
     plant(tr[1], "val/fields", "exact_tv", None)  # exact copies: train→val, train→test, within train
     plant(tr[13], "test", "exact_tt", None)
     plant(tr[25], "train/shapes", "exact_in_train", None)

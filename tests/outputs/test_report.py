@@ -18,8 +18,8 @@ from tinytransfer.data.dataset import Split
 from tinytransfer.outputs import analysis, plots, report
 from tinytransfer.outputs.calibration import CALIBRATION_JSON, RELIABILITY_PNG, plot_reliability
 from tinytransfer.outputs.datareport import DUPLICATES_PNG, plot_duplicate_pairs
-from tinytransfer.training.calibrate import calibration_summary, fit_temperature
 from tinytransfer.runs import metricsfile
+from tinytransfer.training.calibrate import calibration_summary, fit_temperature
 
 METRICS = """\
 phase,epoch,step,lr,train_loss,train_acc,train_top5,val_loss,val_acc,val_top5,seconds,img_s

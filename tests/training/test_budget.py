@@ -10,9 +10,11 @@ import os
 import pytest
 import torch
 import yaml
+from test_engine import TINY, read_rows, run, run_killed_at_epoch, tiny_config
 
 from tinytransfer.config import ConfigError, PhaseConfig, PlanConfig, RunConfig, from_dict, parse_budget, to_dict
 from tinytransfer.runs.checkpoint import load_checkpoint
+from tinytransfer.runs.runfolder import read_config, unplanned
 from tinytransfer.training import budgetrun
 from tinytransfer.training.budget import (
     choose_largest,
@@ -22,11 +24,7 @@ from tinytransfer.training.budget import (
     replan,
     with_epochs,
 )
-from tinytransfer.runs.runfolder import read_config, unplanned
 from tinytransfer.training.schedule import lr_at
-
-from test_engine import TINY, read_rows, run, run_killed_at_epoch, tiny_config
-
 
 # ---- the plan on given costs ---------------------------------------------------------------------------------------
 

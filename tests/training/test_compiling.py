@@ -8,10 +8,9 @@ import logging
 
 import pytest
 import torch
+from test_engine import run, tiny_config
 
 from tinytransfer.training import compilestats
-
-from test_engine import run, tiny_config
 
 
 @pytest.fixture

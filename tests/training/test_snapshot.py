@@ -3,14 +3,12 @@ states that a resume with fewer visible GPUs can restore."""
 
 from __future__ import annotations
 
+import pytest
 import torch
+from test_engine import run, tiny_config  # noqa: E402  (tests/training is on sys.path under pytest)
 
 from tinytransfer.runs import asyncsave
 from tinytransfer.training import snapshot
-
-from test_engine import run, tiny_config  # noqa: E402  (tests/training is on sys.path under pytest)
-
-import pytest
 
 
 @pytest.fixture
