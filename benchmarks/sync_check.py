@@ -34,36 +34,9 @@ from tinytransfer.data.loader import DeviceLoader  # noqa: E402
 from tinytransfer.models.backbones import create_model  # noqa: E402
 from tinytransfer.models.freezing import set_trainable  # noqa: E402
 from tinytransfer.training import steps  # noqa: E402
-from tinytransfer.training.hostsync import HostSyncRecorder  # noqa: E402
+from tinytransfer.training.hostsync import record_step_syncs  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sync_check.json"
-
-
-class _Tagged:
-    """The loader, labelling the recorder "setup" (iter()), "step" (batches and steps), "end" (after them); on
-    CUDA the steps alone run under ``set_sync_debug_mode("error")`` (the epoch's closing reduction syncs on
-    purpose)."""
-
-    def __init__(self, loader: DeviceLoader, rec: HostSyncRecorder) -> None:
-        self.loader, self.rec = loader, rec
-        self.cuda = loader.device.type == "cuda"
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        self.rec.tag = "setup"
-        it = iter(self.loader)
-        self.rec.tag = "step"
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-        try:
-            yield from it
-        finally:
-            if self.cuda:
-                torch.cuda.set_sync_debug_mode(0)
-        self.rec.tag = "end"
 
 
 def check(model_name: str, size: int, batch: int, n_steps: int, config: str, phase: str,
@@ -84,24 +57,14 @@ def check(model_name: str, size: int, batch: int, n_steps: int, config: str, pha
                      lr_max=1e-4, step_size=4, batch_size=batch, optimizer=optimizer)
     set_trainable(model, pc.train)
     opt = steps.make_optimizer(model, pc, fused=True)
-    state = steps.TrainState()
-    real = steps._sync_each_step
-    steps._sync_each_step = lambda d: False  # the GPU path also on the CPU: no per-step loss read
     row = {"config": config, "phase": phase, "model": model_name, "batch": batch, "steps": n_steps,
            "device": str(device), "ok": False, "inside_steps": [], "error": None}
     try:
-        steps.train_one_epoch(model, loader, opt, pc, state, device=device, amp=amp, stop=steps.StopOnSignal())
-        with HostSyncRecorder() as rec:
-            steps.train_one_epoch(model, _Tagged(loader, rec), opt, pc, state, device=device, amp=amp,
-                                  stop=steps.StopOnSignal(), after_step=lambda lr, loss: None)
+        rec, _ = record_step_syncs(model, loader, opt, pc, device=device, amp=amp)
         row["inside_steps"] = sorted(set(rec.inside("step")))
         row["ok"] = not row["inside_steps"]
     except RuntimeError as e:  # set_sync_debug_mode("error") raises at a synchronising call
         row["error"] = str(e).strip().splitlines()[0][:300]
-    finally:
-        steps._sync_each_step = real
-        if device.type == "cuda":
-            torch.cuda.set_sync_debug_mode(0)  # also where a step raised inside the loader's generator
     return row
 
 

@@ -14,7 +14,7 @@ from tinytransfer.data.loader import DeviceLoader
 from tinytransfer.models.backbones import create_model
 from tinytransfer.models.freezing import set_trainable
 from tinytransfer.training import steps
-from tinytransfer.training.hostsync import HostSyncRecorder
+from tinytransfer.training.hostsync import record_step_syncs
 from tinytransfer.training.parallel import Dist
 
 TINY = "timm:test_resnet"
@@ -23,24 +23,6 @@ TINY = "timm:test_resnet"
 @pytest.fixture
 def tree(make_tiny_tree):
     return make_tiny_tree(n_classes=3, train_per_class=16, n_val=9, size=32, n_odd_size=0)
-
-
-class _Tagged:
-    """The loader as train_one_epoch sees it, labelling the recorder: "setup" while ``iter()`` prepares the epoch,
-    "step" from then on (each batch and its step), "end" once the batches are exhausted."""
-
-    def __init__(self, loader: DeviceLoader, rec: HostSyncRecorder) -> None:
-        self.loader, self.rec = loader, rec
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self):
-        self.rec.tag = "setup"
-        it = iter(self.loader)
-        self.rec.tag = "step"
-        yield from it
-        self.rec.tag = "end"
 
 
 def _loader(data, model, pad_last: bool = False, batch: int = 8, preload: bool = True,
@@ -52,7 +34,7 @@ def _loader(data, model, pad_last: bool = False, batch: int = 8, preload: bool =
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "adam-keras"])
-def test_no_host_sync_or_copy_inside_a_training_step(tree, monkeypatch, optimizer):
+def test_no_host_sync_or_copy_inside_a_training_step(tree, optimizer):
     data = load_dataset(tree, workers=1)
     torch.manual_seed(0)
     model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32)
@@ -63,14 +45,8 @@ def test_no_host_sync_or_copy_inside_a_training_step(tree, monkeypatch, optimize
                         optimizer=optimizer, label_smoothing=0.1)
     set_trainable(model, phase.train)
     opt = steps.make_optimizer(model, phase, fused=True)  # as on CUDA
-    monkeypatch.setattr(steps, "_sync_each_step", lambda device: False)  # the GPU path: no per-step loss read
-    cpu = torch.device("cpu")
     state = steps.TrainState()
-    steps.train_one_epoch(model, loader, opt, phase, state, device=cpu, stop=steps.StopOnSignal())  # warm caches
-    rec = HostSyncRecorder()
-    with rec:
-        out = steps.train_one_epoch(model, _Tagged(loader, rec), opt, phase, state, device=cpu,
-                                    stop=steps.StopOnSignal(), after_step=lambda lr, loss: None)
+    rec, out = record_step_syncs(model, loader, opt, phase, state, device=torch.device("cpu"))  # the GPU path
     assert out["n"] == 48 and state.step == 6
     assert rec.inside("step") == [], rec.events  # nothing read on the host, nothing copied to the device
     # per epoch, not per step: the permutation's one copy (and the plan's draws, already on the device on CUDA)

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from .runfolder import METRICS_CSV
 from .metricsfile import read_metrics
+from .runfolder import METRICS_CSV
 
 __all__ = ["TB_DIR", "TensorBoardLog", "open_tensorboard"]
 

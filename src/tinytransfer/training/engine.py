@@ -31,15 +31,23 @@ from ..models.heads import convert_sync_bn
 from ..runs.asyncsave import AsyncCheckpointWriter
 from ..runs.checkpoint import CheckpointError, load_checkpoint, unwrap_model
 from ..runs.metricsfile import MetricsWriter, console_line
-from ..runs.runfolder import (BEST_PT, LAST_PT, METRICS_CSV, RunLock, clear_previous_run, new_run_id,
-                               new_run_problem, write_config)
+from ..runs.runfolder import (
+    BEST_PT,
+    LAST_PT,
+    METRICS_CSV,
+    RunLock,
+    clear_previous_run,
+    new_run_id,
+    new_run_problem,
+    write_config,
+)
 from ..runs.tb import TensorBoardLog, open_tensorboard
 from .budgetrun import start_budget
 from .compiling import CompileLog, wrap_for_phase
 from .ema import start_ema
 from .parallel import Dist
 from .resumecheck import prepare_resume
-from .snapshot import checkpoint_state, model_weights, rng_state, set_rng_state
+from .snapshot import checkpoint_state, data_identity, model_weights, rng_state, set_rng_state
 from .steps import (
     Interrupted,
     NonFiniteLoss,
@@ -185,6 +193,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                           transform=train_tf, aug_generator=aug_gen, rank=rank, world_size=world_size,
                           drop_last=static, channels_last=channels_last)
     clock = None
+    data_id = data_identity(data)  # once a run, in every checkpoint (hashing 110,000 names takes ~50 ms)
     if cfg.budget:  # measured costs -> each phase's epochs (and what the recipe left open), re-planned every epoch
         cfg, clock = start_budget(model, loader, val_loader, cfg, state, run_dir, norm=(mean, std), device=device,
                                   generators=(shuffle_gen, aug_gen), test_images=len(data.test or ()), main=dist.main,
@@ -255,7 +264,8 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                     ema_weights = model_weights(ema.module) if ema is not None else None
                     if improved:
                         best_ckpt = checkpoint_state(ema.module if use_ema else model, optimizer, cfg, data, state,
-                                                     mean, std, weights=ema_weights if use_ema else weights)
+                                                     mean, std, weights=ema_weights if use_ema else weights,
+                                                     data_id=data_id)
                         best_ckpt["weights"] = "ema" if use_ema else "model"
                         saves.append((best_ckpt, run_dir / BEST_PT))
                     # the row once best.pt is on disk (the report's headline is a model in the folder), before
@@ -267,7 +277,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
                         nxt.phase, nxt.phase_epoch, nxt.step, nxt.bad_epochs = state.phase + 1, 0, 0, 0
                         nxt.phase_best_acc = -1.0
                     last_ckpt = checkpoint_state(model, None if done_phase else optimizer, cfg, data, nxt, mean, std,
-                                                 weights=weights)
+                                                 weights=weights, data_id=data_id)
                     if ema is not None and not done_phase:  # a resumed phase continues its EMA
                         last_ckpt["ema"] = ema_weights
                     saves.append((last_ckpt, run_dir / LAST_PT))

@@ -8,16 +8,18 @@ and moving data to a device (``.to(device)``/``.cuda()`` with a device argument,
 ``TorchFunctionMode`` sees the same calls but sends every operation through Python, several times slower), so
 use it in one thread at a time. Each record carries the recorder's current ``tag`` (the caller sets it: "setup",
 "step", "end"), so a test can allow an epoch's one-time setup and its closing reduction and forbid everything
-inside the steps. ``benchmarks/sync_check.py`` runs both checks.
+inside the steps. :func:`record_step_syncs` runs an epoch that way (and, on CUDA, its steps under the debug mode);
+``benchmarks/sync_check.py`` and ``tests/training/test_hostsync.py`` use it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["HostSyncRecorder"]
+__all__ = ["HostSyncRecorder", "TaggedLoader", "record_step_syncs"]
 
 _READS = {"item", "tolist", "cpu", "numpy", "__bool__", "__int__", "__float__", "__index__", "nonzero"}
 _MAKERS = {"tensor", "as_tensor"}
@@ -81,3 +83,50 @@ class HostSyncRecorder:
     def inside(self, tag: str) -> list[str]:
         """The calls recorded under ``tag``."""
         return [what for t, what in self.events if t == tag]
+
+
+class TaggedLoader:
+    """The loader as ``train_one_epoch`` sees it, labelling the recorder: "setup" while ``iter()`` prepares the
+    epoch, "step" from then on (each batch and its step), "end" once the batches are exhausted. On CUDA the steps
+    alone run under ``torch.cuda.set_sync_debug_mode("error")`` (the epoch's closing reduction syncs on purpose)."""
+
+    def __init__(self, loader: Any, rec: HostSyncRecorder) -> None:
+        self.loader, self.rec = loader, rec
+        self.cuda = loader.device.type == "cuda"
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        self.rec.tag = "setup"
+        it = iter(self.loader)
+        self.rec.tag = "step"
+        if self.cuda:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            yield from it
+        finally:
+            if self.cuda:
+                torch.cuda.set_sync_debug_mode(0)
+        self.rec.tag = "end"
+
+
+def record_step_syncs(model: torch.nn.Module, loader: Any, optimizer: torch.optim.Optimizer, phase: Any,
+                      state: Any = None, *, device: torch.device, amp: str = "auto") -> tuple[HostSyncRecorder, dict]:
+    """One warm-up epoch of ``train_one_epoch``, then one under a :class:`HostSyncRecorder` through a
+    :class:`TaggedLoader`, both on the GPU code path (no per-step loss read). Returns the recorder and the epoch's
+    result; on CUDA a synchronising call inside a step raises ``RuntimeError``."""
+    from .steps import StopOnSignal, TrainState, train_one_epoch
+
+    state = state if state is not None else TrainState()
+    train_one_epoch(model, loader, optimizer, phase, state, device=device, amp=amp, stop=StopOnSignal(),
+                    sync_each_step=False)  # warm caches (and the first pass's one-time allocations)
+    try:
+        with HostSyncRecorder() as rec:
+            out = train_one_epoch(model, TaggedLoader(loader, rec), optimizer, phase, state, device=device, amp=amp,
+                                  stop=StopOnSignal(), after_step=lambda lr, loss: None, sync_each_step=False)
+    finally:
+        if device.type == "cuda":
+            torch.cuda.set_sync_debug_mode(0)  # also where a step raised inside the loader's generator
+    return rec, out

@@ -49,14 +49,16 @@ def model_weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, cfg: RunConfig, data: Dataset,
-                     state: TrainState, mean: tuple, std: tuple, weights: dict | None = None) -> dict:
+                     state: TrainState, mean: tuple, std: tuple, weights: dict | None = None,
+                     data_id: dict | None = None) -> dict:
     """The checkpoint dict (docs/internals.md lists its keys): plain tensors and Python values only. ``run_id`` (the
     run's identity, as in config.yaml) and ``data_id`` (:func:`data_identity`) let ``--resume`` refuse another run's
     checkpoint or changed data (resumecheck.py).
 
     Its tensors are the live ones (on the device, no copy): hand it to ``AsyncCheckpointWriter.submit``, which
     snapshots them to host memory before training goes on. ``weights``: :func:`model_weights` of ``model`` taken
-    already (shared by the checkpoints of one epoch)."""
+    already (shared by the checkpoints of one epoch); ``data_id``: :func:`data_identity` of ``data`` taken already
+    (once a run: it hashes every file name)."""
     return {
         "format": FORMAT,
         "model": weights if weights is not None else model_weights(model),
@@ -77,7 +79,7 @@ def checkpoint_state(model: nn.Module, optimizer: torch.optim.Optimizer | None, 
         "mean": list(mean),
         "std": list(std),
         "run_id": state.run_id,
-        "data_id": data_identity(data),
+        "data_id": data_id if data_id is not None else data_identity(data),
     }
 
 

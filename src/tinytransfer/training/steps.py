@@ -205,13 +205,15 @@ def train_one_epoch(
     dist: Dist = Dist(),
     mix: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
     after_step: Callable[[float, torch.Tensor], None] | None = None,
+    sync_each_step: bool | None = None,
 ) -> dict:
     """One pass over ``loader``; updates ``state.step``. Returns loss, top-1, top-5 (running, augmented) and counts,
     summed over the ranks under data-parallel training (``dist``).
 
     ``mix``: (x, y) -> (x, soft targets) before the forward pass (mixing.BatchMixer; accuracy still counts ``y``);
     ``after_step(lr, loss)``: called after every optimizer step (``state.step`` not yet advanced), with the loss
-    still on the device (the weight EMA's update, TensorBoard's per-iteration log)."""
+    still on the device (the weight EMA's update, TensorBoard's per-iteration log); ``sync_each_step``: read the
+    loss on the host every step (default: on the CPU only, where it costs nothing)."""
     base = unwrap_model(model)
     phase_train_mode(base, phase)
     steps_per_epoch = len(loader) if not max_steps else min(len(loader), max_steps)
@@ -219,7 +221,7 @@ def train_one_epoch(
     correct = torch.zeros(2, device=device, dtype=torch.long)
     seen = 0
     first_bad = torch.full((), -1, device=device, dtype=torch.long)
-    sync_each_step = _sync_each_step(device)
+    sync_each_step = _sync_each_step(device) if sync_each_step is None else sync_each_step
     lr = lr_at(state.step, phase, steps_per_epoch)
     last_refresh = time.monotonic()
     step_begin = _step_marker(model)
