@@ -317,6 +317,41 @@ def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tr
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["plan"]["epoch_s"] == list(planned.plan.epoch_s)
 
 
+def test_a_budget_too_short_for_one_full_epoch_a_phase_caps_the_steps_an_epoch(tree, tmp_path, monkeypatch):
+    """A large dataset and a short budget: one full epoch of each phase would overrun, so every epoch trains on a
+    random part of the split (max_steps_per_epoch), the largest that fits, recorded as a choice."""
+    from tinytransfer.data.augment import make_transform
+    from tinytransfer.data.dataset import load_dataset
+    from tinytransfer.data.loader import DeviceLoader
+    from tinytransfer.models.backbones import create_model
+
+    cfg = from_dict(tiny_config(tree, budget="1m"))  # 48 train images, batch 16: 3 steps an epoch, 2 + 2 epochs
+    data = load_dataset(tree, workers=1)
+    model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32)
+    gens = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
+    tf = make_transform("keras", (0.5,) * 3, (0.5,) * 3, input_size=32)
+    loader = DeviceLoader(data.train, 16, device="cpu", shuffle=True, generator=gens[0], transform=tf,
+                          aug_generator=gens[1])
+    monkeypatch.setattr(budgetrun, "measure_phase", lambda *a, **k: 8.0)  # 8 s a step: 24 s a full epoch
+    planned, _ = budgetrun.start_budget(model, loader, DeviceLoader(data.val, 32, device="cpu", transform=tf), cfg,
+                                        budgetrun.TrainState(), tmp_path, norm=((0.5,) * 3, (0.5,) * 3),
+                                        device=torch.device("cpu"), generators=gens,
+                                        started=budgetrun.time.perf_counter(), test_images=4)
+    # 60 s less the start and the finish (12 s and change) leave under 48 s: two steps an epoch, one epoch a phase
+    assert planned.max_steps_per_epoch == 2 and [p.epochs for p in planned.phases] == [1, 1]
+    assert "max_steps_per_epoch: 2 of 3 (one full epoch a phase does not fit)" in planned.plan.choices
+    assert planned.plan.planned_s <= 60 and planned.plan.epoch_s[0] < 24
+
+
+def test_cap_is_the_largest_that_fits():
+    probe = type("P", (), {"steps": [10, 20], "epoch_s": lambda self, size, trains, cap=0: [
+        min(10, cap or 10) * 1.0 + 2, min(20, cap or 20) * 0.5 + 2]})()
+    # one epoch each: cap 10 -> 12 + 7 = 19 s; cap 12 -> 12 + 8 = 20; cap 20 -> 12 + 12 = 24
+    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [2, 3], 20.0) == 12
+    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [2, 3], 1.0) == 1  # nothing fits: one step
+    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [2, 0], 14.0) == 20  # a phase of 0 epochs costs nothing
+
+
 def test_tiny_budgeted_run_records_its_plan_and_resume_continues_it(tree, tmp_path, monkeypatch):
     """A real run with a budget, killed in its third epoch and resumed: the plan is measured once and written to
     config.yaml and the checkpoints; the resumed run continues it (nothing measured again) and runs the planned

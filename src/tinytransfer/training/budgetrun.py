@@ -139,6 +139,20 @@ def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recip
     return sizes[choose_largest(costs, recipe, left())]
 
 
+def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], recipe: Sequence[int], available: float) -> int:
+    """The most steps an epoch may take (``max_steps_per_epoch``) so that one epoch of every phase fits
+    ``available`` seconds, where full epochs do not (a large dataset, a short budget): each epoch then trains on a
+    fresh random part of the training split (1: nothing fits; the plan says it overruns)."""
+    def fits(cap: int) -> bool:
+        return sum(c for c, e in zip(probe.epoch_s(size, trains, cap), recipe) if e > 0) <= available
+
+    lo, hi = 1, max(probe.steps)
+    while lo < hi:  # the largest cap that fits
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
 class _Probe:
     """Measures epoch costs on ``model`` at any input size and trainable part; puts every state back on close."""
 
@@ -174,12 +188,14 @@ class _Probe:
             self.cache[("eval", size)] = _measure_eval(self.model, self.val_loader, self.cfg, self.device)
         return self.cache[("eval", size)]
 
-    def epoch_s(self, size: int, trains: Sequence[str]) -> list[float]:
+    def epoch_s(self, size: int, trains: Sequence[str], cap: int = 0) -> list[float]:
+        """Seconds an epoch of each phase: its steps (at most ``cap``, 0: all), validation and checkpoints."""
         n_val = len(self.val_loader.split) if self.val_loader is not None else 0
         if "checkpoint" not in self.cache:
             self.cache["checkpoint"] = _measure_checkpoint(self.model)
-        return [self.steps[i] * self.step_s(size, i, t) + n_val * self.eval_s(size) * (2 if p.ema > 0 else 1)
-                + self.cache["checkpoint"] for i, (p, t) in enumerate(zip(self.cfg.phases, trains))]
+        return [min(self.steps[i], cap or self.steps[i]) * self.step_s(size, i, t)
+                + n_val * self.eval_s(size) * (2 if p.ema > 0 else 1) + self.cache["checkpoint"]
+                for i, (p, t) in enumerate(zip(self.cfg.phases, trains))]
 
     def close(self) -> None:
         self.model.load_state_dict(self.weights)
@@ -243,6 +259,14 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     finish_s = eval_img_s * (n_val + test_images) + FINISH_FIXED_S
     start_s = time.perf_counter() - started + auto_lr_s
     epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
+    if planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s) > budget_s:  # not one full epoch a phase
+        full = max(probe.steps)
+        cap = _cap_steps(probe, size, trains, recipe, budget_s - start_s - finish_s)
+        if cfg.max_steps_per_epoch == 0 or cap < cfg.max_steps_per_epoch:
+            epoch_s = probe.epoch_s(size, trains, cap)
+            cfg = dataclasses.replace(cfg, max_steps_per_epoch=cap)
+            choices.append(f"max_steps_per_epoch: {cap} of {full} (one full epoch a phase does not fit)")
+            epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
     planned = planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s)
     plan = dataclasses.replace(cfg.plan, budget_s=budget_s, recipe_epochs=tuple(recipe),
                                epoch_s=tuple(round(c, 3) for c in epoch_s), start_s=round(start_s, 2),
