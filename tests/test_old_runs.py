@@ -44,6 +44,6 @@ def test_old_run_evaluates_and_predicts_as_it_did(old_run) -> None:
 
 
 def test_old_run_reports(old_run) -> None:
-    run, _, _ = old_run
-    page = tt.load(run).report()
+    run, data, _ = old_run  # its config names the folder it was trained on (/tmp/fx/data), gone since: --data
+    page = tt.load(run).report(data=data)
     assert Path(page).is_file() and "Table 1" in Path(page).read_text()
