@@ -25,10 +25,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from demo_recipes import cpu_name, test_accuracy  # noqa: E402
 
 
-def run_budget(budget: str, recipe: str, data: str, out_root: str, sets: list[str]) -> dict:
+def run_budget(budget: str, recipe: str, data: str, out_root: str, sets: list[str], index: int = 0) -> dict:
     from tinytransfer.config import parse_budget
 
-    run_dir = os.path.join(out_root, f"budget-{budget}")
+    run_dir = os.path.join(out_root, f"budget-{index}-{budget}")  # one folder a run, also for a budget repeated
     cmd = [sys.executable, "-m", "tinytransfer", "train", "--recipe", recipe, "--data", data, "--out", run_dir,
            "--force", "--quiet", "--budget", budget]
     for s in sets:
@@ -51,7 +51,7 @@ def run_budget(budget: str, recipe: str, data: str, out_root: str, sets: list[st
         "measured_epoch_s": plan["epoch_s"], "start_s": plan["start_s"], "finish_s_estimate": plan["finish_s"],
         "replans": plan["replans"], "choices": plan["choices"],
         "epoch_seconds": [round(float(r["seconds"]), 1) for r in rows],
-        "val_acc": max(float(r["val_acc"]) for r in rows),
+        "val_acc": max(float(r["val_acc"]) for r in rows), "run": run_dir,
         "test_acc": test_accuracy(run_dir, data),
     }
 
@@ -68,8 +68,8 @@ def main() -> None:
     out_root = args.out or tempfile.mkdtemp(prefix="tt-budget-")
     results = []
     print(f"{'budget':>7} {'wall':>7} {'ratio':>6} {'epochs':>10} {'val':>7} {'test':>7}  re-plans")
-    for b in args.budget:
-        r = run_budget(b, args.recipe, args.data, out_root, args.set)
+    for i, b in enumerate(args.budget):
+        r = run_budget(b, args.recipe, args.data, out_root, args.set, i)
         results.append(r)
         print(f"{b:>7} {r['wall_s']:6.0f}s {r['ratio']:6.3f} {str(r['epochs']):>10} {100 * r['val_acc']:6.2f}% "
               f"{100 * r['test_acc']:6.2f}%  {len(r['replans'])}", flush=True)

@@ -195,7 +195,7 @@ def test_candidates_beside_a_fixed_value_are_the_budgets_to_pick_from():
 
 
 class _FakeProbe:
-    """Epoch costs of a side, affine in its pixel count, and which sides were measured."""
+    """Epoch costs of a side, affine in its pixel count, a validation image's seconds, and which sides were measured."""
 
     def __init__(self, fixed: float, per_pixel: float) -> None:
         self.fixed, self.per_pixel, self.measured = fixed, per_pixel, []
@@ -204,18 +204,35 @@ class _FakeProbe:
         self.measured.append(size)
         return [self.fixed + self.per_pixel * size * size, 2 * (self.fixed + self.per_pixel * size * size)]
 
+    def eval_s(self, size: int) -> float:
+        return 1e-6 * size * size  # 1 us a pixel of a validation image
+
 
 def test_size_choice_measures_the_largest_first_and_costs_the_rest_on_the_pixel_line():
     sizes, recipe = [64, 96, 128, 160], [2, 3]
     probe = _FakeProbe(fixed=2.0, per_pixel=1e-3)  # an epoch: 2 s + 1 ms a pixel (phase 2 twice that)
     cost = lambda s: 8 * (2.0 + 1e-3 * s * s)  # noqa: E731  the recipe's 2 + 3 epochs, phase 2 at twice the cost
-    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda: cost(160) + 1) == 160
+    left = lambda total: lambda eval_s: total  # noqa: E731  a finish that costs nothing
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, left(cost(160) + 1)) == 160
     assert probe.measured == [160]  # it fits: nothing else measured
     probe.measured.clear()
-    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda: cost(128) + 1) == 128
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, left(cost(128) + 1)) == 128
     assert probe.measured == [160, 64]  # 96 and 128 costed on the line through the two, exactly here
     probe.measured.clear()
-    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda: 1.0) == 64  # none fits: smallest
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, left(1.0)) == 64  # none fits: smallest
+
+
+def test_size_choice_pays_the_finish_at_each_side():
+    """The finish predicts val and test at the side chosen: a side whose epochs fit but whose finish then does not
+    is not taken (a digits run once took 160 px this way, planned fewer epochs than the recipe's and overran)."""
+    sizes, recipe = [64, 96, 128, 160], [2, 3]
+    probe = _FakeProbe(fixed=2.0, per_pixel=1e-3)
+    cost = lambda s: 8 * (2.0 + 1e-3 * s * s)  # noqa: E731
+    images = 1_000  # val + test images the finish predicts: 25.6 s at 160 px, 16.4 s at 128
+    total = cost(160) + 1  # the epochs at 160 fit with 1 s to spare, not with 160's finish; 128's fit with its own
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe,
+                                  lambda eval_s: total - eval_s * images) == 128
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda eval_s: total) == 160
 
 
 def test_eval_measurement_warms_up_at_the_batchs_own_shape():

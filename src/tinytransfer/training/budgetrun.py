@@ -126,17 +126,25 @@ def _measure_checkpoint(model: nn.Module) -> float:
 
 
 def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recipe: Sequence[int],
-                 left: Callable[[], float]) -> int:
-    """The largest of ``sizes`` whose plan keeps the recipe's epochs in ``left()`` seconds. The largest is measured
-    first and taken where it fits; otherwise the smallest too, and the sides between are costed on the straight line
-    through the two in the pixel count (an epoch's steps and validation grow with the pixels, its fixed costs not)."""
+                 left: Callable[[float], float]) -> int:
+    """The largest of ``sizes`` whose plan keeps the recipe's epochs in ``left(eval_s)`` seconds (the time left for
+    epochs once the finish, which predicts at ``eval_s`` seconds an image at that side, is paid). The largest is
+    measured first and taken where it fits; otherwise the smallest too, and the sides between are costed on the
+    straight line through the two in the pixel count (an epoch's steps and validation grow with the pixels, its
+    fixed costs not)."""
+    def keeps(epoch_s: Sequence[float], eval_s: float) -> bool:
+        return all(g >= e for g, e in zip(plan_epochs(recipe, epoch_s, left(eval_s)), recipe))
+
     hi = probe.epoch_s(sizes[-1], trains)
-    if len(sizes) == 1 or all(g >= e for g, e in zip(plan_epochs(recipe, hi, left()), recipe)):
+    if len(sizes) == 1 or keeps(hi, probe.eval_s(sizes[-1])):
         return sizes[-1]
     lo = probe.epoch_s(sizes[0], trains)
-    span = sizes[-1] ** 2 - sizes[0] ** 2
-    costs = [[a + (b - a) * (s * s - sizes[0] ** 2) / span for a, b in zip(lo, hi)] for s in sizes]
-    return sizes[choose_largest(costs, recipe, left())]
+    ev_lo, ev_hi = probe.eval_s(sizes[0]), probe.eval_s(sizes[-1])
+    for s in reversed(sizes):
+        w = (s * s - sizes[0] ** 2) / (sizes[-1] ** 2 - sizes[0] ** 2)  # 0 at the smallest side, 1 at the largest
+        if keeps([a + (b - a) * w for a, b in zip(lo, hi)], ev_lo + (ev_hi - ev_lo) * w):
+            return s
+    return sizes[0]
 
 
 def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], recipe: Sequence[int], available: float) -> int:
@@ -227,19 +235,21 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     choices: list[str] = []
     n_val = len(val_loader.split) if val_loader is not None else 0
     try:
+        def left(eval_s: float) -> float:  # seconds left for epochs now, once the finish is paid at eval_s an image
+            return budget_s - (time.perf_counter() - started) - FINISH_FIXED_S - eval_s * (n_val + test_images)
+
         size = cfg.model.input_size
         if cfg.model.input_sizes:  # candidates: the largest side that keeps the recipe's epochs
-            size = _choose_size(probe, sorted(set(cfg.model.input_sizes)), trains, recipe,
-                                lambda: budget_s - (time.perf_counter() - started) - FINISH_FIXED_S)
+            size = _choose_size(probe, sorted(set(cfg.model.input_sizes)), trains, recipe, left)
             choices.append(f"model.input_size: {size} of {sorted(set(cfg.model.input_sizes))}")
         for i, p in enumerate(cfg.phases):
             if not p.train_choices:
                 continue
-            left = budget_s - (time.perf_counter() - started) - FINISH_FIXED_S
             cands = list(p.train_choices)
             k = len(cands) - 1
             while k > 0:  # the largest first, measured one by one until one keeps the recipe's epochs
-                got = plan_epochs(recipe, probe.epoch_s(size, [*trains[:i], cands[k], *trains[i + 1:]]), left)
+                got = plan_epochs(recipe, probe.epoch_s(size, [*trains[:i], cands[k], *trains[i + 1:]]),
+                                  left(probe.eval_s(size)))
                 if all(g >= e for g, e in zip(got, recipe)):
                     break
                 k -= 1
