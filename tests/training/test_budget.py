@@ -60,6 +60,7 @@ def test_choose_largest_candidate_that_keeps_the_recipes_epochs():
     assert choose_largest(costs, recipe, 100.0) == 2  # 2*4 + 3*8 = 32 fits: the largest
     assert choose_largest(costs, recipe, 20.0) == 1  # 16 fits, 32 not
     assert choose_largest(costs, recipe, 5.0) == 0  # nothing keeps the recipe's epochs: the smallest
+    assert choose_largest(costs, recipe, [100.0, 100.0, 20.0]) == 1  # each its own time: the largest's is short
 
 
 # ---- re-planning and the LR schedule -------------------------------------------------------------------------------

@@ -78,11 +78,14 @@ def planned_seconds(epochs: Sequence[int], epoch_s: Sequence[float], *, done: Se
 
 
 def choose_largest(candidate_epoch_s: Sequence[Sequence[float]], recipe_epochs: Sequence[int],
-                   available_s: float) -> int:
+                   available_s: float | Sequence[float]) -> int:
     """The index of the last (largest) candidate whose plan gives every phase at least its recipe epochs;
-    0 (the smallest) where none does. ``candidate_epoch_s[i]``: seconds an epoch of each phase with candidate i."""
-    for i in range(len(candidate_epoch_s) - 1, -1, -1):
-        got = plan_epochs(recipe_epochs, candidate_epoch_s[i], available_s)
+    0 (the smallest) where none does. ``candidate_epoch_s[i]``: seconds an epoch of each phase with candidate i;
+    ``available_s``: the seconds for epochs, one for all candidates or one each (a side's finish costs its own)."""
+    n = len(candidate_epoch_s)
+    avail = [float(available_s)] * n if isinstance(available_s, (int, float)) else list(available_s)
+    for i in range(n - 1, -1, -1):
+        got = plan_epochs(recipe_epochs, candidate_epoch_s[i], avail[i])
         if all(g >= e for g, e in zip(got, recipe_epochs)):
             return i
     return 0

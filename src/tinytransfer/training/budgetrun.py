@@ -132,19 +132,15 @@ def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recip
     measured first and taken where it fits; otherwise the smallest too, and the sides between are costed on the
     straight line through the two in the pixel count (an epoch's steps and validation grow with the pixels, its
     fixed costs not)."""
-    def keeps(epoch_s: Sequence[float], eval_s: float) -> bool:
-        return all(g >= e for g, e in zip(plan_epochs(recipe, epoch_s, left(eval_s)), recipe))
-
     hi = probe.epoch_s(sizes[-1], trains)
-    if len(sizes) == 1 or keeps(hi, probe.eval_s(sizes[-1])):
+    plan_hi = plan_epochs(recipe, hi, left(probe.eval_s(sizes[-1])))
+    if len(sizes) == 1 or all(g >= e for g, e in zip(plan_hi, recipe)):
         return sizes[-1]
     lo = probe.epoch_s(sizes[0], trains)
     ev_lo, ev_hi = probe.eval_s(sizes[0]), probe.eval_s(sizes[-1])
-    for s in reversed(sizes):
-        w = (s * s - sizes[0] ** 2) / (sizes[-1] ** 2 - sizes[0] ** 2)  # 0 at the smallest side, 1 at the largest
-        if keeps([a + (b - a) * w for a, b in zip(lo, hi)], ev_lo + (ev_hi - ev_lo) * w):
-            return s
-    return sizes[0]
+    w = [(s * s - sizes[0] ** 2) / (sizes[-1] ** 2 - sizes[0] ** 2) for s in sizes]  # 0 at the smallest, 1 largest
+    costs = [[a + (b - a) * f for a, b in zip(lo, hi)] for f in w]
+    return sizes[choose_largest(costs, recipe, [left(ev_lo + (ev_hi - ev_lo) * f) for f in w])]
 
 
 def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], recipe: Sequence[int], available: float) -> int:
