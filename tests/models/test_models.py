@@ -98,6 +98,14 @@ def test_unknown_names_are_clear_errors() -> None:
 # ---- freezing, BatchNorm mode, optimizer groups --------------------------------------------------------------------
 
 
+def test_set_trainable_logs_at_info_unless_quiet(caplog) -> None:
+    model = M.create_model("timm:test_resnet", 3, head="pool", input_size=32)
+    with caplog.at_level("INFO", logger="tinytransfer.models.freezing"):
+        freezing.set_trainable(model, "head")
+        freezing.set_trainable(model, "all", quiet=True)  # a budget's measurement: not on the console
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["trainable head"]
+
+
 def test_set_trainable_flags() -> None:
     model = M.create_model("vgg16", 200)
     assert freezing.set_trainable(model, "all") == 16_131_080

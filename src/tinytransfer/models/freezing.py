@@ -45,9 +45,10 @@ def check_trainable(model: nn.Module, train: str) -> None:
                      f"{', '.join(blocks)}")
 
 
-def set_trainable(model: nn.Module, train: str) -> int:
+def set_trainable(model: nn.Module, train: str, quiet: bool = False) -> int:
     """Set ``requires_grad``: ``"head"`` (body frozen), ``"all"``, or ``"from:<block>"`` (that block of the body,
-    the later ones and the head trainable; earlier blocks frozen). Returns the number of trainable parameters."""
+    the later ones and the head trainable; earlier blocks frozen). Returns the number of trainable parameters.
+    ``quiet``: log the count at debug level (a budget's measurement sets every phase's part in turn)."""
     check_trainable(model, train)
     m = _unwrap(model)
     if train == "all":
@@ -65,7 +66,8 @@ def set_trainable(model: nn.Module, train: str) -> int:
                 _set_requires_grad(module.parameters(), True)
         _set_requires_grad(m.head.parameters(), True)
     n = count_params(m, trainable_only=True)
-    log.info("trainable %s: %s of %s parameters", train, f"{n:,}", f"{count_params(m):,}")
+    log.log(logging.DEBUG if quiet else logging.INFO, "trainable %s: %s of %s parameters", train, f"{n:,}",
+            f"{count_params(m):,}")
     return n
 
 

@@ -82,7 +82,7 @@ def measure_phase(model: nn.Module, loader: DeviceLoader, cfg: RunConfig, index:
                   device: torch.device) -> float:
     """Seconds of one training step of phase ``index`` with trainable part ``train`` (state not restored here)."""
     phase = dataclasses.replace(cfg.phases[index], train=train, ema=0.0)
-    set_trainable(model, train)
+    set_trainable(model, train, quiet=True)  # the console shows each phase's part once, when the phase starts
     opt = make_optimizer(model, phase, fused=device.type == "cuda")
     loader.batch_size = phase.batch_size  # the whole batch: on shared cores a step's time hardly scales with it
     marks: list[float] = []
