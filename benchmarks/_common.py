@@ -32,6 +32,14 @@ _OWNER = [0]  # the pid that installed the handler
 _SIGNALLED: list[int] = []  # signals received by the owner (a KeyboardInterrupt may have been swallowed)
 
 
+def cuda_sync(device: Any) -> None:
+    """Wait for the device's queued work (a CUDA device; nothing elsewhere) before reading a clock."""
+    if device.type == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def _on_int(signum: int, frame: Any) -> None:
     if os.getpid() == _OWNER[0]:
         _SIGNALLED.append(signum)

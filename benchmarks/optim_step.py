@@ -23,17 +23,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Results, stoppable  # noqa: E402
+from _common import Results, cuda_sync, stoppable  # noqa: E402
 
 from tinytransfer.models.backbones import create_model  # noqa: E402
 from tinytransfer.training.optim import KerasAdam  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "optim_step.json"
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def main() -> int:
@@ -71,11 +67,11 @@ def main() -> int:
             opt = make(ps)
             for _ in range(a.warmup):
                 opt.step()
-            _sync(device)
+            cuda_sync(device)
             t = time.perf_counter()
             for _ in range(a.steps):
                 opt.step()
-            _sync(device)
+            cuda_sync(device)
             ms = 1000 * (time.perf_counter() - t) / a.steps
             print(f"{label:<22} {ms:>9.2f}", flush=True)
             res.add({"system": label, "model": a.model, "device": name, "ms_per_step": round(ms, 3)})

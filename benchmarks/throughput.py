@@ -55,7 +55,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import Results, stoppable  # noqa: E402
+from _common import Results, cuda_sync, stoppable  # noqa: E402
 
 from tinytransfer.config import PhaseConfig  # noqa: E402
 from tinytransfer.data.augment import make_transform  # noqa: E402
@@ -122,7 +122,7 @@ def _timed(run_pass: "callable", min_seconds: float, device: torch.device) -> tu
 
     Returns (images, seconds, passes). Each pass ends in a host read (the engine's once-a-pass metrics), so the
     clock sees finished work."""
-    _sync(device)
+    cuda_sync(device)
     t = time.perf_counter()
     n = passes = 0
     while True:
@@ -130,7 +130,7 @@ def _timed(run_pass: "callable", min_seconds: float, device: torch.device) -> tu
         passes += 1
         if time.perf_counter() - t >= min_seconds:
             break
-    _sync(device)
+    cuda_sync(device)
     return n, time.perf_counter() - t, passes
 
 
@@ -203,7 +203,7 @@ def time_ours(name: str, size: int, phase: str, batch: int, steps: int, warmup: 
         t = time.perf_counter()
         for _ in range(passes):
             input_pass()
-        _sync(device)
+        cuda_sync(device)
         out.update(img_s=n / step_s, input_fraction=(time.perf_counter() - t) / step_s, seconds=step_s,
                    steps=n // batch)
     if compile_:
@@ -261,7 +261,7 @@ def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup:
     it = iter(dl)
     while i < warmup + steps or time.perf_counter() - t < min_seconds:
         if i == warmup:
-            _sync(device)
+            cuda_sync(device)
             t = time.perf_counter()
         try:
             x, y = next(it)
@@ -285,14 +285,10 @@ def time_plain(name: str, size: int, phase: str, batch: int, steps: int, warmup:
         if i >= warmup:
             done += x.shape[0]
         i += 1
-    _sync(device)
+    cuda_sync(device)
     secs = time.perf_counter() - t
     return {"img_s": done / secs, "input_fraction": None, "seconds": secs, "steps": i - warmup}
 
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def run_keras_peer(python: str, steps: int, phases: str, rows: list, peak: float | None) -> dict | None:

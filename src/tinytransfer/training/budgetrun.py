@@ -236,8 +236,9 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
 
         size = cfg.model.input_size
         if cfg.model.input_sizes:  # candidates: the largest side that keeps the recipe's epochs
-            size = _choose_size(probe, sorted(set(cfg.model.input_sizes)), trains, recipe, left)
-            choices.append(f"model.input_size: {size} of {sorted(set(cfg.model.input_sizes))}")
+            sizes = sorted(set(cfg.model.input_sizes))
+            size = _choose_size(probe, sizes, trains, recipe, left)
+            choices.append(f"model.input_size: {size} of {sizes}")
         for i, p in enumerate(cfg.phases):
             if not p.train_choices:
                 continue

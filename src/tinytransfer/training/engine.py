@@ -143,7 +143,7 @@ def _fit(model: nn.Module, data: Dataset, cfg: RunConfig, run_dir: Path, resume:
             raise ValueError(f"phase {p.name!r}: batch_size {p.batch_size} does not divide among {world_size} "
                              "processes (the recipe's batch is the global batch)")
         try:
-            for train in {*p.train_choices, p.train} - {"auto"}:  # the candidates a budget picks from too
+            for train in [t for t in dict.fromkeys((p.train, *p.train_choices)) if t != "auto"]:  # a budget's too
                 check_trainable(model, train)
         except ValueError as e:
             raise ValueError(f"phase {i + 1} ({p.name}): train: {e}") from None
