@@ -236,6 +236,44 @@ def test_size_choice_pays_the_finish_at_each_side():
     assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda eval_s: total) == 160
 
 
+def test_trainable_part_is_the_largest_that_fits_measured_from_the_smallest_up():
+    """Candidates are measured smallest first and the search stops at the first that does not keep the recipe's
+    epochs: a tight budget pays for one measurement more, never for the largest part's; the time left is asked
+    again after every measurement (measuring spends the budget)."""
+    cost = {"from:blocks.4": 10.0, "from:blocks.2": 14.0, "all": 21.0}  # seconds a fine-tune epoch
+    measured, asked = [], []
+
+    class Probe:
+        def epoch_s(self, size, trains):
+            measured.append(trains[1])
+            return [5.0, cost[trains[1]]]
+
+    cands, recipe = list(cost), [2, 3]
+    choose = lambda total: budgetrun._choose_train(  # noqa: E731
+        Probe(), 160, ["head", cands[0]], 1, cands, recipe, lambda: asked.append(1) or total)
+    assert choose(10 + 3 * 21) == "all" and measured == ["from:blocks.2", "all"] and len(asked) == 2
+    measured.clear()
+    assert choose(10 + 3 * 14) == "from:blocks.2" and measured == ["from:blocks.2", "all"]
+    measured.clear()
+    assert choose(10 + 3 * 10) == "from:blocks.4" and measured == ["from:blocks.2"]  # stops at the first misfit
+    assert budgetrun._choose_train(Probe(), 160, ["head", "all"], 1, ["all"], recipe, lambda: 0.0) == "all"
+
+
+def test_a_slow_machine_makes_the_finish_slower_too(monkeypatch, tmp_path):
+    """Epochs at twice their measured time: the re-plan counts the finish (predictions, report) at twice its
+    estimate too, so the epochs it keeps leave room for it (a digits run once overran on a slow finish)."""
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(2, 3), budget="100s"), [2, 3])  # 5 x 10 s epochs + 5 s finish
+    cfg = dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, finish_s=20.0))
+    clock = budgetrun.BudgetClock(started=0.0)
+    now[0] = 20.0  # the first epoch took 20 s, twice the measured 10
+    cfg = clock.replan(cfg, budgetrun.TrainState(phase_epoch=1, epoch=1), tmp_path)
+    rest = planned_seconds([p.epochs for p in cfg.phases], [20.0, 20.0], done=[1, 0])
+    assert cfg.plan.planned_s == pytest.approx(20.0 + rest + 40.0, abs=0.1)  # the finish at 2 x 20 s
+    assert cfg.plan.planned_s <= 100 and [p.epochs for p in cfg.phases] == [2, 1]
+
+
 def test_eval_measurement_warms_up_at_the_batchs_own_shape():
     """A first pass at a new shape costs several times a later one (measured 4x at 160 px on a CPU): the warm-up
     pass has the timed batch's shape, so the finish and validation are not overestimated."""

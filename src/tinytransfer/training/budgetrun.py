@@ -4,16 +4,17 @@
 training steps of each phase's configuration (its trainable part, optimizer, BatchNorm mode, batch size) and the
 validation pass; then the weights, BatchNorm statistics and every random generator (torch's, CUDA's, the shuffle and
 augmentation generators) are put back, as ``--auto-lr`` does, so training starts from exactly the state it would
-have had. It resolves ``model.input_size: auto`` and ``train: auto`` (:func:`budget.choose_largest`), plans every
+have had. It resolves ``model.input_size: auto`` and ``train: auto`` (the largest candidate that keeps the recipe's
+epochs: :func:`budget.choose_largest` for the side, :func:`_choose_train` for the trainable part), plans every
 phase's epochs (:func:`budget.plan_epochs`) and writes the plan into the config (``plan:`` in config.yaml and in
 every checkpoint). A resumed run keeps its plan: it measures nothing and re-plans on the time its earlier commands
 spent (``plan.elapsed_s``).
 
 :class:`BudgetClock` then re-plans at every epoch end from the measured wall time of the epochs: the running
 phase's epochs so far in this command (their median, or the mean of the latest two where that is slower), and the
-later phases' measured seconds scaled by how much slower the running one is than measured (which follows contention
-of the cores) but not by how much faster (each phase's measurement errs on its own: a fast head phase must not
-promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget is kept (noise does not flip it back and
+later phases' measured seconds and the finish's scaled by how much slower the running one is than measured (which
+follows contention of the cores) but not by how much faster (each phase's measurement errs on its own: a fast head
+phase must not promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget is kept (noise does not flip it back and
 forth); one that overruns is shortened, one that ends earlier is lengthened.
 
 Measured on the raw (eager) model: with ``compile`` the epoch-end re-plans correct the estimate. Not for
@@ -143,6 +144,21 @@ def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recip
     return sizes[choose_largest(costs, recipe, [left(ev_lo + (ev_hi - ev_lo) * f) for f in w])]
 
 
+def _choose_train(probe: "_Probe", size: int, trains: Sequence[str], index: int, cands: Sequence[str],
+                  recipe: Sequence[int], available: Callable[[], float]) -> str:
+    """The largest of phase ``index``'s trainable parts ``cands`` (smallest first) whose plan keeps the recipe's
+    epochs in ``available()`` seconds (asked after each measurement: measuring spends the budget too); the smallest
+    where none does. Measured from the smallest up, stopping at the first that does not fit (a larger part trains
+    more and never costs less): a tight budget pays for one measurement more, not for the largest part's."""
+    chosen = cands[0]
+    for cand in cands[1:]:
+        epoch_s = probe.epoch_s(size, [*trains[:index], cand, *trains[index + 1:]])
+        if not all(g >= e for g, e in zip(plan_epochs(recipe, epoch_s, available()), recipe)):
+            break
+        chosen = cand
+    return chosen
+
+
 def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], recipe: Sequence[int], available: float) -> int:
     """The most steps an epoch may take (``max_steps_per_epoch``) so that one epoch of every phase fits
     ``available`` seconds, where full epochs do not (a large dataset, a short budget): each epoch then trains on a
@@ -240,18 +256,10 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
             size = _choose_size(probe, sizes, trains, recipe, left)
             choices.append(f"model.input_size: {size} of {sizes}")
         for i, p in enumerate(cfg.phases):
-            if not p.train_choices:
-                continue
-            cands = list(p.train_choices)
-            k = len(cands) - 1
-            while k > 0:  # the largest first, measured one by one until one keeps the recipe's epochs
-                got = plan_epochs(recipe, probe.epoch_s(size, [*trains[:i], cands[k], *trains[i + 1:]]),
-                                  left(probe.eval_s(size)))
-                if all(g >= e for g, e in zip(got, recipe)):
-                    break
-                k -= 1
-            trains[i] = cands[k]
-            choices.append(f"phases.{i}.train: {cands[k]} of {cands}")
+            if p.train_choices:
+                trains[i] = _choose_train(probe, size, trains, i, list(p.train_choices), recipe,
+                                          lambda: left(probe.eval_s(size)))
+                choices.append(f"phases.{i}.train: {trains[i]} of {list(p.train_choices)}")
         epoch_s = probe.epoch_s(size, trains)
         eval_img_s = probe.eval_s(size)
     finally:
@@ -319,11 +327,12 @@ class BudgetClock:
         ratio = typical / expected if measured and expected > 0 else 1.0
         # later phases are measured apart: slower here is taken as slower there (the cores are busier), faster not
         epoch_s = [c * (ratio if i <= state.phase else max(1.0, ratio)) for i, c in enumerate(plan.epoch_s)]
+        finish_s = plan.finish_s * max(1.0, ratio)  # cores slower than measured make the finish slower too
         elapsed = self.elapsed()
-        left = plan.budget_s - elapsed - plan.finish_s
+        left = plan.budget_s - elapsed - finish_s
         old = [p.epochs for p in cfg.phases]
         done = [*old[:state.phase], state.phase_epoch, *[0] * (len(old) - state.phase - 1)]
-        fixed = elapsed + plan.finish_s
+        fixed = elapsed + finish_s
         epochs = replan(cfg, state.phase, state.phase_epoch, epoch_s, left)
         kept = planned_seconds(old, epoch_s, done=done, fixed_s=fixed)
         if (1 - SLACK) * plan.budget_s <= kept <= plan.budget_s or (kept < plan.budget_s and sum(epochs) <= sum(old)):
