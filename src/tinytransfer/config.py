@@ -96,6 +96,8 @@ class PlanConfig:  # what the time-budget planner measured and decided (training
     budget_s: float = 0.0  # the budget in seconds the plan is for; 0 = no plan made yet
     recipe_epochs: tuple[int, ...] = ()  # each phase's epochs in the recipe: the proportions the plan keeps
     epoch_s: tuple[float, ...] = ()  # measured seconds of one epoch (training + validation) of each phase
+    step_s: tuple[float, ...] = ()  # measured seconds of one training step (a whole batch) of each phase
+    steps: tuple[int, ...] = ()  # training steps an epoch of each phase takes in epoch_s (max_steps_per_epoch counted)
     start_s: float = 0.0  # seconds of the command before training: data cache, model load, the measurement itself
     finish_s: float = 0.0  # estimated seconds after training: predictions, analysis, figures, report
     planned_s: float = 0.0  # the whole command's seconds as planned at the last (re)plan

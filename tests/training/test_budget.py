@@ -17,8 +17,10 @@ from tinytransfer.runs.checkpoint import load_checkpoint
 from tinytransfer.runs.runfolder import read_config, unplanned
 from tinytransfer.training import budgetrun
 from tinytransfer.training.budget import (
+    capped_epoch_s,
     choose_largest,
     fit_schedule,
+    largest_cap,
     plan_epochs,
     planned_seconds,
     replan,
@@ -174,8 +176,10 @@ def test_auto_choices_need_a_budget_and_round_trip_through_the_config():
         from_dict({**raw, "budget": "", "phases": [{}]})
     with pytest.raises(ConfigError, match="train: auto needs"):
         from_dict({"budget": "5m", "phases": [{"train": "auto"}]})
-    planned = dataclasses.replace(cfg, plan=PlanConfig(budget_s=300, replans=("a",)))
+    planned = dataclasses.replace(cfg, plan=PlanConfig(budget_s=300, replans=("a",), step_s=(0.5,), steps=(9,)),
+                                  max_steps_per_epoch=7)  # what a budget writes: the plan, a cap on the steps
     assert unplanned(to_dict(planned)) == unplanned(to_dict(cfg))
+    assert from_dict(to_dict(planned)) == planned
     with pytest.raises(ConfigError, match="only with head: pool"):
         from_dict({**raw, "model": {"input_size": "auto", "input_sizes": [96, 128]}})
     with pytest.raises(ConfigError, match="input_sizes: each side must be >= 8"):
@@ -272,6 +276,51 @@ def test_a_slow_machine_makes_the_finish_slower_too(monkeypatch, tmp_path):
     rest = planned_seconds([p.epochs for p in cfg.phases], [20.0, 20.0], done=[1, 0])
     assert cfg.plan.planned_s == pytest.approx(20.0 + rest + 40.0, abs=0.1)  # the finish at 2 x 20 s
     assert cfg.plan.planned_s <= 100 and [p.epochs for p in cfg.phases] == [2, 1]
+
+
+def test_largest_cap_fits_the_epochs_still_to_run():
+    epoch_s, step_s, steps = [12.0, 22.0], [1.0, 2.0], [10, 10]  # 2 s (phase 1) and 2 s (phase 2) besides the steps
+    assert capped_epoch_s(epoch_s, step_s, steps, 4) == [6.0, 10.0]
+    # phase 1 is over (2 of 2 run); phase 2's one epoch: 2 + 2 x cap s
+    assert largest_cap([2, 1], epoch_s, step_s, steps, 12.0, done=[2, 0]) == 5
+    assert largest_cap([2, 1], epoch_s, step_s, steps, 100.0, done=[2, 0]) == 10  # everything fits: all steps
+    assert largest_cap([2, 1], epoch_s, step_s, steps, 0.0, done=[2, 0]) == 1  # nothing fits: one step
+
+
+def _late_at_a_phase_end(monkeypatch, tmp_path, head_epoch_s: float, *, phase_epoch: int = 2):
+    """A 2 + 1 plan (10 s epochs of 10 one-second steps and nothing else, 5 s finish, a 60 s budget) whose head
+    epochs took ``head_epoch_s`` each; re-planned after epoch ``phase_epoch`` of the head."""
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(2, 1), budget="60s"), [2, 1])
+    cfg = dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, step_s=(1.0, 1.0), steps=(10, 10)))
+    clock = budgetrun.BudgetClock(started=-25.0)  # 25 s of start
+    state = budgetrun.TrainState()
+    for _ in range(phase_epoch):
+        now[0] += head_epoch_s
+        state.phase_epoch += 1
+        state.epoch += 1
+        cfg = clock.replan(cfg, state, tmp_path)
+    return cfg
+
+
+def test_a_run_late_at_a_phase_end_cuts_the_later_epochs_steps(monkeypatch, tmp_path):
+    """At its floor (one epoch of the last phase) and late at the end of the head phase, the plan cannot drop an
+    epoch: the later epochs take fewer steps (max_steps_per_epoch) so the command still ends within its budget."""
+    cfg = _late_at_a_phase_end(monkeypatch, tmp_path, 15.0)  # 25 + 2 x 15 = 55 s in: 5 s left before the finish
+    assert [p.epochs for p in cfg.phases] == [2, 1]
+    # the fine-tune's epoch at 1.5x: 15 s, of which 1.5 s a step; finish 5 x 1.5 = 7.5 s; 60 - 55 - 7.5 < 0
+    assert cfg.max_steps_per_epoch == 1 and "later epochs at most 1 steps" in cfg.plan.replans[-1]
+    cfg = _late_at_a_phase_end(monkeypatch, tmp_path, 10.5)  # a little late: 46 s in, 60 - 46 - 5.25 = 8.75 s left
+    assert cfg.max_steps_per_epoch == 8 and cfg.plan.planned_s <= 60  # 8 steps of 1.05 s
+    cfg = _late_at_a_phase_end(monkeypatch, tmp_path, 8.0)  # on time: nothing cut
+    assert cfg.max_steps_per_epoch == 0
+
+
+def test_a_running_phase_never_gets_its_steps_cut(monkeypatch, tmp_path):
+    """Mid-phase its LR schedule is laid out on its steps an epoch: a late run keeps them there."""
+    cfg = _late_at_a_phase_end(monkeypatch, tmp_path, 30.0, phase_epoch=1)  # far behind after the head's 1st epoch
+    assert cfg.max_steps_per_epoch == 0
 
 
 def test_eval_measurement_warms_up_at_the_batchs_own_shape():

@@ -165,10 +165,11 @@ class RunLock(PidLock):
 
 def unplanned(raw: dict) -> dict:
     """A config dict without what a budget's planner writes into it (the plan, each phase's epochs and LR knots, the
-    input size and trainable parts it chose): a budgeted run folder's config.yaml compared with its recipe."""
+    input size and trainable parts it chose, the steps an epoch it capped): a budgeted run folder's config.yaml
+    compared with its recipe."""
     if not raw.get("budget"):
         return raw
-    out = {k: v for k, v in raw.items() if k != "plan"}
+    out = {k: v for k, v in raw.items() if k not in ("plan", "max_steps_per_epoch")}
     if isinstance(out.get("model"), dict):
         out["model"] = {k: v for k, v in out["model"].items() if k != "input_size"}
     if isinstance(out.get("phases"), list):

@@ -27,8 +27,10 @@ from .schedule import schedule_epoch
 
 __all__ = [
     "MAX_EPOCHS",
+    "capped_epoch_s",
     "choose_largest",
     "fit_schedule",
+    "largest_cap",
     "plan_epochs",
     "planned_seconds",
     "replan",
@@ -75,6 +77,26 @@ def planned_seconds(epochs: Sequence[int], epoch_s: Sequence[float], *, done: Se
                     fixed_s: float = 0.0) -> float:
     """Seconds the epochs still to run take, plus ``fixed_s``."""
     return fixed_s + _cost(epochs, done if done is not None else [0] * len(epochs), epoch_s)
+
+
+def capped_epoch_s(epoch_s: Sequence[float], step_s: Sequence[float], steps: Sequence[int],
+                   cap: int) -> list[float]:
+    """Seconds an epoch of each phase when it takes at most ``cap`` of its ``steps`` training steps (``step_s``
+    seconds each); its validation and checkpoints are not cut."""
+    return [c - max(0, n - cap) * s for c, s, n in zip(epoch_s, step_s, steps)]
+
+
+def largest_cap(epochs: Sequence[int], epoch_s: Sequence[float], step_s: Sequence[float], steps: Sequence[int],
+                available_s: float, *, done: Sequence[int] | None = None) -> int:
+    """The most training steps an epoch may take (``max_steps_per_epoch``) so that the epochs still to run fit
+    ``available_s`` seconds (1 where not even one step an epoch fits)."""
+    done = list(done) if done is not None else [0] * len(epochs)
+    lo, hi = 1, max([*steps, 1])
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if _cost(epochs, done, capped_epoch_s(epoch_s, step_s, steps, mid)) <= available_s \
+            else (lo, mid - 1)
+    return lo
 
 
 def choose_largest(candidate_epoch_s: Sequence[Sequence[float]], recipe_epochs: Sequence[int],

@@ -40,7 +40,7 @@ from ..data.augment import make_transform
 from ..data.loader import DeviceLoader
 from ..models.freezing import set_trainable
 from ..runs.runfolder import write_config
-from .budget import choose_largest, plan_epochs, planned_seconds, replan, with_epochs
+from .budget import capped_epoch_s, choose_largest, largest_cap, plan_epochs, planned_seconds, replan, with_epochs
 from .snapshot import rng_state, set_rng_state
 from .steps import TrainState, autocast, make_optimizer, train_one_epoch
 
@@ -283,7 +283,9 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
             choices.append(f"max_steps_per_epoch: {cap} of {full} (one full epoch a phase does not fit)")
             epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
     planned = planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s)
-    plan = dataclasses.replace(cfg.plan, budget_s=budget_s, recipe_epochs=tuple(recipe),
+    step_s = tuple(round(probe.step_s(size, i, t), 4) for i, t in enumerate(trains))
+    steps = tuple(min(n, cfg.max_steps_per_epoch or n) for n in probe.steps)
+    plan = dataclasses.replace(cfg.plan, budget_s=budget_s, recipe_epochs=tuple(recipe), step_s=step_s, steps=steps,
                                epoch_s=tuple(round(c, 3) for c in epoch_s), start_s=round(start_s, 2),
                                finish_s=round(finish_s, 2), planned_s=round(planned, 1),
                                elapsed_s=round(start_s, 2), choices=tuple(choices))
@@ -345,6 +347,19 @@ class BudgetClock:
             replans = (*replans, line)
             log.info("budget: re-planned %s", line)
             cfg = with_epochs(cfg, epochs, running=state.phase, done=state.phase_epoch)
+        if planned > plan.budget_s and state.phase_epoch >= epochs[state.phase] and plan.step_s:
+            # at a phase's end, with the later phases at their floor and still late: their epochs take fewer steps
+            # (only here: a running phase's LR schedule is laid out on its steps an epoch)
+            step_s = [s * (c / m if m > 0 else 1.0) for s, c, m in zip(plan.step_s, epoch_s, plan.epoch_s)]
+            cap = largest_cap(epochs, epoch_s, step_s, plan.steps, left, done=done)
+            if cap < (cfg.max_steps_per_epoch or max(plan.steps)):
+                line = (f"after epoch {state.epoch} ({elapsed:.0f} s, epochs {ratio:.2f}x the measured time): "
+                        f"later epochs at most {cap} steps")
+                replans = (*replans, line)
+                log.info("budget: re-planned %s", line)
+                cfg = dataclasses.replace(cfg, max_steps_per_epoch=cap)
+                planned = planned_seconds(epochs, capped_epoch_s(epoch_s, step_s, plan.steps, cap), done=done,
+                                          fixed_s=fixed)
         cfg = dataclasses.replace(cfg, plan=dataclasses.replace(plan, elapsed_s=round(elapsed, 2),
                                                                 planned_s=round(planned, 1), replans=replans))
         if main:
