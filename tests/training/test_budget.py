@@ -318,9 +318,18 @@ def test_a_run_late_at_a_phase_end_cuts_the_later_epochs_steps(monkeypatch, tmp_
 
 
 def test_a_running_phase_never_gets_its_steps_cut(monkeypatch, tmp_path):
-    """Mid-phase its LR schedule is laid out on its steps an epoch: a late run keeps them there."""
+    """Mid-phase its LR schedule is laid out on its steps an epoch: a late run keeps them there. At the last
+    phase's end nothing is left to cut."""
     cfg = _late_at_a_phase_end(monkeypatch, tmp_path, 30.0, phase_epoch=1)  # far behind after the head's 1st epoch
     assert cfg.max_steps_per_epoch == 0
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(1, 1), budget="60s"), [1, 1])
+    cfg = dataclasses.replace(cfg, plan=dataclasses.replace(cfg.plan, step_s=(1.0, 1.0), steps=(10, 10)))
+    clock = budgetrun.BudgetClock(started=0.0)
+    now[0] = 70.0  # the last phase's one epoch ends past the budget
+    cfg = clock.replan(cfg, budgetrun.TrainState(phase=1, phase_epoch=1, epoch=2), tmp_path)
+    assert cfg.max_steps_per_epoch == 0 and not any("steps" in r for r in cfg.plan.replans)
 
 
 def test_eval_measurement_warms_up_at_the_batchs_own_shape():

@@ -347,7 +347,8 @@ class BudgetClock:
             replans = (*replans, line)
             log.info("budget: re-planned %s", line)
             cfg = with_epochs(cfg, epochs, running=state.phase, done=state.phase_epoch)
-        if planned > plan.budget_s and state.phase_epoch >= epochs[state.phase] and plan.step_s:
+        later = any(epochs[state.phase + 1:])
+        if planned > plan.budget_s and later and state.phase_epoch >= epochs[state.phase] and plan.step_s:
             # at a phase's end, with the later phases at their floor and still late: their epochs take fewer steps
             # (only here: a running phase's LR schedule is laid out on its steps an epoch)
             step_s = [s * (c / m if m > 0 else 1.0) for s, c, m in zip(plan.step_s, epoch_s, plan.epoch_s)]
