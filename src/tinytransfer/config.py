@@ -1,8 +1,7 @@
 """Run configuration: frozen dataclasses, YAML recipes in, ``--set key=value`` overrides, plain dict out.
 
-A recipe is a YAML file whose keys mirror :class:`RunConfig`. Every field has a comment saying what it is
-and in which unit. The resolved configuration is written to the run folder and into every checkpoint as a
-plain dict (``to_dict``), and read back with ``from_dict``.
+A recipe is a YAML file whose keys mirror :class:`RunConfig` (a comment on every field: what it is, its unit); the
+resolved configuration goes to the run folder and into every checkpoint as a plain dict (``to_dict``/``from_dict``).
 """
 
 from __future__ import annotations
@@ -271,8 +270,6 @@ def validate(cfg: RunConfig) -> None:
     for i, p in enumerate(cfg.phases):
         for name in ("optimizer", "lr_policy", "patience_scope"):
             check(f"phases.{i}.{name}", getattr(p, name), _CHOICES[name])
-        if p.epochs < 0:
-            raise ConfigError(f"phases.{i}.epochs: must be >= 0, got {p.epochs}")
         if not 0.0 <= p.ema < 1.0:
             raise ConfigError(f"phases.{i}.ema: must be in [0, 1), got {p.ema}")
         if p.mixup < 0 or p.cutmix < 0 or not 0.0 <= p.mix_prob <= 1.0:
@@ -281,13 +278,12 @@ def validate(cfg: RunConfig) -> None:
             raise ConfigError(f"phases.{i}.lr_decay: must be in (0, 1], got {p.lr_decay}")
         if p.auto_lr_steps < 5:
             raise ConfigError(f"phases.{i}.auto_lr_steps: must be >= 5, got {p.auto_lr_steps}")
-        if p.batch_size < 1:
-            raise ConfigError(f"phases.{i}.batch_size: must be >= 1, got {p.batch_size}")
         if p.lr_max <= 0 or p.lr_min < 0:
             raise ConfigError(f"phases.{i}: learning rates must be positive")
         if p.lr_min > p.lr_max and p.lr_policy != "constant":  # constant uses lr_max alone
             raise ConfigError(f"phases.{i}: lr_min {p.lr_min:g} is above lr_max {p.lr_max:g}")
-        for key, low, high in (("weight_decay", 0, None), ("step_size", 0, None), ("label_smoothing", 0, 1)):
+        for key, low, high in (("epochs", 0, None), ("batch_size", 1, None), ("weight_decay", 0, None),
+                               ("step_size", 0, None), ("label_smoothing", 0, 1)):
             v = getattr(p, key)
             if v < low or (high is not None and v >= high):
                 raise ConfigError(f"phases.{i}.{key}: must be >= {low}{f' and < {high}' if high else ''}, got {v}")
