@@ -202,12 +202,13 @@ def test_candidates_beside_a_fixed_value_are_the_budgets_to_pick_from():
 class _FakeProbe:
     """Epoch costs of a side, affine in its pixel count, a validation image's seconds, and which sides were measured."""
 
-    def __init__(self, fixed: float, per_pixel: float) -> None:
-        self.fixed, self.per_pixel, self.measured = fixed, per_pixel, []
+    def __init__(self, fixed: float, per_pixel: float, extra: dict | None = None) -> None:
+        self.fixed, self.per_pixel, self.measured, self.extra = fixed, per_pixel, [], extra or {}
 
     def epoch_s(self, size: int, trains) -> list[float]:
         self.measured.append(size)
-        return [self.fixed + self.per_pixel * size * size, 2 * (self.fixed + self.per_pixel * size * size)]
+        c = self.fixed + self.per_pixel * size * size + self.extra.get(size, 0.0)  # extra: off the pixel line
+        return [c, 2 * c]
 
     def eval_s(self, size: int) -> float:
         return 1e-6 * size * size  # 1 us a pixel of a validation image
@@ -222,9 +223,20 @@ def test_size_choice_measures_the_largest_first_and_costs_the_rest_on_the_pixel_
     assert probe.measured == [160]  # it fits: nothing else measured
     probe.measured.clear()
     assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, left(cost(128) + 1)) == 128
-    assert probe.measured == [160, 64]  # 96 and 128 costed on the line through the two, exactly here
+    assert probe.measured == [160, 64, 128]  # 96 and 128 costed on the line through the two, 128 then measured
     probe.measured.clear()
     assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, left(1.0)) == 64  # none fits: smallest
+
+
+def test_a_side_costed_on_the_line_that_does_not_fit_when_measured_gives_way_to_the_next_smaller():
+    """The line through the smallest and the largest side can be optimistic between them (a 30-class run took
+    128 px on it and then planned 2 + 2 of the recipe's 2 + 3 epochs): the side taken is measured, and where it
+    does not keep the recipe's epochs the next smaller side is taken."""
+    sizes, recipe = [64, 96, 128, 160], [2, 3]
+    cost = lambda s: 8 * (2.0 + 1e-3 * s * s)  # noqa: E731
+    probe = _FakeProbe(fixed=2.0, per_pixel=1e-3, extra={128: 1.0})  # 128 px: 1 s an epoch above the line
+    assert budgetrun._choose_size(probe, sizes, ["head", "head"], recipe, lambda eval_s: cost(128) + 1) == 96
+    assert probe.measured == [160, 64, 128, 96]
 
 
 def test_size_choice_pays_the_finish_at_each_side():

@@ -132,7 +132,8 @@ def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recip
     epochs once the finish, which predicts at ``eval_s`` seconds an image at that side, is paid). The largest is
     measured first and taken where it fits; otherwise the smallest too, and the sides between are costed on the
     straight line through the two in the pixel count (an epoch's steps and validation grow with the pixels, its
-    fixed costs not)."""
+    fixed costs not); the side taken there is measured, and where it does not keep the recipe's epochs after all,
+    the next smaller one is."""
     hi = probe.epoch_s(sizes[-1], trains)
     plan_hi = plan_epochs(recipe, hi, left(probe.eval_s(sizes[-1])))
     if len(sizes) == 1 or all(g >= e for g, e in zip(plan_hi, recipe)):
@@ -141,7 +142,13 @@ def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recip
     ev_lo, ev_hi = probe.eval_s(sizes[0]), probe.eval_s(sizes[-1])
     w = [(s * s - sizes[0] ** 2) / (sizes[-1] ** 2 - sizes[0] ** 2) for s in sizes]  # 0 at the smallest, 1 largest
     costs = [[a + (b - a) * f for a, b in zip(lo, hi)] for f in w]
-    return sizes[choose_largest(costs, recipe, [left(ev_lo + (ev_hi - ev_lo) * f) for f in w])]
+    k = choose_largest(costs, recipe, [left(ev_lo + (ev_hi - ev_lo) * f) for f in w])
+    while 0 < k < len(sizes) - 1:  # a side costed on the line is measured (the plan needs it anyway) ...
+        got = plan_epochs(recipe, probe.epoch_s(sizes[k], trains), left(probe.eval_s(sizes[k])))
+        if all(g >= e for g, e in zip(got, recipe)):
+            break
+        k -= 1  # ... and where it does not keep the recipe's epochs after all, the next smaller side is tried
+    return sizes[k]
 
 
 def _choose_train(probe: "_Probe", size: int, trains: Sequence[str], index: int, cands: Sequence[str],
