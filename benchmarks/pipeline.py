@@ -351,7 +351,7 @@ def _main(args: argparse.Namespace, res: Results) -> int:
                 s, count = runs[k]()
                 assert count == n, (k, count, n)
                 secs[k] += s
-        del naive
+        naive = None  # its loader (and worker processes) freed before the next measurements
         ours_rate, ours_epochs = rate(n, secs["ours"])
         one_rate, one_epochs = rate(n, secs["ours_1thread"])
         naive_rate, naive_epochs = rate(n, secs["naive"])
