@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import logging
+import math
 import os
 import statistics
 import time
@@ -60,6 +61,7 @@ MEASURE_STEPS = 2  # timed training steps a phase configuration (the whole batch
 EVAL_BATCHES = 1  # timed validation batches, after a warm-up on a few images
 FINISH_FIXED_S = 12.0  # seconds of the finish besides its predictions: figures, Grad-CAM, report (2-core CPU)
 SLACK = 0.1  # a plan that ends within this share of the budget before its end is kept at an epoch end
+TRIM = 0.1  # a side keeps the recipe's epochs where they fit with at most this share of each epoch's steps left out
 
 
 def process_age_s() -> float:
@@ -129,22 +131,24 @@ def _measure_checkpoint(model: nn.Module) -> float:
 def _choose_size(probe: "_Probe", sizes: list[int], trains: Sequence[str], recipe: Sequence[int],
                  left: Callable[[float], float]) -> int:
     """The largest of ``sizes`` whose plan keeps the recipe's epochs in ``left(eval_s)`` seconds (the time left for
-    epochs once the finish, which predicts at ``eval_s`` seconds an image at that side, is paid). The largest is
+    epochs once the finish, which predicts at ``eval_s`` seconds an image at that side, is paid), with at most
+    ``TRIM`` of each epoch's steps left out (the recipe's own side a little short beats a smaller one). The largest is
     measured first and taken where it fits; otherwise the smallest too, and the sides between are costed on the
     straight line through the two in the pixel count (an epoch's steps and validation grow with the pixels, its
     fixed costs not); the side taken there is measured, and where it does not keep the recipe's epochs after all,
     the next smaller one is."""
-    hi = probe.epoch_s(sizes[-1], trains)
+    trim = probe.trim_cap()
+    hi = probe.epoch_s(sizes[-1], trains, trim)
     plan_hi = plan_epochs(recipe, hi, left(probe.eval_s(sizes[-1])))
     if len(sizes) == 1 or all(g >= e for g, e in zip(plan_hi, recipe)):
         return sizes[-1]
-    lo = probe.epoch_s(sizes[0], trains)
+    lo = probe.epoch_s(sizes[0], trains, trim)
     ev_lo, ev_hi = probe.eval_s(sizes[0]), probe.eval_s(sizes[-1])
     w = [(s * s - sizes[0] ** 2) / (sizes[-1] ** 2 - sizes[0] ** 2) for s in sizes]  # 0 at the smallest, 1 largest
     costs = [[a + (b - a) * f for a, b in zip(lo, hi)] for f in w]
     k = choose_largest(costs, recipe, [left(ev_lo + (ev_hi - ev_lo) * f) for f in w])
     while 0 < k < len(sizes) - 1:  # a side costed on the line is measured (the plan needs it anyway) ...
-        got = plan_epochs(recipe, probe.epoch_s(sizes[k], trains), left(probe.eval_s(sizes[k])))
+        got = plan_epochs(recipe, probe.epoch_s(sizes[k], trains, trim), left(probe.eval_s(sizes[k])))
         if all(g >= e for g, e in zip(got, recipe)):
             break
         k -= 1  # ... and where it does not keep the recipe's epochs after all, the next smaller side is tried
@@ -166,12 +170,12 @@ def _choose_train(probe: "_Probe", size: int, trains: Sequence[str], index: int,
     return chosen
 
 
-def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], recipe: Sequence[int], available: float) -> int:
-    """The most steps an epoch may take (``max_steps_per_epoch``) so that one epoch of every phase fits
-    ``available`` seconds, where full epochs do not (a large dataset, a short budget): each epoch then trains on a
-    fresh random part of the training split (1: nothing fits; the plan says it overruns)."""
+def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], epochs: Sequence[int], available: float) -> int:
+    """The most steps an epoch may take (``max_steps_per_epoch``) so that ``epochs`` of each phase fit ``available``
+    seconds, where full epochs do not (a large dataset, a short budget): each epoch then trains on a fresh random
+    part of the training split (1: nothing fits; the plan says it overruns)."""
     def fits(cap: int) -> bool:
-        return sum(c for c, e in zip(probe.epoch_s(size, trains, cap), recipe) if e > 0) <= available
+        return sum(c * e for c, e in zip(probe.epoch_s(size, trains, cap), epochs)) <= available
 
     lo, hi = 1, max(probe.steps)
     while lo < hi:  # the largest cap that fits
@@ -195,6 +199,10 @@ class _Probe:
         limit = cfg.max_steps_per_epoch
         self.steps = [min(len(loader) if p.batch_size == loader.batch_size else -(-len(loader.split) // p.batch_size),
                           limit or 10**9) for p in cfg.phases]
+
+    def trim_cap(self) -> int:
+        """The fewest steps an epoch may keep where a side is chosen with ``TRIM`` of them left out."""
+        return max(1, math.ceil((1 - TRIM) * max(self.steps)))
 
     def size(self, size: int) -> None:
         mean, std = self.norm
@@ -281,9 +289,16 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     finish_s = eval_img_s * (n_val + test_images) + FINISH_FIXED_S
     start_s = time.perf_counter() - started + auto_lr_s
     epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
-    if planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s) > budget_s:  # not one full epoch a phase
-        full = max(probe.steps)
+    full = max(probe.steps)
+    if any(g < e for g, e in zip(epochs, recipe)):  # the recipe's epochs with a few steps fewer, where they fit
         cap = _cap_steps(probe, size, trains, recipe, budget_s - start_s - finish_s)
+        if cap >= probe.trim_cap() and (cfg.max_steps_per_epoch == 0 or cap < cfg.max_steps_per_epoch):
+            epoch_s = probe.epoch_s(size, trains, cap)
+            cfg = dataclasses.replace(cfg, max_steps_per_epoch=cap)
+            choices.append(f"max_steps_per_epoch: {cap} of {full} (the recipe's epochs at this side)")
+            epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
+    if planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s) > budget_s:  # not one full epoch a phase
+        cap = _cap_steps(probe, size, trains, [1 if e > 0 else 0 for e in recipe], budget_s - start_s - finish_s)
         if cfg.max_steps_per_epoch == 0 or cap < cfg.max_steps_per_epoch:
             epoch_s = probe.epoch_s(size, trains, cap)
             cfg = dataclasses.replace(cfg, max_steps_per_epoch=cap)
