@@ -293,6 +293,20 @@ def test_trainable_part_is_the_largest_that_fits_measured_from_the_smallest_up()
     assert budgetrun._choose_train(Probe(), 160, ["head", "all"], 1, ["all"], recipe, lambda: 0.0) == "all"
 
 
+@pytest.mark.parametrize("late, dropped", [(0.02, False), (0.06, True)])
+def test_a_plan_a_little_late_keeps_its_epochs(monkeypatch, tmp_path, late, dropped):
+    """A plan that ends up to OVER past the budget keeps its epochs (an epoch dropped would leave a fifth of the
+    budget unused: a 30-class run ended at 0.80 so); one later than that is shortened."""
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(2, 3), budget="100s"), [2, 3])  # 10 s epochs, 5 s finish: 55 s + 45 s start
+    clock = budgetrun.BudgetClock(started=-45.0 - 100 * late)  # the start took a share of the budget more
+    for phase, phase_epoch, epoch in ((0, 1, 1), (0, 2, 2), (1, 1, 3)):  # every epoch on time
+        now[0] += 10.0
+        cfg = clock.replan(cfg, budgetrun.TrainState(phase=phase, phase_epoch=phase_epoch, epoch=epoch), tmp_path)
+    assert ([p.epochs for p in cfg.phases] == [2, 3]) is not dropped
+
+
 def test_a_slow_machine_makes_the_finish_slower_too(monkeypatch, tmp_path):
     """Epochs at twice their measured time: the re-plan counts the finish (predictions, report) at twice its
     estimate too, so the epochs it keeps leave room for it (a digits run once overran on a slow finish)."""

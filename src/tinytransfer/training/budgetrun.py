@@ -14,8 +14,9 @@ spent (``plan.elapsed_s``).
 phase's epochs so far in this command (their median, or the mean of the latest two where that is slower), and the
 later phases' measured seconds and the finish's scaled by how much slower the running one is than measured (which
 follows contention of the cores) but not by how much faster (each phase's measurement errs on its own: a fast head
-phase must not promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget is kept (noise does not flip it back and
-forth); one that overruns is shortened, one that ends earlier is lengthened.
+phase must not promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget before its end, or ``OVER`` past it, is
+kept (noise does not flip it back and forth, and a plan a few seconds late does not lose a whole epoch); one that
+overruns by more is shortened, one that ends earlier is lengthened.
 
 Measured on the raw (eager) model: with ``compile`` the epoch-end re-plans correct the estimate. Not for
 data-parallel runs (``api`` refuses ``budget`` with several processes).
@@ -48,6 +49,7 @@ from .steps import TrainState, autocast, make_optimizer, train_one_epoch
 __all__ = [
     "FINISH_FIXED_S",
     "MEASURE_STEPS",
+    "OVER",
     "SLACK",
     "BudgetClock",
     "measure_phase",
@@ -61,6 +63,7 @@ MEASURE_STEPS = 2  # timed training steps a phase configuration (the whole batch
 EVAL_BATCHES = 1  # timed validation batches, after a warm-up on a few images
 FINISH_FIXED_S = 12.0  # seconds of the finish besides its predictions: figures, Grad-CAM, report (2-core CPU)
 SLACK = 0.1  # a plan that ends within this share of the budget before its end is kept at an epoch end
+OVER = 0.03  # a plan that ends at most this share past the budget is kept at an epoch end (not an epoch dropped)
 TRIM = 0.1  # a side keeps the recipe's epochs where they fit with at most this share of each epoch's steps left out
 
 
@@ -359,8 +362,9 @@ class BudgetClock:
         fixed = elapsed + finish_s
         epochs = replan(cfg, state.phase, state.phase_epoch, epoch_s, left)
         kept = planned_seconds(old, epoch_s, done=done, fixed_s=fixed)
-        if (1 - SLACK) * plan.budget_s <= kept <= plan.budget_s or (kept < plan.budget_s and sum(epochs) <= sum(old)):
-            epochs = old  # on time (within the slack): no change for noise to flip back and forth
+        on_time = (1 - SLACK) * plan.budget_s <= kept <= (1 + OVER) * plan.budget_s
+        if on_time or (kept < plan.budget_s and sum(epochs) <= sum(old)):
+            epochs = old  # on time, or a few seconds late: no change for noise to flip back and forth
         planned = planned_seconds(epochs, epoch_s, done=done, fixed_s=fixed)
         replans = plan.replans
         if epochs != old:
