@@ -361,6 +361,24 @@ def test_a_run_late_at_a_phase_end_cuts_the_later_epochs_steps(monkeypatch, tmp_
     assert cfg.max_steps_per_epoch == 0
 
 
+def test_a_few_steps_late_at_a_phase_end_cuts_steps_not_an_epoch(monkeypatch, tmp_path):
+    """Late by less than TRIM of the later phases' steps: the plan keeps its epochs, and at the running phase's end
+    cuts the later epochs' steps (a Fashion-MNIST run dropped a fine-tune epoch of three for 5 % and ended at 0.81
+    of the budget)."""
+    now = [0.0]
+    monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: now[0])
+    cfg = with_epochs(_cfg(epochs=(2, 3), budget="200s"), [2, 3])
+    plan = dataclasses.replace(cfg.plan, epoch_s=(10.0, 40.0), step_s=(0.1, 0.4), steps=(100, 100))
+    cfg = dataclasses.replace(cfg, plan=plan)  # 55 s start + 20 + 120 + 5 s finish = 200 s
+    clock = budgetrun.BudgetClock(started=-63.0)  # the start took 8 s more
+    for phase_epoch in (1, 2):  # the head's epochs on time
+        now[0] += 10.0
+        cfg = clock.replan(cfg, budgetrun.TrainState(phase_epoch=phase_epoch, epoch=phase_epoch), tmp_path)
+    # 83 s in: 3 fine-tune epochs of 0.4 s steps in 200 - 83 - 5 = 112 s: 93 steps each, not 100
+    assert [p.epochs for p in cfg.phases] == [2, 3] and cfg.max_steps_per_epoch == 93
+    assert cfg.plan.planned_s <= 200
+
+
 def test_a_running_phase_never_gets_its_steps_cut(monkeypatch, tmp_path):
     """Mid-phase its LR schedule is laid out on its steps an epoch: a late run keeps them there. At the last
     phase's end nothing is left to cut."""

@@ -363,8 +363,14 @@ class BudgetClock:
         epochs = replan(cfg, state.phase, state.phase_epoch, epoch_s, left)
         kept = planned_seconds(old, epoch_s, done=done, fixed_s=fixed)
         on_time = (1 - SLACK) * plan.budget_s <= kept <= (1 + OVER) * plan.budget_s
-        if on_time or (kept < plan.budget_s and sum(epochs) <= sum(old)):
-            epochs = old  # on time, or a few seconds late: no change for noise to flip back and forth
+        # seconds a step of the phases not started yet (the running phase's steps are never cut: 0)
+        step_s = [0.0 if i <= state.phase else s * (c / m if m > 0 else 1.0)
+                  for i, (s, c, m) in enumerate(zip(plan.step_s, epoch_s, plan.epoch_s))]
+        # late, with later phases to come: their epochs with at most TRIM of their steps left out, not one fewer
+        trimmed = bool(plan.step_s) and any(old[state.phase + 1:]) and kept > plan.budget_s and largest_cap(
+            old, epoch_s, step_s, plan.steps, left, done=done) >= (1 - TRIM) * max(plan.steps)
+        if on_time or trimmed or (kept < plan.budget_s and sum(epochs) <= sum(old)):
+            epochs = old  # on time, a few seconds late, or a few steps late: no change for noise to flip
         planned = planned_seconds(epochs, epoch_s, done=done, fixed_s=fixed)
         replans = plan.replans
         if epochs != old:
@@ -375,9 +381,8 @@ class BudgetClock:
             cfg = with_epochs(cfg, epochs, running=state.phase, done=state.phase_epoch)
         later = any(epochs[state.phase + 1:])
         if planned > plan.budget_s and later and state.phase_epoch >= epochs[state.phase] and plan.step_s:
-            # at a phase's end, with the later phases at their floor and still late: their epochs take fewer steps
-            # (only here: a running phase's LR schedule is laid out on its steps an epoch)
-            step_s = [s * (c / m if m > 0 else 1.0) for s, c, m in zip(plan.step_s, epoch_s, plan.epoch_s)]
+            # at a phase's end, with the later phases at their floor (or a few steps late) and still late: their
+            # epochs take fewer steps (only here, where none is running: its LR schedule is laid out on its steps)
             cap = largest_cap(epochs, epoch_s, step_s, plan.steps, left, done=done)
             if cap < (cfg.max_steps_per_epoch or max(plan.steps)):
                 line = (f"after epoch {state.epoch} ({elapsed:.0f} s, epochs {ratio:.2f}x the measured time): "
