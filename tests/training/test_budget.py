@@ -493,26 +493,34 @@ def test_measuring_puts_back_weights_batchnorm_statistics_and_every_generator(tr
     assert yaml.safe_load((tmp_path / "config.yaml").read_text())["plan"]["epoch_s"] == list(planned.plan.epoch_s)
 
 
-def test_a_budget_too_short_for_one_full_epoch_a_phase_caps_the_steps_an_epoch(tree, tmp_path, monkeypatch):
-    """A large dataset and a short budget: one full epoch of each phase would overrun, so every epoch trains on a
-    random part of the split (max_steps_per_epoch), the largest that fits, recorded as a choice."""
+def _plan_tiny(tree, tmp_path, cfg: RunConfig, batch_size: int, started: float | None = None) -> RunConfig:
+    """``start_budget`` on the tiny tree (measure_phase mocked by the caller); the planned config. ``started``:
+    the command's start on ``time.perf_counter``'s clock (default: now, once the data and model are loaded)."""
     from tinytransfer.data.augment import make_transform
     from tinytransfer.data.dataset import load_dataset
     from tinytransfer.data.loader import DeviceLoader
     from tinytransfer.models.backbones import create_model
 
-    cfg = from_dict(tiny_config(tree, budget="1m"))  # 48 train images, batch 16: 3 steps an epoch, 2 + 2 epochs
     data = load_dataset(tree, workers=1)
     model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32)
     gens = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
     tf = make_transform("keras", (0.5,) * 3, (0.5,) * 3, input_size=32)
-    loader = DeviceLoader(data.train, 16, device="cpu", shuffle=True, generator=gens[0], transform=tf,
+    loader = DeviceLoader(data.train, batch_size, device="cpu", shuffle=True, generator=gens[0], transform=tf,
                           aug_generator=gens[1])
-    monkeypatch.setattr(budgetrun, "measure_phase", lambda *a, **k: 8.0)  # 8 s a step: 24 s a full epoch
     planned, _ = budgetrun.start_budget(model, loader, DeviceLoader(data.val, 32, device="cpu", transform=tf), cfg,
                                         budgetrun.TrainState(), tmp_path, norm=((0.5,) * 3, (0.5,) * 3),
                                         device=torch.device("cpu"), generators=gens,
-                                        started=budgetrun.time.perf_counter(), test_images=4)
+                                        started=budgetrun.time.perf_counter() if started is None else started,
+                                        test_images=4)
+    return planned
+
+
+def test_a_budget_too_short_for_one_full_epoch_a_phase_caps_the_steps_an_epoch(tree, tmp_path, monkeypatch):
+    """A large dataset and a short budget: one full epoch of each phase would overrun, so every epoch trains on a
+    random part of the split (max_steps_per_epoch), the largest that fits, recorded as a choice."""
+    cfg = from_dict(tiny_config(tree, budget="1m"))  # 48 train images, batch 16: 3 steps an epoch, 2 + 2 epochs
+    monkeypatch.setattr(budgetrun, "measure_phase", lambda *a, **k: 8.0)  # 8 s a step: 24 s a full epoch
+    planned = _plan_tiny(tree, tmp_path, cfg, 16)
     # 60 s less the start and the finish (12 s and change) leave under 48 s: two steps an epoch, one epoch a phase
     assert planned.max_steps_per_epoch == 2 and [p.epochs for p in planned.phases] == [1, 1]
     assert "max_steps_per_epoch: 2 of 3 (one full epoch a phase does not fit)" in planned.plan.choices
@@ -522,26 +530,12 @@ def test_a_budget_too_short_for_one_full_epoch_a_phase_caps_the_steps_an_epoch(t
 def test_the_recipes_epochs_a_few_steps_short_are_kept_with_fewer_steps(tree, tmp_path, monkeypatch):
     """Where the recipe's epochs miss the budget by a little, the plan keeps them and leaves out a few steps an
     epoch (at most TRIM of them), recorded as a choice, rather than dropping an epoch."""
-    from tinytransfer.data.augment import make_transform
-    from tinytransfer.data.dataset import load_dataset
-    from tinytransfer.data.loader import DeviceLoader
-    from tinytransfer.models.backbones import create_model
-
     raw = tiny_config(tree, budget="60s")  # 48 train images
     for p in raw["phases"]:
         p["batch_size"] = 4  # 12 steps an epoch, 2 + 2 epochs
-    cfg = from_dict(raw)
-    data = load_dataset(tree, workers=1)
-    model = create_model(TINY, len(data.classes), pretrained=False, head="pool", input_size=32)
-    gens = (torch.Generator().manual_seed(1), torch.Generator().manual_seed(2))
-    tf = make_transform("keras", (0.5,) * 3, (0.5,) * 3, input_size=32)
-    loader = DeviceLoader(data.train, 4, device="cpu", shuffle=True, generator=gens[0], transform=tf,
-                          aug_generator=gens[1])
     monkeypatch.setattr(budgetrun, "measure_phase", lambda *a, **k: 1.0)  # 1 s a step: 12 s a full epoch
     monkeypatch.setattr(budgetrun.time, "perf_counter", lambda: 2.0)  # 2 s in; validation and checkpoints free
-    planned, _ = budgetrun.start_budget(model, loader, DeviceLoader(data.val, 32, device="cpu", transform=tf), cfg,
-                                        budgetrun.TrainState(), tmp_path, norm=((0.5,) * 3, (0.5,) * 3),
-                                        device=torch.device("cpu"), generators=gens, started=0.0, test_images=4)
+    planned = _plan_tiny(tree, tmp_path, from_dict(raw), 4, started=0.0)
     # 60 - 2 (start) - 12 (finish) = 46 s: 4 full epochs take 48, of 11 steps 44
     assert [p.epochs for p in planned.phases] == [2, 2] and planned.max_steps_per_epoch == 11
     assert "max_steps_per_epoch: 11 of 12 (the recipe's epochs at this side)" in planned.plan.choices
@@ -549,14 +543,13 @@ def test_the_recipes_epochs_a_few_steps_short_are_kept_with_fewer_steps(tree, tm
 
 
 def test_cap_is_the_largest_that_fits():
-    probe = type("P", (), {"steps": [10, 20], "epoch_s": lambda self, size, trains, cap=0: [
-        min(10, cap or 10) * 1.0 + 2, min(20, cap or 20) * 0.5 + 2]})()
+    epoch_s, step_s, steps = [12.0, 12.0], [1.0, 0.5], [10, 20]  # 2 s an epoch besides its steps
     # one epoch each: cap 10 -> 12 + 7 = 19 s; cap 12 -> 12 + 8 = 20; cap 20 -> 12 + 12 = 24
-    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [1, 1], 20.0) == 12
-    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [1, 1], 1.0) == 1  # nothing fits: one step
-    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [1, 0], 14.0) == 20  # a phase of 0 epochs costs nothing
+    assert largest_cap([1, 1], epoch_s, step_s, steps, 20.0) == 12
+    assert largest_cap([1, 1], epoch_s, step_s, steps, 1.0) == 1  # nothing fits: one step
+    assert largest_cap([1, 0], epoch_s, step_s, steps, 14.0) == 20  # a phase of 0 epochs costs nothing
     # the recipe's 2 + 3 epochs: cap 12 -> 2 x 12 + 3 x 8 = 48 s; cap 13 -> 2 x 12 + 3 x 8.5 = 49.5
-    assert budgetrun._cap_steps(probe, 64, ["head", "all"], [2, 3], 49.0) == 12
+    assert largest_cap([2, 3], epoch_s, step_s, steps, 49.0) == 12
 
 
 def test_tiny_budgeted_run_records_its_plan_and_resume_continues_it(tree, tmp_path, monkeypatch):

@@ -14,9 +14,9 @@ spent (``plan.elapsed_s``).
 phase's epochs so far in this command (their median, or the mean of the latest two where that is slower), and the
 later phases' measured seconds and the finish's scaled by how much slower the running one is than measured (which
 follows contention of the cores) but not by how much faster (each phase's measurement errs on its own: a fast head
-phase must not promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget before its end, or ``OVER`` past it, is
-kept (noise does not flip it back and forth, and a plan a few seconds late does not lose a whole epoch); one that
-overruns by more is shortened, one that ends earlier is lengthened.
+phase must not promise a fast fine-tune). A plan that ends within ``SLACK`` of the budget before its end, or
+``OVER`` past it, is kept (noise does not flip it back and forth, and a plan a few seconds late does not lose a
+whole epoch); one that overruns by more is shortened, one that ends earlier is lengthened.
 
 Measured on the raw (eager) model: with ``compile`` the epoch-end re-plans correct the estimate. Not for
 data-parallel runs (``api`` refuses ``budget`` with several processes).
@@ -173,20 +173,6 @@ def _choose_train(probe: "_Probe", size: int, trains: Sequence[str], index: int,
     return chosen
 
 
-def _cap_steps(probe: "_Probe", size: int, trains: Sequence[str], epochs: Sequence[int], available: float) -> int:
-    """The most steps an epoch may take (``max_steps_per_epoch``) so that ``epochs`` of each phase fit ``available``
-    seconds, where full epochs do not (a large dataset, a short budget): each epoch then trains on a fresh random
-    part of the training split (1: nothing fits; the plan says it overruns)."""
-    def fits(cap: int) -> bool:
-        return sum(c * e for c, e in zip(probe.epoch_s(size, trains, cap), epochs)) <= available
-
-    lo, hi = 1, max(probe.steps)
-    while lo < hi:  # the largest cap that fits
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
-    return lo
-
-
 class _Probe:
     """Measures epoch costs on ``model`` at any input size and trainable part; puts every state back on close."""
 
@@ -292,25 +278,28 @@ def start_budget(model: nn.Module, loader: DeviceLoader, val_loader: DeviceLoade
     finish_s = eval_img_s * (n_val + test_images) + FINISH_FIXED_S
     start_s = time.perf_counter() - started + auto_lr_s
     epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
-    full = max(probe.steps)
+    full, full_epoch_s = max(probe.steps), epoch_s
+    step_s = [probe.step_s(size, i, t) for i, t in enumerate(trains)]
     if any(g < e for g, e in zip(epochs, recipe)):  # the recipe's epochs with a few steps fewer, where they fit
-        cap = _cap_steps(probe, size, trains, recipe, budget_s - start_s - finish_s)
+        cap = largest_cap(recipe, full_epoch_s, step_s, probe.steps, budget_s - start_s - finish_s)
         if cap >= probe.trim_cap() and (cfg.max_steps_per_epoch == 0 or cap < cfg.max_steps_per_epoch):
             epoch_s = probe.epoch_s(size, trains, cap)
             cfg = dataclasses.replace(cfg, max_steps_per_epoch=cap)
             choices.append(f"max_steps_per_epoch: {cap} of {full} (the recipe's epochs at this side)")
             epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
     if planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s) > budget_s:  # not one full epoch a phase
-        cap = _cap_steps(probe, size, trains, [1 if e > 0 else 0 for e in recipe], budget_s - start_s - finish_s)
+        # one epoch a phase of at most N steps, each on a fresh random part of the split (1: nothing fits)
+        cap = largest_cap([1 if e > 0 else 0 for e in recipe], full_epoch_s, step_s, probe.steps,
+                          budget_s - start_s - finish_s)
         if cfg.max_steps_per_epoch == 0 or cap < cfg.max_steps_per_epoch:
             epoch_s = probe.epoch_s(size, trains, cap)
             cfg = dataclasses.replace(cfg, max_steps_per_epoch=cap)
             choices.append(f"max_steps_per_epoch: {cap} of {full} (one full epoch a phase does not fit)")
             epochs = plan_epochs(recipe, epoch_s, budget_s - start_s - finish_s)
     planned = planned_seconds(epochs, epoch_s, fixed_s=start_s + finish_s)
-    step_s = tuple(round(probe.step_s(size, i, t), 4) for i, t in enumerate(trains))
     steps = tuple(min(n, cfg.max_steps_per_epoch or n) for n in probe.steps)
-    plan = dataclasses.replace(cfg.plan, budget_s=budget_s, recipe_epochs=tuple(recipe), step_s=step_s, steps=steps,
+    plan = dataclasses.replace(cfg.plan, budget_s=budget_s, recipe_epochs=tuple(recipe),
+                               step_s=tuple(round(x, 4) for x in step_s), steps=steps,
                                epoch_s=tuple(round(c, 3) for c in epoch_s), start_s=round(start_s, 2),
                                finish_s=round(finish_s, 2), planned_s=round(planned, 1),
                                elapsed_s=round(start_s, 2), choices=tuple(choices))
